@@ -1,0 +1,26 @@
+"""The ZeroClaw concurrency core: pure asyncio, standard library only.
+
+Every primitive here is usable on its own; ``zeroclaw.concurrency.channel_integration`` composes
+them into the message-processing pipeline. Like asyncio's own primitives, an instance belongs to one
+event loop; constructors never need a running loop.
+"""
+
+from zeroclaw.concurrency.errors import (
+    CircuitOpenError,
+    ConcurrencyError,
+    Overloaded,
+    PoolClosed,
+    QueueFull,
+    Rejected,
+    TaskCancelled,
+)
+
+__all__ = [
+    "CircuitOpenError",
+    "ConcurrencyError",
+    "Overloaded",
+    "PoolClosed",
+    "QueueFull",
+    "Rejected",
+    "TaskCancelled",
+]
