@@ -16,10 +16,13 @@ import heapq
 import itertools
 from collections.abc import Callable
 from datetime import timedelta
+from typing import TypeVar, overload
 
 from zeroclaw.concurrency._clock import to_seconds
 
 __all__ = ["FakeClock", "settle"]
+
+T = TypeVar("T")
 
 
 async def settle(max_rounds: int = 1000) -> None:
@@ -83,12 +86,20 @@ class FakeClock:
         heapq.heappush(self._timers, (timer.deadline, next(self._sequence), timer))
         return timer
 
-    async def sleep(self, seconds: float | timedelta) -> None:
-        """Return once the fake time reaches ``now() + seconds``. Yields once even for 0."""
+    @overload
+    async def sleep(self, seconds: float | timedelta) -> None: ...
+    @overload
+    async def sleep(self, seconds: float | timedelta, result: T) -> T: ...
+
+    async def sleep(self, seconds: float | timedelta, result: T | None = None) -> T | None:
+        """Return ``result`` once the fake time reaches ``now() + seconds``, like ``asyncio.sleep``.
+
+        Yields to the event loop once even for 0.
+        """
         delay = to_seconds(seconds, what="sleep")
         if delay <= 0:
             await asyncio.sleep(0)
-            return
+            return result
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
         def wake() -> None:
@@ -100,6 +111,7 @@ class FakeClock:
             await waiter
         finally:
             timer.cancel()
+        return result
 
     @property
     def next_deadline(self) -> float | None:

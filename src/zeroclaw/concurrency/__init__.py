@@ -14,6 +14,15 @@ from zeroclaw.concurrency.errors import (
     Rejected,
     TaskCancelled,
 )
+from zeroclaw.concurrency.worker_pool import (
+    Task,
+    TaskHandle,
+    TaskPriority,
+    TaskResult,
+    TaskStatus,
+    WorkerPool,
+    WorkerPoolStats,
+)
 
 __all__ = [
     "CircuitOpenError",
@@ -22,5 +31,12 @@ __all__ = [
     "PoolClosed",
     "QueueFull",
     "Rejected",
+    "Task",
     "TaskCancelled",
+    "TaskHandle",
+    "TaskPriority",
+    "TaskResult",
+    "TaskStatus",
+    "WorkerPool",
+    "WorkerPoolStats",
 ]
