@@ -664,3 +664,46 @@ async def test_handle_repr_and_result_before_done() -> None:
     await handle
     assert "completed" in repr(handle)
     await pool.shutdown()
+
+
+async def test_done_callbacks_run_once_for_every_outcome_and_errors_are_isolated(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FakeClock()
+    pool = WorkerPool(1, 1, clock=clock)
+    seen: list[tuple[int, TaskStatus]] = []
+
+    def record(handle: TaskHandle[object]) -> None:
+        seen.append((handle.task_id, handle.result().status))
+
+    def broken(handle: TaskHandle[object]) -> None:
+        raise RuntimeError("callback bug")
+
+    async def boom() -> None:
+        raise ValueError("boom")
+
+    completed = await pool.spawn(Task(lambda: clock.sleep(1)))
+    completed.add_done_callback(broken)
+    completed.add_done_callback(record)
+    await settle()
+    failed = pool.spawn_nowait(Task(boom, priority=TaskPriority.LOW))
+    failed.add_done_callback(record)
+    shed = pool.spawn_nowait(Task(boom, priority=TaskPriority.HIGH))  # sheds `failed`
+    shed.add_done_callback(record)
+    await clock.run_for(1)
+    await shed
+    timed = await pool.spawn(Task(lambda: clock.sleep(5), timeout=1))
+    timed.add_done_callback(record)
+    await clock.run_for(1)
+    await timed
+    timed.add_done_callback(record)  # already done: runs at once
+    await pool.shutdown()
+    assert seen == [
+        (failed.task_id, TaskStatus.REJECTED),
+        (completed.task_id, TaskStatus.COMPLETED),
+        (shed.task_id, TaskStatus.FAILED),
+        (timed.task_id, TaskStatus.TIMED_OUT),
+        (timed.task_id, TaskStatus.TIMED_OUT),
+    ]
+    assert "callback bug" in caplog.text
+    assert pool.free_slots == 1

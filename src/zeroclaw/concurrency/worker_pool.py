@@ -195,6 +195,7 @@ class TaskHandle(Generic[T]):
     """
 
     __slots__ = (
+        "_callbacks",
         "_cancel_reason",
         "_enqueued_at",
         "_pool",
@@ -214,6 +215,7 @@ class TaskHandle(Generic[T]):
         self._started_at: float
         self._result: TaskResult[T] | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._callbacks: list[Callable[[TaskHandle[T]], object]] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._cancel_reason: TaskStatus | None = None
 
@@ -230,6 +232,20 @@ class TaskHandle(Generic[T]):
     def done(self) -> bool:
         """``True`` once the task has a result."""
         return self._result is not None
+
+    def add_done_callback(self, callback: Callable[[TaskHandle[T]], object]) -> None:
+        """Call ``callback(handle)`` once the task has a result (at once if it already has).
+
+        The callback runs synchronously, right when the result is set, inside the worker (or the
+        caller that resolved the task), so it must not block. Its exceptions are logged and
+        otherwise ignored: they never reach the worker or the task.
+        """
+        if self._result is not None:
+            _call_done_callback(callback, self)
+        elif self._callbacks is None:
+            self._callbacks = [callback]
+        else:
+            self._callbacks.append(callback)
 
     def result(self) -> TaskResult[T]:
         """The result, without waiting. Raises :class:`asyncio.InvalidStateError` if not done."""
@@ -269,6 +285,13 @@ class TaskHandle(Generic[T]):
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        if self._callbacks is not None:
+            self._run_callbacks()
+
+    def _run_callbacks(self) -> None:
+        callbacks, self._callbacks = self._callbacks or [], None
+        for callback in callbacks:
+            _call_done_callback(callback, self)
 
     def __await__(self) -> Generator[Any, None, TaskResult[T]]:
         while self._result is None:
@@ -294,6 +317,13 @@ class TaskHandle(Generic[T]):
         if self._result is not None:
             state = str(self._result.status)
         return f"<TaskHandle {self._task!r} {state}>"
+
+
+def _call_done_callback(callback: Callable[[TaskHandle[T]], object], handle: TaskHandle[T]) -> None:
+    try:
+        callback(handle)
+    except Exception:
+        _logger.exception("done callback %r of %r raised", callback, handle)
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,6 +419,11 @@ class WorkerPool:
     def queue_size(self) -> int:
         """How many tasks may wait in the queue."""
         return self._queue_size
+
+    @property
+    def free_slots(self) -> int:
+        """How many more tasks the queue takes before ``spawn`` waits. Does not block."""
+        return self._queue_size - self._queued
 
     @property
     def closed(self) -> bool:
@@ -724,6 +759,8 @@ class WorkerPool:
             waiter = handle._waiter
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
+            if handle._callbacks is not None:
+                handle._run_callbacks()
             if self._closing:
                 self._check_drained()
 
