@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 from aiolimiter import AsyncLimiter
 from limits import parse, storage, strategies
 
-from benchmarks.harness import Report, interleave, run_group, sync_round
+from benchmarks.harness import Report, RoundFn, interleave, run_group, sync_round
 from zeroclaw.concurrency.backpressure import Backpressure, RateLimiter
 
 GROUP_BP = "backpressure"
@@ -82,7 +83,7 @@ async def bench_backpressure(report: Report, quick: bool) -> None:
     # in the queue and are handed over by a release.
     tasks, per_task = 50, (200 if quick else 1000)
 
-    def contended(make: type[Backpressure] | type[asyncio.Semaphore]) -> object:
+    def contended(make: Callable[[int], Backpressure | asyncio.Semaphore]) -> RoundFn:
         async def round_fn() -> float:
             lock = make(5)
 
@@ -99,9 +100,9 @@ async def bench_backpressure(report: Report, quick: bool) -> None:
 
     res = await interleave(
         {
-            "Backpressure contended": contended(Backpressure),  # type: ignore[dict-item]
+            "Backpressure contended": contended(Backpressure),
             "Semaphore contended": contended(asyncio.Semaphore),
-        },  # type: ignore[dict-item]
+        },
         rounds,
     )
     report.ratio(
