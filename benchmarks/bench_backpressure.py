@@ -13,10 +13,11 @@ from aiolimiter import AsyncLimiter
 from limits import parse, storage, strategies
 
 from benchmarks.harness import Report, RoundFn, interleave, run_group, sync_round
-from zeroclaw.concurrency.backpressure import Backpressure, RateLimiter
+from zeroclaw.concurrency.backpressure import AdaptiveLimiter, Backpressure, RateLimiter
 
 GROUP_BP = "backpressure"
 GROUP_RL = "rate_limiter"
+GROUP_AL = "adaptive_limiter"
 
 
 async def bench_backpressure(report: Report, quick: bool) -> None:
@@ -235,8 +236,42 @@ async def bench_rate_accuracy(report: Report, quick: bool) -> None:
     )
 
 
+async def bench_adaptive(report: Report, quick: bool) -> None:
+    """What the adaptive bookkeeping costs on top of the plain FIFO limit (no peer, no target)."""
+    n = 20_000 if quick else 100_000
+    rounds = 5 if quick else 15
+    adaptive = AdaptiveLimiter(10, 1, 100, None, 100.0)
+    plain = Backpressure(10)
+
+    async def adaptive_with() -> float:
+        t = time.perf_counter()
+        for _ in range(n):
+            async with adaptive:
+                pass
+        return (time.perf_counter() - t) / n
+
+    async def plain_with() -> float:
+        t = time.perf_counter()
+        for _ in range(n):
+            async with plain:
+                pass
+        return (time.perf_counter() - t) / n
+
+    res = await interleave(
+        {"AdaptiveLimiter async with": adaptive_with, "Backpressure async with": plain_with},
+        rounds,
+    )
+    report.ratio(
+        GROUP_AL,
+        res["AdaptiveLimiter async with"],
+        res["Backpressure async with"],
+        note="latency measured and sampled per call; overhead only",
+    )
+
+
 async def run(report: Report, quick: bool) -> None:
     await bench_backpressure(report, quick)
+    await bench_adaptive(report, quick)
     await bench_rate_limiter(report, quick)
     await bench_rate_accuracy(report, quick)
 

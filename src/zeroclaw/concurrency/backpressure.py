@@ -775,25 +775,26 @@ class AdaptivePermit:
     ``async with limiter:`` does.
     """
 
-    __slots__ = ("_generation", "_limiter", "_permit", "_started_at")
+    __slots__ = ("_generation", "_limiter", "_released_at", "_started_at")
 
-    def __init__(
-        self, limiter: AdaptiveLimiter, permit: Permit, generation: int, started_at: float
-    ) -> None:
+    def __init__(self, limiter: AdaptiveLimiter, generation: int, started_at: float) -> None:
         self._limiter = limiter
-        self._permit = permit
         self._generation = generation
         self._started_at = started_at
+        self._released_at: float | None = None
 
     @property
     def released(self) -> bool:
         """Whether :meth:`release` was called."""
-        return self._permit.released
+        return self._released_at is not None
 
     @property
     def held_duration(self) -> float:
         """Seconds since the permit was granted (up to the release, once released)."""
-        return self._permit.held_duration
+        end = self._released_at
+        if end is None:
+            end = self._limiter._now()
+        return end - self._started_at
 
     def release(
         self, latency_ms: float | None = None, *, dropped: bool = False, ignore: bool = False
@@ -805,9 +806,8 @@ class AdaptivePermit:
         once. ``ignore=True`` reports nothing (use it for cancellations and for errors that say
         nothing about load).
         """
-        if self._permit.released:
-            return
-        self._limiter._finish(self, latency_ms, dropped, ignore)
+        if self._released_at is None:
+            self._limiter._finish(self, latency_ms, dropped, ignore)
 
     def __enter__(self) -> AdaptivePermit:
         return self
@@ -881,6 +881,35 @@ class AdaptiveLimiter:
             and ``rate_per_sec`` is ``None`` or > 0.
     """
 
+    __slots__ = (
+        "_bp",
+        "_clock",
+        "_decreases",
+        "_drops",
+        "_entered",
+        "_generation",
+        "_ignored",
+        "_increases",
+        "_inflight",
+        "_is_drop",
+        "_last_window",
+        "_limit",
+        "_max",
+        "_min",
+        "_now",
+        "_rate",
+        "_rejected",
+        "_samples",
+        "_target",
+        "_total",
+        "_window_count",
+        "_window_peak",
+        "_window_saturated",
+        "_window_size",
+        "_window_sum",
+        "name",
+    )
+
     def __init__(
         self,
         initial: int,
@@ -942,7 +971,8 @@ class AdaptiveLimiter:
         self._decreases = 0
         self._rejected = 0
         self._total = 0
-        self._entered: dict[asyncio.Task[object] | None, list[AdaptivePermit]] = {}
+        # Permits taken by ``async with limiter:``, per task (an exit must find its own entry).
+        self._entered: dict[object, list[AdaptivePermit]] = {}
 
     # -- properties ---------------------------------------------------------------------------
 
@@ -964,16 +994,16 @@ class AdaptiveLimiter:
         Never blocks. A refusal by the concurrency limit spends no rate token.
         """
         self._total += 1
-        permit = self._bp.try_acquire()
-        if permit is None:
+        bp = self._bp
+        if bp._available < 1 or (bp._waiters and not bp._no_live_waiters()):
             self._window_saturated = True
             self._rejected += 1
             return None
         if self._rate is not None and not self._rate.try_acquire():
-            permit.release()
             self._rejected += 1
             return None
-        return self._grant(permit)
+        bp._available -= 1
+        return self._grant()
 
     async def acquire(self, *, timeout: float | timedelta | None = None) -> AdaptivePermit:  # noqa: ASYNC109
         """Wait (FIFO) for a concurrency permit, then for a rate token, and return the permit.
@@ -982,12 +1012,22 @@ class AdaptiveLimiter:
             TimeoutError: when ``timeout`` seconds pass first (nothing is held then).
         """
         self._total += 1
-        seconds = _timeout_seconds(timeout)
-        if self._bp._available < 1:
+        bp = self._bp
+        if self._rate is None and timeout is None and bp._available >= 1 and not bp._waiters:
+            bp._available -= 1  # the common uncontended case, inlined
+            return self._grant()
+        return await self._acquire_slow(_timeout_seconds(timeout))
+
+    async def _acquire_slow(self, seconds: float | None) -> AdaptivePermit:
+        bp = self._bp
+        if bp._available < 1 or bp._waiters:
             self._window_saturated = True
         start = self._now()
         try:
-            permit = await self._bp.acquire(timeout=seconds)
+            if bp._available >= 1 and bp._no_live_waiters():
+                bp._available -= 1
+            else:
+                await bp._wait(1, seconds)
         except TimeoutError:
             self._rejected += 1
             raise
@@ -996,26 +1036,37 @@ class AdaptiveLimiter:
                 left = None if seconds is None else max(0.0, seconds - (self._now() - start))
                 await self._rate.acquire(1, timeout=left)
             except BaseException as exc:
-                permit.release()
+                bp._available += 1
+                if bp._waiters:
+                    bp._wake()
                 if isinstance(exc, TimeoutError):
                     self._rejected += 1
                 raise
-        return self._grant(permit)
+        return self._grant()
 
     async def __aenter__(self) -> AdaptivePermit:
         permit = await self.acquire()
-        self._entered.setdefault(asyncio.current_task(), []).append(permit)
+        task = asyncio.current_task()
+        stack = self._entered.get(task)
+        if stack is None:
+            self._entered[task] = [permit]
+        else:
+            stack.append(permit)
         return permit
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
     ) -> None:
-        task: asyncio.Task[object] | None = asyncio.current_task()
+        task = asyncio.current_task()
         stack = self._entered[task]
         permit = stack.pop()
         if not stack:
             del self._entered[task]
-        self._finish_with(permit, exc)
+        if exc is None:
+            if permit._released_at is None:
+                self._finish(permit, None, False, False)
+        else:
+            self._finish_with(permit, exc)
 
     def report_latency(self, latency_ms: float) -> None:
         """Feed a latency sample not tied to a permit (counts for the current limit)."""
@@ -1029,11 +1080,12 @@ class AdaptiveLimiter:
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _grant(self, permit: Permit) -> AdaptivePermit:
-        self._inflight += 1
-        if self._inflight > self._window_peak:
-            self._window_peak = self._inflight
-        return AdaptivePermit(self, permit, self._generation, self._now())
+    def _grant(self) -> AdaptivePermit:
+        """Wrap one concurrency permit (already taken from ``_bp``) and count it in flight."""
+        inflight = self._inflight = self._inflight + 1
+        if inflight > self._window_peak:
+            self._window_peak = inflight
+        return AdaptivePermit(self, self._generation, self._now())
 
     def _finish_with(self, permit: AdaptivePermit, exc: BaseException | None) -> None:
         if permit.released:
@@ -1049,9 +1101,13 @@ class AdaptiveLimiter:
     def _finish(
         self, permit: AdaptivePermit, latency_ms: float | None, dropped: bool, ignore: bool
     ) -> None:
+        now = permit._released_at = self._now()
         if latency_ms is None:
-            latency_ms = (self._now() - permit._started_at) * 1000.0
-        permit._permit.release()
+            latency_ms = (now - permit._started_at) * 1000.0
+        bp = self._bp
+        bp._available += 1
+        if bp._waiters:
+            bp._wake()
         self._inflight -= 1
         if ignore or permit._generation != self._generation:
             self._ignored += 1
