@@ -36,6 +36,11 @@ class QueueingProvider:
         await self.clock.sleep(finish - now)
         return finish - now
 
+    def resize(self, capacity: int) -> None:
+        """Keep the ``capacity`` servers that free up first (requests in flight still finish)."""
+        self.free_at = heapq.nsmallest(capacity, self.free_at)
+        heapq.heapify(self.free_at)
+
 
 async def simulate(
     capacity: int, *, base: float = 0.1, initial: int = 2, seconds: float = 60.0, seed: int = 7
@@ -91,6 +96,33 @@ async def test_simulation_is_deterministic() -> None:
     second = await simulate(5, seconds=20)
     assert first[0] == second[0]
     assert first[1] == second[1]
+
+
+async def test_follows_the_provider_down_when_its_capacity_drops() -> None:
+    clock = FakeClock()
+    base = 0.1
+    limiter = AdaptiveLimiter(2, 1, 400, None, 150, clock=clock, window_size=20)
+    provider = QueueingProvider(clock, 20, base, seed=11)
+    limits: list[int] = []
+
+    async def client() -> None:
+        while True:
+            async with limiter:
+                await provider.call()
+
+    tasks = [asyncio.create_task(client()) for _ in range(200)]
+    await clock.run_for(30)
+    assert 16 <= limiter.current_limit <= 44
+    provider.resize(5)
+    await clock.run_for(15)  # a few seconds to adapt
+    for _ in range(100):
+        await clock.run_for(base)
+        limits.append(limiter.current_limit)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert min(limits) >= 0.8 * 5
+    assert max(limits) <= 2.2 * 5
 
 
 def test_rule_is_a_pure_function() -> None:
