@@ -1,0 +1,1182 @@
+"""Flow control: a fair concurrency limit, a token-bucket rate limit and an adaptive limit.
+
+* :class:`Backpressure` bounds how many requests run at once. Waiters are served strictly first in,
+  first out: a release hands its permits straight to the first waiter, so a newcomer can never
+  barge past a queued waiter (CPython gh-90155 and anyio#947 are the bugs this avoids). A waiter
+  cancelled at any point, even after it was granted but before it resumed, gives back what it got.
+* :class:`RateLimiter` is a token bucket kept as one GCRA timestamp (the "theoretical arrival
+  time", as in redis-cell and throttled; see ``research/flow_dedup.md`` A.5.1). Refill is exact
+  and fractional, waiters sleep exactly as long as needed behind one timer for all of them (the
+  fix of aiolimiter#290, without aiolimiter's smallest-request-first heap), and for every window
+  of length ``W`` at most ``burst + rate * W`` tokens are granted.
+* :class:`AdaptiveLimiter` moves a concurrency limit towards a latency target and enforces it
+  with the same FIFO queue as :class:`Backpressure`; it can be combined with a rate limit.
+
+Like asyncio's own primitives, an instance belongs to one event loop (one thread). Constructors
+and the synchronous methods (``try_acquire``, ``release``, ``stats``…) work without a running loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from types import TracebackType
+
+from zeroclaw.concurrency._clock import Cancellable, Clock, call_later, resolve_clock, to_seconds
+from zeroclaw.concurrency.errors import Rejected
+
+__all__ = [
+    "AdaptiveLimiter",
+    "AdaptiveLimiterStats",
+    "AdaptivePermit",
+    "Backpressure",
+    "BackpressureStats",
+    "Permit",
+    "RateLimiter",
+    "RateLimiterStats",
+]
+
+# A waiter in a FIFO queue: its future (result: the grant time) and what it asked for.
+_Waiter = tuple["asyncio.Future[float]", float]
+
+# Float slack when comparing times, in seconds. Without it a timer that fires exactly at its
+# deadline can find the bucket short by one rounding error and re-arm itself for 0 seconds.
+_EPS = 1e-9
+
+
+def _check_limit(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{what} must be >= 1, got {value}")
+    return value
+
+
+def _timeout_seconds(timeout: float | timedelta | None) -> float | None:
+    return None if timeout is None else to_seconds(timeout, what="timeout")
+
+
+# --------------------------------------------------------------------------------------------
+# Backpressure
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BackpressureStats:
+    """A snapshot of a :class:`Backpressure`.
+
+    ``active_count`` counts held permits (not requests). ``rejected_count`` counts failed
+    ``try_acquire`` calls and acquire timeouts; ``total_count`` counts every attempt.
+    ``load_percentage`` is ``active_count / max_concurrent * 100``, capped at 100.
+    """
+
+    max_concurrent: int
+    available_permits: int
+    active_count: int
+    waiting_count: int
+    rejected_count: int
+    total_count: int
+    load_percentage: float
+
+
+class Permit:
+    """Permits held from a :class:`Backpressure`; give them back with :meth:`release`.
+
+    Usable as ``with permit:`` and ``async with permit:`` (both release on exit).
+    """
+
+    __slots__ = ("_acquired_at", "_owner", "_released_at", "permits")
+
+    def __init__(self, owner: Backpressure, permits: int, acquired_at: float) -> None:
+        self._owner = owner
+        self.permits = permits
+        self._acquired_at = acquired_at
+        self._released_at: float | None = None
+
+    def release(self) -> None:
+        """Give the permits back; wake the first waiter that now fits. Idempotent, non-blocking."""
+        if self._released_at is not None:
+            return
+        owner = self._owner
+        self._released_at = owner._now()
+        owner._available += self.permits
+        if owner._waiters:
+            owner._wake()
+
+    @property
+    def released(self) -> bool:
+        """Whether :meth:`release` was called."""
+        return self._released_at is not None
+
+    @property
+    def held_duration(self) -> float:
+        """Seconds the permits have been held (up to the release, once released)."""
+        end = self._released_at
+        if end is None:
+            end = self._owner._now()
+        return end - self._acquired_at
+
+    def __enter__(self) -> Permit:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    async def __aenter__(self) -> Permit:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        state = "released" if self.released else "held"
+        return (
+            f"<Permit {self._owner.name!r} permits={self.permits} {state} "
+            f"held_duration={self.held_duration:.3f}s>"
+        )
+
+
+class Backpressure:
+    """A fair (FIFO, no barging) counting semaphore with timeouts, stats and a resizable limit.
+
+    ``Backpressure(max_concurrent, *, name="backpressure", clock=None)``. ``clock`` is only read
+    for :attr:`Permit.held_duration` and drives ``timeout=``.
+
+    Raises:
+        TypeError / ValueError: unless ``max_concurrent`` is an int >= 1.
+    """
+
+    __slots__ = (
+        "_available",
+        "_clock",
+        "_limit",
+        "_now",
+        "_rejected",
+        "_total",
+        "_waiters",
+        "name",
+    )
+
+    def __init__(
+        self, max_concurrent: int, *, name: str = "backpressure", clock: Clock | None = None
+    ) -> None:
+        self._limit = _check_limit(max_concurrent, "max_concurrent")
+        # available = limit - held; negative while a shrunk limit drains.
+        self._available = self._limit
+        self._clock = resolve_clock(clock)
+        self._now: Callable[[], float] = self._clock.now
+        self._waiters: deque[_Waiter] = deque()
+        self._rejected = 0
+        self._total = 0
+        self.name = name
+
+    # -- properties ---------------------------------------------------------------------------
+
+    @property
+    def max_concurrent(self) -> int:
+        """The current limit (see :meth:`set_limit`)."""
+        return self._limit
+
+    @property
+    def available_permits(self) -> int:
+        """Permits free right now (0 while a shrunk limit drains)."""
+        return max(0, self._available)
+
+    @property
+    def active_count(self) -> int:
+        """Permits held right now."""
+        return self._limit - self._available
+
+    @property
+    def waiting_count(self) -> int:
+        """Waiters queued (not counting cancelled or timed-out ones)."""
+        return sum(1 for fut, _ in self._waiters if not fut.done())
+
+    # -- acquiring ----------------------------------------------------------------------------
+
+    def try_acquire(self) -> Permit | None:
+        """Take one permit now if one is free and nobody waits; otherwise ``None``. Never blocks."""
+        self._total += 1
+        if self._available >= 1 and (not self._waiters or self._no_live_waiters()):
+            self._available -= 1
+            return Permit(self, 1, self._now())
+        self._rejected += 1
+        return None
+
+    async def acquire(self, *, timeout: float | timedelta | None = None) -> Permit:  # noqa: ASYNC109
+        """Wait for one permit (FIFO) and return it.
+
+        Blocks until a permit is free and every earlier waiter has been served.
+
+        Raises:
+            TimeoutError: when ``timeout`` seconds pass first (nothing is held then).
+        """
+        self._total += 1
+        if self._available >= 1 and not self._waiters:
+            self._available -= 1
+            return Permit(self, 1, self._now())
+        await self._wait(1, timeout)
+        return Permit(self, 1, self._now())
+
+    async def acquire_many(self, n: int, *, timeout: float | timedelta | None = None) -> Permit:  # noqa: ASYNC109
+        """Wait for ``n`` permits at once (FIFO) and return them as one :class:`Permit`.
+
+        A large request at the head of the queue holds back later small ones (no barging), so it
+        cannot starve.
+
+        Raises:
+            ValueError: if ``n < 1`` or ``n > max_concurrent`` (also when the limit is later
+                shrunk below ``n`` while this call waits).
+            TimeoutError: when ``timeout`` seconds pass first.
+        """
+        _check_limit(n, "n")
+        if n > self._limit:
+            raise ValueError(
+                f"backpressure {self.name!r}: cannot acquire {n} permits, limit is {self._limit}"
+            )
+        self._total += 1
+        if self._available >= n and not self._waiters:
+            self._available -= n
+            return Permit(self, n, self._now())
+        await self._wait(n, timeout)
+        return Permit(self, n, self._now())
+
+    async def __aenter__(self) -> None:
+        self._total += 1
+        if self._available >= 1 and not self._waiters:
+            self._available -= 1
+            return
+        await self._wait(1, None)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._available += 1
+        if self._waiters:
+            self._wake()
+
+    def set_limit(self, max_concurrent: int) -> None:
+        """Change the limit now. Never blocks.
+
+        Growing wakes waiters that now fit. Shrinking takes nothing away from holders: new
+        acquires wait until enough held permits have been released. Waiters that asked for more
+        than the new limit fail with ``ValueError``.
+        """
+        new = _check_limit(max_concurrent, "max_concurrent")
+        self._available += new - self._limit
+        self._limit = new
+        for fut, n in self._waiters:
+            if n > new and not fut.done():
+                fut.set_exception(
+                    ValueError(
+                        f"backpressure {self.name!r}: limit shrunk to {new}, "
+                        f"below the {n:g} permits requested"
+                    )
+                )
+        self._wake()
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _no_live_waiters(self) -> bool:
+        waiters = self._waiters
+        while waiters and waiters[0][0].done():
+            waiters.popleft()
+        return not waiters
+
+    def _wake(self) -> None:
+        """Grant queued requests, in order, while the head fits."""
+        waiters = self._waiters
+        while waiters:
+            fut, n = waiters[0]
+            if fut.done():  # cancelled or timed out; its accounting is done already
+                waiters.popleft()
+                continue
+            if n > self._available:
+                return
+            waiters.popleft()
+            self._available -= int(n)
+            fut.set_result(0.0)
+
+    async def _wait(self, n: int, timeout: float | timedelta | None) -> None:  # noqa: ASYNC109
+        """Queue for ``n`` permits; return once they are ours (already counted as held)."""
+        seconds = _timeout_seconds(timeout)
+        if self._no_live_waiters() and self._available >= n:
+            self._available -= n
+            return
+        if seconds is not None and seconds <= 0:
+            self._rejected += 1
+            raise TimeoutError(f"backpressure {self.name!r}: no permit free (timeout 0)")
+        fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._waiters.append((fut, n))
+        timer: Cancellable | None = None
+        if seconds is not None:
+            timer = call_later(self._clock, seconds, lambda: self._expire(fut, seconds))
+        try:
+            await fut
+        except BaseException:
+            if fut.cancelled():
+                # Cancelled while queued: we may have been the head holding others back.
+                self._wake()
+            elif fut.exception() is None:
+                # Granted, then cancelled before we resumed: hand the permits on.
+                self._available += n
+                self._wake()
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _expire(self, fut: asyncio.Future[float], seconds: float) -> None:
+        if fut.done():
+            return
+        self._rejected += 1
+        fut.set_exception(
+            TimeoutError(f"backpressure {self.name!r}: no permit within {seconds:g}s")
+        )
+        self._wake()
+
+    def stats(self) -> BackpressureStats:
+        """A snapshot of the counters. Never blocks."""
+        active = self.active_count
+        return BackpressureStats(
+            max_concurrent=self._limit,
+            available_permits=self.available_permits,
+            active_count=active,
+            waiting_count=self.waiting_count,
+            rejected_count=self._rejected,
+            total_count=self._total,
+            load_percentage=min(100.0, active * 100.0 / self._limit),
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"<Backpressure {self.name!r} active={self.active_count}/{self._limit} "
+            f"waiting={self.waiting_count}>"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# RateLimiter
+# --------------------------------------------------------------------------------------------
+
+
+def gcra_decide(
+    tat: float, now: float, tokens: float, interval: float, tolerance: float
+) -> tuple[float, float]:
+    """One GCRA decision, a pure function. Returns ``(new_tat, wait)``.
+
+    ``tat`` is the theoretical arrival time (the bucket is full when ``tat <= now``), ``interval``
+    the seconds per token, ``tolerance`` ``burst * interval``. The request for ``tokens`` may be
+    granted now iff ``wait <= 0`` (the caller then stores ``new_tat``); otherwise ``wait`` is the
+    number of seconds until it could be, if nothing else is granted in between.
+    """
+    new_tat = (tat if tat > now else now) + tokens * interval
+    return new_tat, new_tat - tolerance - now
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimiterStats:
+    """A snapshot of a :class:`RateLimiter`.
+
+    ``granted_count``/``granted_tokens`` count successful acquisitions and the tokens they took;
+    ``rejected_count`` counts failed ``try_acquire`` calls and acquire timeouts;
+    ``cancelled_count`` counts acquires cancelled before they returned; ``total_count`` counts every
+    attempt (granted + rejected + cancelled + waiting). ``paused_for`` is the seconds left of a
+    :meth:`RateLimiter.pause`.
+    """
+
+    rate: float
+    burst: float
+    available_tokens: float
+    waiting_count: int
+    granted_count: int
+    granted_tokens: float
+    rejected_count: int
+    cancelled_count: int
+    total_count: int
+    paused_for: float
+
+
+class RateLimiter:
+    """A token bucket: ``rate`` tokens per second, capacity ``burst``, starts full.
+
+    ``RateLimiter(rate, burst=None, *, clock=None, name="rate_limiter")``; ``burst`` defaults to
+    ``max(1, ceil(rate))``. Stored as one GCRA timestamp, so refill is exact and fractional.
+    Waiters are served first in, first out (a large weighted request at the head holds back small
+    ones, so it cannot starve) and sleep exactly until their tokens are there, behind a single
+    timer. For every window of length ``W``, at most ``burst + rate * W`` tokens are granted.
+
+    Raises:
+        ValueError: unless ``rate`` and ``burst`` are finite and > 0.
+    """
+
+    __slots__ = (
+        "_burst",
+        "_cancelled",
+        "_clock",
+        "_granted",
+        "_granted_tokens",
+        "_interval",
+        "_now",
+        "_paused_until",
+        "_rate",
+        "_rejected",
+        "_tat",
+        "_timer",
+        "_timer_at",
+        "_tolerance",
+        "_waiters",
+        "name",
+    )
+
+    def __init__(
+        self,
+        rate: float,
+        burst: float | None = None,
+        *,
+        clock: Clock | None = None,
+        name: str = "rate_limiter",
+    ) -> None:
+        if not (isinstance(rate, int | float) and math.isfinite(rate) and rate > 0):
+            raise ValueError(f"rate must be a finite number > 0, got {rate!r}")
+        if burst is None:
+            burst = max(1, math.ceil(rate))
+        if not (isinstance(burst, int | float) and math.isfinite(burst) and burst > 0):
+            raise ValueError(f"burst must be a finite number > 0, got {burst!r}")
+        self._rate = float(rate)
+        self._burst = float(burst)
+        self._interval = 1.0 / self._rate
+        # Slack folded into the tolerance so the hot path makes one comparison.
+        self._tolerance = self._burst * self._interval + _EPS
+        self._tat = -math.inf
+        self._paused_until = -math.inf
+        self._clock = resolve_clock(clock)
+        self._now: Callable[[], float] = self._clock.now
+        self._waiters: deque[_Waiter] = deque()
+        self._timer: Cancellable | None = None
+        self._timer_at = math.inf
+        self._granted = 0
+        self._granted_tokens = 0.0
+        self._rejected = 0
+        # total_count = granted + rejected + cancelled + waiting, so the hot paths count once.
+        self._cancelled = 0
+        self.name = name
+
+    @property
+    def rate(self) -> float:
+        """Tokens added per second."""
+        return self._rate
+
+    @property
+    def burst(self) -> float:
+        """Bucket capacity: the most tokens granted at once."""
+        return self._burst
+
+    @property
+    def available_tokens(self) -> float:
+        """Tokens in the bucket now (fractional; 0 during a pause). Never blocks."""
+        owed = self._tat - self._now()
+        if owed <= 0:
+            return self._burst
+        return max(0.0, self._burst - owed * self._rate)
+
+    def _check_tokens(self, tokens: float) -> None:
+        if not (isinstance(tokens, int | float) and tokens > 0 and math.isfinite(tokens)):
+            raise ValueError(f"tokens must be a finite number > 0, got {tokens!r}")
+
+    def _too_big(self, tokens: float) -> ValueError:
+        return ValueError(
+            f"rate limiter {self.name!r}: {tokens:g} tokens exceed the burst of {self._burst:g}"
+        )
+
+    def try_acquire(self, tokens: float = 1) -> bool:
+        """Take ``tokens`` now if the bucket has them and nobody waits. Never blocks.
+
+        Returns ``False`` (and takes nothing) otherwise, including for ``tokens > burst``.
+
+        Raises:
+            ValueError: for ``tokens <= 0``.
+        """
+        # Hot path: no validation up front; ``tokens > burst`` fails the tolerance test anyway.
+        if not self._waiters or self._no_live_waiters():
+            now = self._now()
+            tat = self._tat
+            new_tat = (tat if tat > now else now) + tokens * self._interval
+            if new_tat - now <= self._tolerance and tokens > 0:
+                self._tat = new_tat
+                self._granted += 1
+                self._granted_tokens += tokens
+                return True
+        self._check_tokens(tokens)
+        self._rejected += 1
+        return False
+
+    async def acquire(self, tokens: float = 1, *, timeout: float | timedelta | None = None) -> None:  # noqa: ASYNC109
+        """Wait until ``tokens`` can be taken (FIFO), then take them.
+
+        Blocks for exactly as long as the bucket needs to refill (no polling).
+
+        Raises:
+            ValueError: for ``tokens <= 0`` or ``tokens > burst`` (it could never be granted).
+            TimeoutError: when ``timeout`` seconds pass first (nothing is taken then).
+        """
+        if not 0 < tokens <= self._burst:
+            self._check_tokens(tokens)
+            raise self._too_big(tokens)
+        if not self._waiters:
+            now = self._now()
+            tat = self._tat
+            new_tat = (tat if tat > now else now) + tokens * self._interval
+            if new_tat - now <= self._tolerance:
+                self._tat = new_tat
+                self._granted += 1
+                self._granted_tokens += tokens
+                return
+        await self._wait(tokens, timeout)
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    def retry_after(self, tokens: float = 1) -> float:
+        """Seconds until ``tokens`` could be granted, after the requests already queued.
+
+        0.0 means now. Never blocks.
+
+        Raises:
+            ValueError: for ``tokens <= 0`` or ``tokens > burst``.
+        """
+        self._check_tokens(tokens)
+        if tokens > self._burst:
+            raise self._too_big(tokens)
+        queued = sum(n for fut, n in self._waiters if not fut.done())
+        _, wait = gcra_decide(
+            self._tat, self._now(), queued + tokens, self._interval, self._tolerance - _EPS
+        )
+        return max(0.0, wait)
+
+    def pause(self, seconds: float | timedelta) -> None:
+        """Grant nothing for ``seconds`` (a provider's ``Retry-After``). Never blocks.
+
+        When the pause ends the bucket is empty and refills from that moment. A pause never
+        shortens an earlier, longer one.
+        """
+        delay = to_seconds(seconds, what="pause")
+        now = self._now()
+        self._paused_until = max(self._paused_until, now + delay)
+        empty_at = now + delay + self._tolerance - _EPS
+        if empty_at > self._tat:
+            self._tat = empty_at
+        if self._waiters:
+            self._drain()
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _no_live_waiters(self) -> bool:
+        waiters = self._waiters
+        while waiters and waiters[0][0].done():
+            waiters.popleft()
+        return not waiters
+
+    async def _wait(self, tokens: float, timeout: float | timedelta | None) -> None:  # noqa: ASYNC109
+        seconds = _timeout_seconds(timeout)
+        fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._waiters.append((fut, tokens))
+        self._drain()
+        if fut.done():  # granted at once (the queue ahead was empty or all dead)
+            return
+        if seconds is not None and seconds <= 0:
+            fut.cancel()  # not counted as a cancellation: it is a rejection
+            self._rejected += 1
+            self._drain()
+            raise TimeoutError(f"rate limiter {self.name!r}: {tokens:g} tokens not available now")
+        timer: Cancellable | None = None
+        if seconds is not None:
+            timer = call_later(self._clock, seconds, lambda: self._expire(fut, tokens, seconds))
+        try:
+            await fut
+        except BaseException:
+            if fut.cancelled():
+                self._cancelled += 1
+            elif fut.exception() is None:
+                self._give_back(tokens, fut.result())
+            self._drain()
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _give_back(self, tokens: float, granted_at: float) -> None:
+        """Undo a grant whose waiter was cancelled before it resumed.
+
+        The credit shrinks by what the bucket refilled since the grant: the bucket may have
+        overflowed in that time without the grant, and crediting the full amount could then break
+        ``burst + rate * W``.
+        """
+        now = self._now()
+        credit = tokens - (now - granted_at) * self._rate
+        self._granted -= 1
+        self._granted_tokens -= tokens
+        self._cancelled += 1
+        if credit > 0:
+            self._tat = max(self._tat - credit * self._interval, now)
+
+    def _expire(self, fut: asyncio.Future[float], tokens: float, seconds: float) -> None:
+        if fut.done():
+            return
+        self._rejected += 1
+        fut.set_exception(
+            TimeoutError(
+                f"rate limiter {self.name!r}: {tokens:g} tokens not available within {seconds:g}s"
+            )
+        )
+        self._drain()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = math.inf
+        self._drain()
+
+    def _drain(self) -> None:
+        """Grant queued requests in order while the bucket has their tokens; arm the timer."""
+        waiters = self._waiters
+        now = self._now()
+        while waiters:
+            fut, tokens = waiters[0]
+            if fut.done():
+                waiters.popleft()
+                continue
+            new_tat, wait = gcra_decide(self._tat, now, tokens, self._interval, self._tolerance)
+            if wait > 0:
+                self._arm(now, wait)
+                return
+            waiters.popleft()
+            self._tat = new_tat
+            self._granted += 1
+            self._granted_tokens += tokens
+            fut.set_result(now)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+            self._timer_at = math.inf
+
+    def _arm(self, now: float, wait: float) -> None:
+        deadline = now + wait
+        if self._timer is not None:
+            if self._timer_at <= deadline:
+                return  # it fires first and re-arms for whatever is left
+            self._timer.cancel()
+        self._timer = call_later(self._clock, wait, self._on_timer)
+        self._timer_at = deadline
+
+    def stats(self) -> RateLimiterStats:
+        """A snapshot of the counters. Never blocks."""
+        waiting = sum(1 for fut, _ in self._waiters if not fut.done())
+        return RateLimiterStats(
+            rate=self._rate,
+            burst=self._burst,
+            available_tokens=self.available_tokens,
+            waiting_count=waiting,
+            granted_count=self._granted,
+            granted_tokens=self._granted_tokens,
+            rejected_count=self._rejected,
+            cancelled_count=self._cancelled,
+            total_count=self._granted + self._rejected + self._cancelled + waiting,
+            paused_for=max(0.0, self._paused_until - self._now()),
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"<RateLimiter {self.name!r} rate={self._rate:g}/s burst={self._burst:g} "
+            f"available={self.available_tokens:.2f} "
+            f"waiting={sum(1 for fut, _ in self._waiters if not fut.done())}>"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# AdaptiveLimiter
+# --------------------------------------------------------------------------------------------
+
+#: Factor applied to the limit by one counted drop (429, 503, timeout).
+DROP_BACKOFF = 0.5
+#: The most one latency window may shrink (x0.5) or grow (x2) the limit.
+MIN_GRADIENT = 0.5
+MAX_GRADIENT = 2.0
+#: "The limit is actually used" when at least this share of it was in flight during a window.
+USED_FRACTION = 0.75
+
+
+def adaptive_next_limit(
+    limit: float,
+    avg_latency_ms: float,
+    target_latency_ms: float,
+    used: bool,
+    min_limit: int,
+    max_limit: int,
+) -> float:
+    """One window's decision, a pure function: the next (fractional) limit.
+
+    ``gradient = target / avg`` clamped to [0.5, 2]. Above target the limit shrinks by the
+    gradient; below target it grows by it, but only if ``used`` (otherwise it is kept: an idle
+    limit says nothing about what the provider could take). The result stays in
+    ``[min_limit, max_limit]``.
+    """
+    if avg_latency_ms <= 0:
+        gradient = MAX_GRADIENT
+    else:
+        gradient = min(MAX_GRADIENT, max(MIN_GRADIENT, target_latency_ms / avg_latency_ms))
+    if gradient < 1.0 or used:
+        limit *= gradient
+    return min(float(max_limit), max(float(min_limit), limit))
+
+
+@dataclass(frozen=True, slots=True)
+class AdaptiveLimiterStats:
+    """A snapshot of an :class:`AdaptiveLimiter`.
+
+    ``current_limit`` is the enforced concurrency limit. ``samples`` counts latency samples that
+    were used; ``ignored_samples`` those that were not (cancellations, ``ignore=True``, and
+    permits granted before the last change of the limit); ``drops`` counts drops that shrank the
+    limit. ``last_window_latency_ms`` is the mean of the last complete window (``None`` before
+    the first). ``rejected_count`` counts failed ``try_acquire`` calls and acquire timeouts;
+    ``total_count`` every attempt. ``rate_limiter`` holds the optional rate limit's stats.
+    """
+
+    current_limit: int
+    min_limit: int
+    max_limit: int
+    target_latency_ms: float
+    inflight: int
+    waiting_count: int
+    samples: int
+    ignored_samples: int
+    drops: int
+    increases: int
+    decreases: int
+    last_window_latency_ms: float | None
+    rejected_count: int
+    total_count: int
+    rate_limiter: RateLimiterStats | None
+
+
+class AdaptivePermit:
+    """One request admitted by an :class:`AdaptiveLimiter`; :meth:`release` reports its outcome.
+
+    ``with``/``async with permit:`` release on exit and classify the outcome like
+    ``async with limiter:`` does.
+    """
+
+    __slots__ = ("_generation", "_limiter", "_released_at", "_started_at")
+
+    def __init__(self, limiter: AdaptiveLimiter, generation: int, started_at: float) -> None:
+        self._limiter = limiter
+        self._generation = generation
+        self._started_at = started_at
+        self._released_at: float | None = None
+
+    @property
+    def released(self) -> bool:
+        """Whether :meth:`release` was called."""
+        return self._released_at is not None
+
+    @property
+    def held_duration(self) -> float:
+        """Seconds since the permit was granted (up to the release, once released)."""
+        end = self._released_at
+        if end is None:
+            end = self._limiter._now()
+        return end - self._started_at
+
+    def release(
+        self, latency_ms: float | None = None, *, dropped: bool = False, ignore: bool = False
+    ) -> None:
+        """Give the permit back and report the outcome. Idempotent; never blocks.
+
+        ``latency_ms=None`` measures the time since the grant on the limiter's clock.
+        ``dropped=True`` reports an overload signal (429, 503, a timeout): the limit shrinks at
+        once. ``ignore=True`` reports nothing (use it for cancellations and for errors that say
+        nothing about load).
+        """
+        if self._released_at is None:
+            self._limiter._finish(self, latency_ms, dropped, ignore)
+
+    def __enter__(self) -> AdaptivePermit:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        self._limiter._finish_with(self, exc)
+
+    async def __aenter__(self) -> AdaptivePermit:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        self._limiter._finish_with(self, exc)
+
+    def __repr__(self) -> str:
+        state = "released" if self.released else "held"
+        return (
+            f"<AdaptivePermit {self._limiter.name!r} {state} "
+            f"held_duration={self.held_duration:.3f}s generation={self._generation}>"
+        )
+
+
+def _default_is_drop(exc: BaseException) -> bool:
+    return isinstance(exc, TimeoutError | Rejected)
+
+
+class AdaptiveLimiter:
+    """A concurrency limit that follows a latency target, optionally combined with a rate limit.
+
+    ``AdaptiveLimiter(initial, min_limit, max_limit, rate_per_sec, target_latency_ms, *,
+    clock=None, name="adaptive_limiter", window_size=20, burst=None, is_drop=None)``.
+
+    The limit it computes is the limit it enforces: admission goes through a FIFO
+    :class:`Backpressure` whose limit is set to ``current_limit`` after every change (a shrink
+    lets held permits drain). With ``rate_per_sec`` it also takes one token per request from a
+    :class:`RateLimiter` (``burst`` defaults to ``max(1, ceil(rate))``), after the concurrency
+    permit, so a refused request never spends a token.
+
+    The rule (a target-gradient controller, AIMD-like on drops):
+
+    * Latency samples are averaged over windows of ``window_size`` samples. Nothing changes
+      before a window is complete.
+    * ``gradient = target_latency_ms / window_mean``, clamped to [0.5, 2]. Above the target the
+      limit shrinks by the gradient (multiplicatively, at most halving per window); below the
+      target it grows by the gradient, but only while the limit is actually used (at least 3/4 of
+      it was in flight during the window, or a request had to wait).
+    * A drop (``dropped=True``, or a ``TimeoutError``/``Rejected`` from the body of ``async
+      with``) halves the limit at once, so a run of drops brings it to ``min_limit`` within a few
+      round trips.
+    * After every change the window restarts, and samples and drops from permits granted before
+      the change are ignored (Envoy's rule, envoy#11579): they describe the old limit. It also
+      means a burst of simultaneous 503s halves the limit once per round trip, not once per 503.
+    * Cancellations are not samples (Netflix/concurrency-limits#146); nor are other exceptions.
+
+    Why this rule: Gradient2 and Vegas estimate the no-load latency and treat the excess as
+    queueing; that needs a probe for the baseline and drifts upward under sustained load
+    (Netflix/concurrency-limits#134), and Gradient2's ``+queueSize`` headroom makes the limit
+    creep. Here the user states the latency they accept, so the controller only has to find the
+    concurrency at which the provider answers within it. By Little's law, for a provider that
+    serves C requests at base latency B and queues beyond C, the latency at limit L > C is about
+    ``B * L / C``: the fixed point of ``L * target / latency`` is ``L = C * target / B`` and the
+    gradient steers there multiplicatively from either side. Drops use TCP's halving because a
+    429/503 says "too much" without saying by how much. The window and the generation filter come
+    from Netflix's WindowedLimit and Envoy's gradient controller.
+
+    Raises:
+        ValueError: unless ``1 <= min_limit <= initial <= max_limit``, ``target_latency_ms > 0``
+            and ``rate_per_sec`` is ``None`` or > 0.
+    """
+
+    __slots__ = (
+        "_bp",
+        "_clock",
+        "_decreases",
+        "_drops",
+        "_entered",
+        "_generation",
+        "_ignored",
+        "_increases",
+        "_inflight",
+        "_is_drop",
+        "_last_window",
+        "_limit",
+        "_max",
+        "_min",
+        "_now",
+        "_rate",
+        "_rejected",
+        "_samples",
+        "_target",
+        "_total",
+        "_window_count",
+        "_window_peak",
+        "_window_saturated",
+        "_window_size",
+        "_window_sum",
+        "name",
+    )
+
+    def __init__(
+        self,
+        initial: int,
+        min_limit: int,
+        max_limit: int,
+        rate_per_sec: float | None,
+        target_latency_ms: float,
+        *,
+        clock: Clock | None = None,
+        name: str = "adaptive_limiter",
+        window_size: int = 20,
+        burst: float | None = None,
+        is_drop: Callable[[BaseException], bool] | None = None,
+    ) -> None:
+        for value, what in (
+            (initial, "initial"),
+            (min_limit, "min_limit"),
+            (max_limit, "max_limit"),
+        ):
+            _check_limit(value, what)
+        if not min_limit <= initial <= max_limit:
+            raise ValueError(
+                "need 1 <= min_limit <= initial <= max_limit, got "
+                f"min_limit={min_limit}, initial={initial}, max_limit={max_limit}"
+            )
+        if not (
+            isinstance(target_latency_ms, int | float)
+            and math.isfinite(target_latency_ms)
+            and target_latency_ms > 0
+        ):
+            raise ValueError(f"target_latency_ms must be > 0, got {target_latency_ms!r}")
+        _check_limit(window_size, "window_size")
+        self.name = name
+        self._clock = resolve_clock(clock)
+        self._now: Callable[[], float] = self._clock.now
+        self._bp = Backpressure(initial, name=name, clock=self._clock)
+        self._rate = (
+            None
+            if rate_per_sec is None
+            else RateLimiter(rate_per_sec, burst, clock=self._clock, name=name)
+        )
+        self._min = min_limit
+        self._max = max_limit
+        self._target = float(target_latency_ms)
+        self._window_size = window_size
+        self._is_drop = _default_is_drop if is_drop is None else is_drop
+        self._limit = float(initial)
+        self._generation = 0
+        self._inflight = 0
+        self._window_sum = 0.0
+        self._window_count = 0
+        self._window_peak = 0
+        self._window_saturated = False
+        self._last_window: float | None = None
+        self._samples = 0
+        self._ignored = 0
+        self._drops = 0
+        self._increases = 0
+        self._decreases = 0
+        self._rejected = 0
+        self._total = 0
+        # Permits taken by ``async with limiter:``, per task (an exit must find its own entry).
+        self._entered: dict[object, list[AdaptivePermit]] = {}
+
+    # -- properties ---------------------------------------------------------------------------
+
+    @property
+    def current_limit(self) -> int:
+        """The concurrency limit enforced right now."""
+        return self._bp.max_concurrent
+
+    @property
+    def inflight(self) -> int:
+        """Permits granted and not yet released."""
+        return self._inflight
+
+    # -- acquiring ----------------------------------------------------------------------------
+
+    def try_acquire(self) -> AdaptivePermit | None:
+        """Admit one request now if the limit (and the rate) allow it; otherwise ``None``.
+
+        Never blocks. A refusal by the concurrency limit spends no rate token.
+        """
+        self._total += 1
+        bp = self._bp
+        if bp._available < 1 or (bp._waiters and not bp._no_live_waiters()):
+            self._window_saturated = True
+            self._rejected += 1
+            return None
+        if self._rate is not None and not self._rate.try_acquire():
+            self._rejected += 1
+            return None
+        bp._available -= 1
+        return self._grant()
+
+    async def acquire(self, *, timeout: float | timedelta | None = None) -> AdaptivePermit:  # noqa: ASYNC109
+        """Wait (FIFO) for a concurrency permit, then for a rate token, and return the permit.
+
+        Raises:
+            TimeoutError: when ``timeout`` seconds pass first (nothing is held then).
+        """
+        self._total += 1
+        bp = self._bp
+        if self._rate is None and timeout is None and bp._available >= 1 and not bp._waiters:
+            bp._available -= 1  # the common uncontended case, inlined
+            return self._grant()
+        return await self._acquire_slow(_timeout_seconds(timeout))
+
+    async def _acquire_slow(self, seconds: float | None) -> AdaptivePermit:
+        bp = self._bp
+        if bp._available < 1 or bp._waiters:
+            self._window_saturated = True
+        start = self._now()
+        try:
+            if bp._available >= 1 and bp._no_live_waiters():
+                bp._available -= 1
+            else:
+                await bp._wait(1, seconds)
+        except TimeoutError:
+            self._rejected += 1
+            raise
+        if self._rate is not None:
+            try:
+                left = None if seconds is None else max(0.0, seconds - (self._now() - start))
+                await self._rate.acquire(1, timeout=left)
+            except BaseException as exc:
+                bp._available += 1
+                if bp._waiters:
+                    bp._wake()
+                if isinstance(exc, TimeoutError):
+                    self._rejected += 1
+                raise
+        return self._grant()
+
+    async def __aenter__(self) -> AdaptivePermit:
+        permit = await self.acquire()
+        task = asyncio.current_task()
+        stack = self._entered.get(task)
+        if stack is None:
+            self._entered[task] = [permit]
+        else:
+            stack.append(permit)
+        return permit
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        task = asyncio.current_task()
+        stack = self._entered[task]
+        permit = stack.pop()
+        if not stack:
+            del self._entered[task]
+        if exc is None:
+            if permit._released_at is None:
+                self._finish(permit, None, False, False)
+        else:
+            self._finish_with(permit, exc)
+
+    def report_latency(self, latency_ms: float) -> None:
+        """Feed a latency sample not tied to a permit (counts for the current limit)."""
+        self._sample(float(latency_ms))
+
+    def set_target_latency(self, target_latency_ms: float) -> None:
+        """Change the latency target from the next window on."""
+        if not target_latency_ms > 0:
+            raise ValueError(f"target_latency_ms must be > 0, got {target_latency_ms!r}")
+        self._target = float(target_latency_ms)
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _grant(self) -> AdaptivePermit:
+        """Wrap one concurrency permit (already taken from ``_bp``) and count it in flight."""
+        inflight = self._inflight = self._inflight + 1
+        if inflight > self._window_peak:
+            self._window_peak = inflight
+        return AdaptivePermit(self, self._generation, self._now())
+
+    def _finish_with(self, permit: AdaptivePermit, exc: BaseException | None) -> None:
+        if permit.released:
+            return
+        if exc is None:
+            self._finish(permit, None, False, False)
+        elif isinstance(exc, asyncio.CancelledError):
+            self._finish(permit, None, False, True)
+        else:
+            dropped = self._is_drop(exc)
+            self._finish(permit, None, dropped, not dropped)
+
+    def _finish(
+        self, permit: AdaptivePermit, latency_ms: float | None, dropped: bool, ignore: bool
+    ) -> None:
+        now = permit._released_at = self._now()
+        if latency_ms is None:
+            latency_ms = (now - permit._started_at) * 1000.0
+        bp = self._bp
+        bp._available += 1
+        if bp._waiters:
+            bp._wake()
+        self._inflight -= 1
+        if ignore or permit._generation != self._generation:
+            self._ignored += 1
+            return
+        if dropped:
+            self._drops += 1
+            self._set(self._limit * DROP_BACKOFF)
+            return
+        self._sample(latency_ms)
+
+    def _sample(self, latency_ms: float) -> None:
+        self._samples += 1
+        self._window_sum += latency_ms
+        self._window_count += 1
+        if self._window_count < self._window_size:
+            return
+        mean = self._window_sum / self._window_count
+        self._last_window = mean
+        enforced = self._bp.max_concurrent
+        used = self._window_saturated or self._window_peak >= USED_FRACTION * enforced
+        new = adaptive_next_limit(self._limit, mean, self._target, used, self._min, self._max)
+        if new != self._limit:
+            self._set(new)
+        else:
+            self._reset_window()
+
+    def _set(self, new: float) -> None:
+        new = min(float(self._max), max(float(self._min), new))
+        if new < self._limit:
+            self._decreases += 1
+        elif new > self._limit:
+            self._increases += 1
+        self._limit = new
+        self._generation += 1
+        self._reset_window()
+        enforced = int(new + 1e-9)
+        if enforced != self._bp.max_concurrent:
+            self._bp.set_limit(enforced)
+
+    def _reset_window(self) -> None:
+        self._window_sum = 0.0
+        self._window_count = 0
+        self._window_peak = self._inflight
+        self._window_saturated = False
+
+    def stats(self) -> AdaptiveLimiterStats:
+        """A snapshot of the counters. Never blocks."""
+        return AdaptiveLimiterStats(
+            current_limit=self._bp.max_concurrent,
+            min_limit=self._min,
+            max_limit=self._max,
+            target_latency_ms=self._target,
+            inflight=self._inflight,
+            waiting_count=self._bp.waiting_count,
+            samples=self._samples,
+            ignored_samples=self._ignored,
+            drops=self._drops,
+            increases=self._increases,
+            decreases=self._decreases,
+            last_window_latency_ms=self._last_window,
+            rejected_count=self._rejected,
+            total_count=self._total,
+            rate_limiter=None if self._rate is None else self._rate.stats(),
+        )
+
+    def __repr__(self) -> str:
+        rate = "" if self._rate is None else f" rate={self._rate.rate:g}/s"
+        return (
+            f"<AdaptiveLimiter {self.name!r} limit={self.current_limit} "
+            f"[{self._min}..{self._max}] inflight={self._inflight} "
+            f"target={self._target:g}ms{rate}>"
+        )
