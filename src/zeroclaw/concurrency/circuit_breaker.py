@@ -53,6 +53,7 @@ Like asyncio's primitives, a breaker belongs to one event loop (one thread); it 
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import functools
 import inspect
@@ -109,6 +110,12 @@ _IGNORED: Final = 3
 
 # Ticket 0 means "no ticket": the manual protocol's results, and a refused admission.
 _ANONYMOUS: Final = 0
+# A call of the current CLOSED period whose in-flight count was already settled.
+_CURRENT: Final = -1
+
+
+async def _resolved(value: T) -> T:
+    return value
 
 
 def _positive_int(value: object, what: str) -> int:
@@ -264,8 +271,11 @@ class CircuitBreaker:
         "_config",
         "_consec_fail",
         "_consec_succ",
+        "_entered",
+        "_exited",
         "_fail_thr",
         "_failures",
+        "_fast",
         "_gen",
         "_ho_max",
         "_ignored",
@@ -282,13 +292,16 @@ class CircuitBreaker:
         "_probe_timeout",
         "_probes",
         "_rate_thr",
+        "_registered",
         "_rejected",
         "_slow",
         "_slow_calls",
+        "_stale",
         "_state",
         "_succ_thr",
         "_successes",
         "_timeout",
+        "_untracked",
         "_win",
         "_win_fail",
         "_win_n",
@@ -337,7 +350,19 @@ class CircuitBreaker:
         self._open_until = 0.0
         self._next_id = 2
         self._gen = 1  # ticket of calls admitted in the current CLOSED period
-        self._in_flight = 0  # those calls not yet reported
+        self._in_flight = 0  # those calls not yet reported (manual, call(), tracked async with)
+        # ``async with`` cannot keep a ticket in a local variable. While the breaker is CLOSED and
+        # no earlier call is outstanding ("fast mode") it needs none: every call that exits was
+        # admitted in this CLOSED period, so it is just counted (``_untracked``). When it leaves
+        # CLOSED, those calls become ``_stale``; from then on, until the stale ones and every
+        # ticketed one have exited, ``async with`` keeps its ticket in the task's context
+        # (``_registered`` of them), and an exit without one is a stale call, hence late.
+        self._untracked = 0
+        self._stale = 0
+        self._registered = 0
+        self._fast = self._slow is None
+        self._entered: Awaitable[CircuitBreaker] | None = None
+        self._exited: Awaitable[None] | None = None
         self._probes: dict[int, float] = {}  # probe ticket -> deadline, oldest first
         self._consec_fail = 0
         self._consec_succ = 0
@@ -392,7 +417,7 @@ class CircuitBreaker:
         now = self._now()
         n = self._win_n
         if state is _CLOSED:
-            in_flight = self._in_flight
+            in_flight = self._in_flight + self._untracked
         elif state is _HALF_OPEN:
             in_flight = len(self._probes)
         else:
@@ -448,8 +473,44 @@ class CircuitBreaker:
 
     # ------------------------------------------------------------------ guarded forms
 
-    async def __aenter__(self) -> CircuitBreaker:
+    def __aenter__(self) -> Awaitable[CircuitBreaker]:
         """Admit one call or raise :class:`CircuitOpenError`. Does not block."""
+        if self._fast:
+            self._untracked += 1
+            entered = self._entered
+            return self._make_awaitables() if entered is None else entered
+        return self._enter_tracked()
+
+    def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Awaitable[None]:
+        """Record the outcome of the guarded block from its exception; never suppresses it."""
+        if self._fast:
+            # Fast mode: every outstanding ``async with`` call is untracked and current.
+            self._untracked -= 1
+            if exc is None:  # _closed_success() inlined: this is the hot path
+                self._successes += 1
+                self._consec_fail = 0
+                self._consec_succ += 1
+                pos = self._win_pos
+                if self._win_n == self._win_size:
+                    self._win_fail -= self._win[pos]
+                else:
+                    self._win_n += 1
+                self._win[pos] = 0
+                pos += 1
+                self._win_pos = 0 if pos == self._win_size else pos
+            else:
+                self._record(_CURRENT, self._classify(exc))
+        else:
+            self._exit_tracked(exc)
+        exited = self._exited
+        return _resolved(None) if exited is None else exited
+
+    def _enter_tracked(self) -> Awaitable[CircuitBreaker]:
         if self._state is _CLOSED:
             self._in_flight += 1
             ticket = self._gen
@@ -459,31 +520,41 @@ class CircuitBreaker:
                 raise self._open_error()
         start = self._now() if self._slow is not None else 0.0
         _TICKETS.set((self, ticket, start, _TICKETS.get()))
-        return self
+        self._registered += 1
+        self._fast = False
+        entered = self._entered
+        return self._make_awaitables() if entered is None else entered
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Record the outcome of the guarded block from its exception; never suppresses it."""
+    def _exit_tracked(self, exc: BaseException | None) -> None:
         frame = _TICKETS.get()
         if frame is not None and frame[0] is self:
             _TICKETS.set(frame[3])
-            ticket = frame[1]
-            start = frame[2]
+            self._registered -= 1
+            outcome = self._timed_success(frame[2]) if exc is None else self._classify(exc)
+            self._record(frame[1], outcome)
+        elif self._stale:
+            # Admitted untracked (fast mode) before a transition: its result is late.
+            self._stale -= 1
+            self._late += 1
         else:  # entered in another context (e.g. an async generator moved between tasks)
-            ticket = _ANONYMOUS
-            start = self._now()
-        if exc is None:
-            if self._slow is None and self._state is _CLOSED and ticket == self._gen:
-                self._in_flight -= 1
-                self._closed_success()
-                return
-            self._record(ticket, self._timed_success(start))
-        else:
-            self._record(ticket, self._classify(exc))
+            self._record(_ANONYMOUS, _SUCCESS if exc is None else self._classify(exc))
+        self._update_fast()
+
+    def _make_awaitables(self) -> Awaitable[CircuitBreaker]:
+        # ``async with`` only needs awaitables from __aenter__/__aexit__: already-done futures
+        # are the cheapest there are (no coroutine per call). Made lazily: the constructor needs
+        # no loop. A done future is never handed to the loop, so any loop may await it.
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # driven without a loop (e.g. by hand in a test)
+            return _resolved(self)
+        entered: asyncio.Future[CircuitBreaker] = loop.create_future()
+        entered.set_result(self)
+        exited: asyncio.Future[None] = loop.create_future()
+        exited.set_result(None)
+        self._entered = entered
+        self._exited = exited
+        return entered
 
     async def call(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Await ``fn(*args, **kwargs)`` through the breaker and return its result.
@@ -573,6 +644,7 @@ class CircuitBreaker:
         self._successes = self._failures = self._rejected = 0
         self._ignored = self._slow_calls = self._late = 0
         self._changed_at = now
+        self._update_fast()
         self._notify()
 
     # ------------------------------------------------------------------ the state machine
@@ -662,6 +734,8 @@ class CircuitBreaker:
             if ticket == _ANONYMOUS:
                 if self._in_flight:
                     self._in_flight -= 1
+            elif ticket == _CURRENT:
+                pass
             elif ticket == self._gen:
                 self._in_flight -= 1
             else:
@@ -724,7 +798,20 @@ class CircuitBreaker:
             self._transition(_OPEN, self._now())
             self._notify()
 
+    def _retire_untracked(self) -> None:
+        self._stale += self._untracked
+        self._untracked = 0
+
+    def _update_fast(self) -> None:
+        self._fast = (
+            self._state is _CLOSED
+            and not self._stale
+            and not self._registered
+            and self._slow is None
+        )
+
     def _enter_closed(self) -> None:
+        self._retire_untracked()
         self._win_n = self._win_fail = self._win_pos = 0
         self._consec_fail = self._consec_succ = 0
         self._gen = self._next_id
@@ -737,6 +824,7 @@ class CircuitBreaker:
         old = self._state
         self._state = new
         self._changed_at = now
+        self._retire_untracked()
         if new is _CLOSED:
             self._enter_closed()
         elif new is _OPEN:
@@ -750,6 +838,7 @@ class CircuitBreaker:
         else:
             self._consec_succ = 0
             self._probes.clear()
+        self._update_fast()
         _log.info("circuit %r: %s -> %s", self.name, old, new)
         self._pending.append((old, new))
 
@@ -778,7 +867,12 @@ class CircuitBreaker:
 
     def _evictable(self) -> bool:
         """CLOSED, nothing in flight, no failure in the window: forgetting it loses nothing."""
-        return self._state is _CLOSED and self._in_flight == 0 and self._win_fail == 0
+        return (
+            self._state is _CLOSED
+            and self._in_flight == 0
+            and self._untracked == 0
+            and self._win_fail == 0
+        )
 
     def __repr__(self) -> str:
         state = self._state
