@@ -265,6 +265,7 @@ class CircuitBreaker:
     """
 
     __slots__ = (
+        "_bad",
         "_callbacks",
         "_changed_at",
         "_clock",
@@ -273,6 +274,7 @@ class CircuitBreaker:
         "_consec_succ",
         "_entered",
         "_exited",
+        "_fail_mark",
         "_fail_thr",
         "_failures",
         "_fast",
@@ -289,23 +291,22 @@ class CircuitBreaker:
         "_now",
         "_open_until",
         "_pending",
+        "_period_fail",
         "_probe_timeout",
         "_probes",
         "_rate_thr",
         "_registered",
         "_rejected",
+        "_seq",
         "_slow",
         "_slow_calls",
         "_stale",
         "_state",
+        "_streak",
         "_succ_thr",
         "_successes",
         "_timeout",
         "_untracked",
-        "_win",
-        "_win_fail",
-        "_win_n",
-        "_win_pos",
         "_win_size",
         "name",
     )
@@ -339,12 +340,21 @@ class CircuitBreaker:
         if probe is None:
             probe = self._timeout if self._timeout > 0 else math.inf
         self._probe_timeout = to_seconds(probe)
-        # The window: a ring of 0 (success) / 1 (failure or slow) with a running failure count.
+        # The CLOSED period's outcomes are numbered 0, 1, 2... (``_seq`` is the next number), and
+        # only the numbers of the bad ones (failures, slow calls) are kept, in ``_bad``. The window
+        # is the last ``window_size`` numbers; bad numbers that fell out of it are dropped when
+        # the window is next judged (so ``_bad`` holds at most window_size + 1 of them). A success
+        # therefore costs one increment: the consecutive counts and the number of successes of
+        # the period are derived from ``_seq``, ``_fail_mark`` (the number after the last
+        # failure), ``_streak`` (failures in a row up to it) and ``_period_fail``. The explicit
+        # counters below take over outside CLOSED; the period's totals are folded into them
+        # when it ends. Cleared when the breaker closes, not when it opens.
         self._win_size = config.window_size
-        self._win = bytearray(config.window_size)
-        self._win_n = 0
-        self._win_fail = 0
-        self._win_pos = 0
+        self._seq = 0
+        self._bad: deque[int] = deque()
+        self._fail_mark = 0
+        self._streak = 0
+        self._period_fail = 0
         self._state = _CLOSED
         self._changed_at = self._now()
         self._open_until = 0.0
@@ -415,7 +425,8 @@ class CircuitBreaker:
         """A snapshot of the counters (see :class:`CircuitBreakerStats`). Does not block."""
         state = self.state
         now = self._now()
-        n = self._win_n
+        n = min(self._seq, self._win_size)
+        consec_fail, consec_succ, successes = self._counts()
         if state is _CLOSED:
             in_flight = self._in_flight + self._untracked
         elif state is _HALF_OPEN:
@@ -425,11 +436,11 @@ class CircuitBreaker:
         return CircuitBreakerStats(
             name=self.name,
             state=state,
-            failure_rate=self._win_fail / n if n else 0.0,
-            consecutive_failures=self._consec_fail,
-            consecutive_successes=self._consec_succ,
-            total_calls=self._successes + self._failures,
-            successful_calls=self._successes,
+            failure_rate=self._window_failures() / n if n else 0.0,
+            consecutive_failures=consec_fail,
+            consecutive_successes=consec_succ,
+            total_calls=successes + self._failures,
+            successful_calls=successes,
             failed_calls=self._failures,
             rejected_calls=self._rejected,
             time_in_current_state=max(0.0, now - self._changed_at),
@@ -457,7 +468,7 @@ class CircuitBreaker:
         if self._state is _CLOSED:
             if self._in_flight:
                 self._in_flight -= 1
-            self._closed_success()
+            self._seq += 1
             return
         self._record(_ANONYMOUS, _SUCCESS)
 
@@ -491,18 +502,8 @@ class CircuitBreaker:
         if self._fast:
             # Fast mode: every outstanding ``async with`` call is untracked and current.
             self._untracked -= 1
-            if exc is None:  # _closed_success() inlined: this is the hot path
-                self._successes += 1
-                self._consec_fail = 0
-                self._consec_succ += 1
-                pos = self._win_pos
-                if self._win_n == self._win_size:
-                    self._win_fail -= self._win[pos]
-                else:
-                    self._win_n += 1
-                self._win[pos] = 0
-                pos += 1
-                self._win_pos = 0 if pos == self._win_size else pos
+            if exc is None:  # a success of the CLOSED period: the hot path
+                self._seq += 1
             else:
                 self._record(_CURRENT, self._classify(exc))
         else:
@@ -580,7 +581,7 @@ class CircuitBreaker:
             raise
         if self._slow is None and self._state is _CLOSED and ticket == self._gen:
             self._in_flight -= 1
-            self._closed_success()
+            self._seq += 1
         else:
             self._record(ticket, self._timed_success(start))
         return result
@@ -702,30 +703,25 @@ class CircuitBreaker:
             return _SLOW
         return _SUCCESS
 
-    def _push(self, bit: int) -> None:
-        pos = self._win_pos
-        if self._win_n == self._win_size:
-            self._win_fail -= self._win[pos]
-        else:
-            self._win_n += 1
-        self._win[pos] = bit
-        self._win_fail += bit
-        pos += 1
-        self._win_pos = 0 if pos == self._win_size else pos
+    def _window_failures(self) -> int:
+        """Bad outcomes among the last ``window_size`` of the CLOSED period."""
+        bad = self._bad
+        low = self._seq - self._win_size
+        while bad and bad[0] < low:
+            bad.popleft()
+        return len(bad)
 
-    def _closed_success(self) -> None:
-        # The hot path: inlined _push, no clock read, no allocation.
-        self._successes += 1
-        self._consec_fail = 0
-        self._consec_succ += 1
-        pos = self._win_pos
-        if self._win_n == self._win_size:
-            self._win_fail -= self._win[pos]
-        else:
-            self._win_n += 1
-        self._win[pos] = 0
-        pos += 1
-        self._win_pos = 0 if pos == self._win_size else pos
+    def _counts(self) -> tuple[int, int, int]:
+        """(consecutive failures, consecutive successes, successful calls), whatever the state."""
+        if self._state is _CLOSED:
+            seq = self._seq
+            mark = self._fail_mark
+            return (
+                self._streak if mark == seq else 0,
+                seq - mark,
+                self._successes + seq - self._period_fail,
+            )
+        return self._consec_fail, self._consec_succ, self._successes
 
     def _record(self, ticket: int, outcome: int) -> None:
         """Apply one result (pure in state and ``now``), then announce any transition."""
@@ -741,25 +737,27 @@ class CircuitBreaker:
             else:
                 self._late += 1
                 return
+            seq = self._seq
             if outcome == _SUCCESS:
-                self._closed_success()
+                self._seq = seq + 1
                 return
             if outcome == _IGNORED:
                 self._ignored += 1
                 return
+            self._bad.append(seq)
             if outcome == _FAILURE:
                 self._failures += 1
-                self._consec_succ = 0
-                self._consec_fail += 1
+                self._period_fail += 1
+                streak = self._streak + 1 if self._fail_mark == seq else 1
+                self._streak = streak
+                self._fail_mark = seq + 1
             else:  # slow success: counts toward the rate, not as a consecutive failure
-                self._successes += 1
                 self._slow_calls += 1
-                self._consec_fail = 0
-                self._consec_succ += 1
-            self._push(1)
-            n = self._win_n
-            if self._consec_fail >= self._fail_thr or (
-                n >= self._min_calls and self._win_fail / n >= self._rate_thr
+                streak = 0
+            self._seq = seq + 1
+            n = min(seq + 1, self._win_size)
+            if streak >= self._fail_thr or (
+                n >= self._min_calls and self._window_failures() / n >= self._rate_thr
             ):
                 self._transition(_OPEN, self._now())
                 self._notify()
@@ -812,7 +810,8 @@ class CircuitBreaker:
 
     def _enter_closed(self) -> None:
         self._retire_untracked()
-        self._win_n = self._win_fail = self._win_pos = 0
+        self._seq = self._fail_mark = self._streak = self._period_fail = 0
+        self._bad.clear()
         self._consec_fail = self._consec_succ = 0
         self._gen = self._next_id
         self._next_id += 1
@@ -822,6 +821,8 @@ class CircuitBreaker:
     def _transition(self, new: CircuitState, now: float) -> None:
         """Move to ``new`` (a real change) and queue its announcement; callbacks run later."""
         old = self._state
+        if old is _CLOSED:  # fold the period's derived counts into the explicit counters
+            self._consec_fail, self._consec_succ, self._successes = self._counts()
         self._state = new
         self._changed_at = now
         self._retire_untracked()
@@ -871,15 +872,15 @@ class CircuitBreaker:
             self._state is _CLOSED
             and self._in_flight == 0
             and self._untracked == 0
-            and self._win_fail == 0
+            and self._window_failures() == 0
         )
 
     def __repr__(self) -> str:
         state = self._state
         parts = [
             f"CircuitBreaker({self.name!r}, state={state}",
-            f"consecutive_failures={self._consec_fail}/{self._fail_thr}",
-            f"window={self._win_fail}/{self._win_n}",
+            f"consecutive_failures={self._counts()[0]}/{self._fail_thr}",
+            f"window={self._window_failures()}/{min(self._seq, self._win_size)}",
         ]
         if state is _OPEN:
             parts.append(f"retry_after={self._retry_after(self._now()):.1f}s")
