@@ -908,3 +908,82 @@ def test_group_never_evicts_open_half_open_or_busy_and_goes_over_the_bound() -> 
 def test_group_validates_max_breakers() -> None:
     with pytest.raises(ValueError, match="max_breakers"):
         CircuitBreakerGroup(max_breakers=0)
+
+
+# --------------------------------------------------------------------------- async with bookkeeping
+
+
+async def test_async_with_binds_the_breaker() -> None:
+    breaker = CircuitBreaker(clock=FakeClock())
+    async with breaker as bound:
+        assert bound is breaker
+    assert breaker.stats().successful_calls == 1
+
+
+async def test_async_with_calls_in_flight_across_reset_are_inert_then_counting_resumes() -> None:
+    breaker, _, _ = make(failure_threshold=1)
+    release = asyncio.Event()
+
+    async def guarded() -> None:
+        async with breaker:
+            await release.wait()
+
+    tasks = [asyncio.create_task(guarded()) for _ in range(3)]
+    await settle()
+    assert breaker.stats().in_flight == 3
+    breaker.reset()
+    assert breaker.stats().in_flight == 0
+    # While the three stale calls are out, new calls carry tickets and still count.
+    async with breaker:
+        pass
+    release.set()
+    await asyncio.gather(*tasks)
+    stats = breaker.stats()
+    assert (stats.late_results, stats.successful_calls) == (3, 1)
+    for _ in range(3):
+        async with breaker:
+            pass
+    with pytest.raises(Boom):
+        async with breaker:
+            raise Boom
+    stats = breaker.stats()
+    assert (stats.successful_calls, stats.failed_calls, stats.in_flight) == (4, 1, 0)
+    assert breaker.state is OP
+
+
+async def test_probe_still_out_when_the_breaker_closes_reports_late() -> None:
+    breaker, _, _ = half_open(half_open_max_calls=2, success_threshold=1)
+    release = asyncio.Event()
+
+    async def probe() -> None:
+        async with breaker:
+            await release.wait()
+
+    slow_probe = asyncio.create_task(probe())
+    await settle()
+    async with breaker:  # the second probe succeeds and closes the breaker
+        pass
+    assert breaker.state is CL
+    release.set()
+    await slow_probe
+    stats = breaker.stats()
+    assert stats.late_results == 1
+    assert stats.in_flight == 0
+    assert stats.consecutive_successes == 0  # the late probe did not count in the new period
+
+
+def test_a_breaker_can_be_used_from_one_event_loop_after_another() -> None:
+    breaker = CircuitBreaker(CircuitConfig(failure_threshold=2), clock=FakeClock())
+
+    async def use(fail_it: bool) -> None:
+        async with breaker:
+            if fail_it:
+                raise Boom
+
+    asyncio.run(use(False))
+    with pytest.raises(Boom):
+        asyncio.run(use(True))
+    with pytest.raises(Boom):
+        asyncio.run(use(True))
+    assert breaker.state is OP
+    assert breaker.stats().successful_calls == 1
