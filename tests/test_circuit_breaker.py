@@ -987,3 +987,45 @@ def test_a_breaker_can_be_used_from_one_event_loop_after_another() -> None:
         asyncio.run(use(True))
     assert breaker.state is OP
     assert breaker.stats().successful_calls == 1
+
+
+async def test_a_child_task_does_not_take_its_parents_ticket_for_its_own() -> None:
+    # A task created inside ``async with breaker`` inherits a copy of the context, including the
+    # parent's ticket frame. The child's own call, admitted after the parent exited, must not
+    # use it.
+    breaker, clock, _ = make(failure_threshold=1, timeout_duration=10, success_threshold=1)
+    stale_release = asyncio.Event()
+    child_go = asyncio.Event()
+    child_release = asyncio.Event()
+
+    async def stale() -> None:
+        async with breaker:
+            await stale_release.wait()
+
+    async def child() -> None:
+        await child_go.wait()
+        async with breaker:
+            await child_release.wait()
+
+    stale_task = asyncio.create_task(stale())
+    await settle()
+    breaker.reset()  # the stale call's result will be late; async with now keeps tickets
+    async with breaker:  # the parent: a ticketed call
+        child_task = asyncio.create_task(child())
+    stale_release.set()
+    await stale_task
+    child_go.set()
+    await settle()  # the child's call is in flight
+    fail(breaker)  # trips: the child's call is now from before a transition
+    clock.advance(10)
+    probe = asyncio.create_task(breaker.call(asyncio.sleep, 0))
+    child_release.set()
+    await child_task
+    await probe
+    stats = breaker.stats()
+    assert breaker.state is CL
+    assert stats.late_results == 2  # the stale call and the child's call
+    assert stats.successful_calls == 2  # the parent and the probe
+    assert stats.in_flight == 0
+    # White-box: the bookkeeping is back to zero, so async with is on its fast path again.
+    assert breaker._fast

@@ -246,10 +246,28 @@ class CircuitBreakerStats:
     retry_after: float = 0.0
 
 
-# The guarded ``async with breaker:`` form needs the ticket of *this task's* call at exit; the
-# breaker object is shared by concurrent tasks, so the ticket lives in the task's context, as a
-# stack of (breaker, ticket, start, below) so that nested ``async with`` of breakers work.
-_Frame = tuple["CircuitBreaker", int, float, Any]
+class _Frame:
+    """The ticket of one tracked ``async with`` call, on a per-task stack (see CircuitBreaker).
+
+    ``live`` turns false when the call exits: a task created inside the block inherits a copy of
+    the context, stack included, and must not mistake its parent's frame for its own.
+    """
+
+    __slots__ = ("below", "breaker", "live", "start", "ticket")
+
+    def __init__(
+        self, breaker: CircuitBreaker, ticket: int, start: float, below: _Frame | None
+    ) -> None:
+        self.breaker = breaker
+        self.ticket = ticket
+        self.start = start
+        self.below = below
+        self.live = True
+
+
+# ``async with breaker:`` needs the ticket of *this task's* call at exit, but the breaker object is
+# shared by concurrent tasks; so (when it needs tickets at all) it keeps them in the task's context,
+# as a stack so that nested ``async with`` of breakers work.
 _TICKETS: ContextVar[_Frame | None] = ContextVar("zeroclaw_circuit_tickets", default=None)
 
 
@@ -520,7 +538,7 @@ class CircuitBreaker:
             if ticket == _ANONYMOUS:
                 raise self._open_error()
         start = self._now() if self._slow is not None else 0.0
-        _TICKETS.set((self, ticket, start, _TICKETS.get()))
+        _TICKETS.set(_Frame(self, ticket, start, _TICKETS.get()))
         self._registered += 1
         self._fast = False
         entered = self._entered
@@ -528,11 +546,12 @@ class CircuitBreaker:
 
     def _exit_tracked(self, exc: BaseException | None) -> None:
         frame = _TICKETS.get()
-        if frame is not None and frame[0] is self:
-            _TICKETS.set(frame[3])
+        if frame is not None and frame.breaker is self and frame.live:
+            frame.live = False
+            _TICKETS.set(frame.below)
             self._registered -= 1
-            outcome = self._timed_success(frame[2]) if exc is None else self._classify(exc)
-            self._record(frame[1], outcome)
+            outcome = self._timed_success(frame.start) if exc is None else self._classify(exc)
+            self._record(frame.ticket, outcome)
         elif self._stale:
             # Admitted untracked (fast mode) before a transition: its result is late.
             self._stale -= 1
