@@ -1029,3 +1029,12 @@ async def test_a_child_task_does_not_take_its_parents_ticket_for_its_own() -> No
     assert stats.in_flight == 0
     # White-box: the bookkeeping is back to zero, so async with is on its fast path again.
     assert breaker._fast
+
+
+async def test_forced_open_indefinitely_promises_no_retry_time() -> None:
+    breaker, _, _ = make()
+    breaker.force_open(duration=math.inf)
+    with pytest.raises(CircuitOpenError) as info:
+        await breaker.call(_raise_boom)
+    assert info.value.retry_after is None
+    assert str(info.value) == "circuit 'svc' is Open"

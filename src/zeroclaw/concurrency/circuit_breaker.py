@@ -692,7 +692,7 @@ class CircuitBreaker:
             else:
                 self._rejected += 1
                 ticket = _ANONYMOUS
-        else:  # CLOSED: reached through a transition above? never; kept for safety
+        else:  # CLOSED: callers take the CLOSED path themselves; kept so this is total
             self._in_flight += 1
             ticket = self._gen
         if self._pending:
@@ -700,7 +700,11 @@ class CircuitBreaker:
         return ticket
 
     def _open_error(self) -> CircuitOpenError:
-        return CircuitOpenError(self.name, self._state, self._retry_after(self._now()))
+        retry_after = self._retry_after(self._now())
+        # Forced open indefinitely (or probes without a deadline): no retry time to promise.
+        return CircuitOpenError(
+            self.name, self._state, None if retry_after == math.inf else retry_after
+        )
 
     def _classify(self, exc: BaseException) -> int:
         if not isinstance(exc, Exception):
