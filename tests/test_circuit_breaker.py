@@ -1,0 +1,1040 @@
+"""Example tests for the circuit breaker: one (or more) per bullet of DESIGN §3.4 and issue 5."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from datetime import timedelta
+
+import pytest
+
+from zeroclaw.concurrency.circuit_breaker import (
+    CircuitBreaker,
+    CircuitBreakerGroup,
+    CircuitBreakerStats,
+    CircuitConfig,
+    CircuitState,
+)
+from zeroclaw.concurrency.errors import CircuitOpenError, Rejected
+from zeroclaw.testing import FakeClock, settle
+
+Transitions = list[tuple[CircuitState, CircuitState]]
+
+
+class Boom(Exception):
+    pass
+
+
+class NotOurFault(Exception):
+    pass
+
+
+def make(
+    clock: FakeClock | None = None, *, name: str = "svc", **overrides: object
+) -> tuple[CircuitBreaker, FakeClock, Transitions]:
+    """A breaker on a fake clock whose state changes are recorded."""
+    clock = FakeClock() if clock is None else clock
+    breaker = CircuitBreaker(CircuitConfig(**overrides), name=name, clock=clock)  # type: ignore[arg-type]
+    changes: Transitions = []
+    breaker.on_state_change(lambda old, new: changes.append((old, new)))
+    return breaker, clock, changes
+
+
+def fail(breaker: CircuitBreaker, times: int = 1) -> None:
+    for _ in range(times):
+        assert breaker.allow_request()
+        breaker.record_failure()
+
+
+def succeed(breaker: CircuitBreaker, times: int = 1) -> None:
+    for _ in range(times):
+        assert breaker.allow_request()
+        breaker.record_success()
+
+
+def trip(breaker: CircuitBreaker) -> None:
+    fail(breaker, breaker.config.failure_threshold)
+    assert breaker.state is CircuitState.OPEN
+
+
+CL, OP, HO = CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN
+
+
+# --------------------------------------------------------------------------- state and config
+
+
+def test_state_display_strings() -> None:
+    assert [str(s) for s in (CL, OP, HO)] == ["Closed", "Open", "HalfOpen"]
+
+
+def test_config_defaults() -> None:
+    config = CircuitConfig()
+    assert (config.failure_threshold, config.success_threshold, config.timeout_duration) == (
+        5,
+        3,
+        60.0,
+    )
+    assert (config.failure_rate_threshold, config.window_size, config.min_calls) == (0.5, 100, 10)
+    assert config.half_open_max_calls == 1
+    assert config.is_failure is None
+    assert config.slow_call_duration is None
+    assert config.open_jitter == 0.0
+    assert config.probe_timeout is None
+
+
+def test_config_presets_match_the_original() -> None:
+    fast = CircuitConfig.fast_fail()
+    assert (fast.failure_threshold, fast.timeout_duration) == (1, 30.0)
+    lenient = CircuitConfig.lenient()
+    assert (lenient.failure_threshold, lenient.timeout_duration) == (10, 120.0)
+    assert lenient.failure_rate_threshold == 0.8
+    strict = CircuitConfig.strict()
+    assert (strict.failure_threshold, strict.success_threshold) == (3, 5)
+    assert (strict.timeout_duration, strict.failure_rate_threshold) == (30.0, 0.3)
+    # everything else stays at the defaults
+    assert strict.window_size == 100
+    assert strict.min_calls == 10
+
+
+def test_config_accepts_timedelta() -> None:
+    config = CircuitConfig(
+        timeout_duration=timedelta(seconds=90),
+        slow_call_duration=timedelta(milliseconds=500),
+        probe_timeout=timedelta(seconds=5),
+    )
+    assert config.timeout_duration == 90.0
+    assert config.slow_call_duration == 0.5
+    assert config.probe_timeout == 5.0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"failure_threshold": 0}, "failure_threshold"),
+        ({"success_threshold": -1}, "success_threshold"),
+        ({"window_size": 0}, "window_size"),
+        ({"min_calls": 0}, "min_calls"),
+        ({"half_open_max_calls": 0}, "half_open_max_calls"),
+        ({"failure_threshold": True}, "failure_threshold"),
+        ({"failure_threshold": 2.5}, "failure_threshold"),
+        ({"min_calls": 11, "window_size": 10}, "must not exceed window_size"),
+        ({"failure_rate_threshold": 0.0}, "failure_rate_threshold"),
+        ({"failure_rate_threshold": 1.5}, "failure_rate_threshold"),
+        ({"failure_rate_threshold": math.nan}, "failure_rate_threshold"),
+        ({"timeout_duration": -1}, "timeout_duration"),
+        ({"slow_call_duration": 0}, "slow_call_duration"),
+        ({"probe_timeout": 0}, "probe_timeout"),
+        ({"open_jitter": 2}, "open_jitter"),
+        ({"is_failure": 3}, "is_failure"),
+    ],
+)
+def test_config_validation(overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        CircuitConfig(**overrides)  # type: ignore[arg-type]
+
+
+def test_config_rejects_a_bad_duration_type() -> None:
+    with pytest.raises(TypeError, match="timeout_duration"):
+        CircuitConfig(timeout_duration="60")  # type: ignore[arg-type]
+
+
+def test_breaker_rejects_a_non_config() -> None:
+    with pytest.raises(TypeError, match="CircuitConfig"):
+        CircuitBreaker({"failure_threshold": 1})  # type: ignore[arg-type]
+
+
+def test_constructor_and_sync_methods_need_no_event_loop() -> None:
+    breaker = CircuitBreaker()  # default clock, no loop running in a sync test
+    assert breaker.allow_request()
+    breaker.record_success()
+    assert breaker.state is CL
+    assert breaker.retry_after == 0.0
+    assert breaker.stats().total_calls == 1
+    assert breaker.name == "default"
+
+
+# --------------------------------------------------------------------------- CLOSED -> OPEN
+
+
+def test_consecutive_failures_trip_exactly_at_the_threshold() -> None:
+    breaker, _, changes = make(failure_threshold=3)
+    fail(breaker, 2)
+    assert breaker.state is CL
+    fail(breaker)
+    assert breaker.state is OP
+    assert changes == [(CL, OP)]
+
+
+def test_a_success_resets_the_consecutive_failure_count() -> None:
+    breaker, _, _ = make(failure_threshold=3, min_calls=100, window_size=100)
+    for _ in range(10):
+        fail(breaker, 2)
+        succeed(breaker)
+    assert breaker.state is CL
+    assert breaker.stats().consecutive_failures == 0
+
+
+def test_failure_rate_trips_only_once_min_calls_are_in_the_window() -> None:
+    # The original's measured sequence: 9 alternating calls (5 failures) stay closed, a success
+    # stays closed, and the next failure (6/11 in the original, 6/11 here too) trips.
+    breaker, _, _ = make(failure_threshold=100, min_calls=10, failure_rate_threshold=0.5)
+    for i in range(9):
+        if i % 2 == 0:
+            fail(breaker)
+        else:
+            succeed(breaker)
+    assert breaker.state is CL
+    assert breaker.stats().failure_rate == pytest.approx(5 / 9)
+    succeed(breaker)
+    assert breaker.state is CL  # 5/10 = 0.5 reached on a success: successes never trip
+    fail(breaker)
+    assert breaker.state is OP
+
+
+def test_successes_never_trip_even_when_the_rate_is_over_threshold() -> None:
+    breaker, _, _ = make(failure_threshold=100, min_calls=4, window_size=10)
+    fail(breaker, 2)
+    succeed(breaker, 2)  # 2/4 = 0.5 >= 0.5, but it is a success that completes the gate
+    assert breaker.state is CL
+    fail(breaker)  # 3/5
+    assert breaker.state is OP
+
+
+def test_rate_threshold_compares_inclusively_without_float_drift() -> None:
+    breaker, _, _ = make(failure_threshold=100, min_calls=10, failure_rate_threshold=0.3)
+    succeed(breaker, 7)
+    fail(breaker, 2)
+    assert breaker.state is CL
+    fail(breaker)  # exactly 3/10 = 0.3
+    assert breaker.state is OP
+
+
+def test_the_window_is_a_ring_of_the_last_window_size_outcomes() -> None:
+    breaker, _, _ = make(
+        failure_threshold=100, window_size=4, min_calls=4, failure_rate_threshold=0.75
+    )
+    fail(breaker, 2)
+    succeed(breaker, 4)  # the two failures slide out
+    assert breaker.stats().failure_rate == 0.0
+    fail(breaker, 2)  # 2/4
+    assert breaker.state is CL
+    fail(breaker)  # 3/4
+    assert breaker.state is OP
+
+
+def test_window_is_cleared_on_close_not_on_open() -> None:
+    # The original compared min_calls with a lifetime counter: after any recovery, one failure
+    # re-opened it. Here the window (and the gate) start afresh when it closes.
+    breaker, clock, _ = make(
+        failure_threshold=100, min_calls=10, success_threshold=1, timeout_duration=5
+    )
+    succeed(breaker, 5)
+    fail(breaker, 5)
+    assert breaker.state is OP
+    assert breaker.stats().failure_rate == 0.5  # kept while open
+    clock.advance(5)
+    succeed(breaker)  # the probe closes it
+    assert breaker.state is CL
+    assert breaker.stats().failure_rate == 0.0
+    fail(breaker)
+    assert breaker.state is CL
+    assert breaker.stats().failure_rate == 1.0
+
+
+def test_force_open_then_force_close_does_not_leave_a_lifetime_gate() -> None:
+    breaker, _, _ = make(failure_threshold=100, min_calls=10)
+    succeed(breaker, 10)
+    breaker.force_open()
+    breaker.force_close()
+    fail(breaker)
+    assert breaker.state is CL
+
+
+# --------------------------------------------------------------------------- OPEN
+
+
+def test_open_refuses_until_the_timeout_then_half_opens() -> None:
+    breaker, clock, changes = make(failure_threshold=1, timeout_duration=10)
+    trip(breaker)
+    clock.advance(9.999)
+    assert not breaker.allow_request()
+    assert breaker.retry_after == pytest.approx(0.001)
+    clock.advance(0.001)
+    assert breaker.retry_after == 0.0
+    assert breaker.allow_request()
+    assert breaker.state is HO
+    assert changes == [(CL, OP), (OP, HO)]
+
+
+def test_rejected_calls_are_counted_but_never_enter_the_rate() -> None:
+    breaker, _, _ = make(failure_threshold=100, min_calls=4, window_size=10)
+    succeed(breaker, 2)
+    fail(breaker, 2)
+    assert breaker.state is OP
+    before = breaker.stats()
+    for _ in range(25):
+        assert not breaker.allow_request()
+    after = breaker.stats()
+    assert after.rejected_calls == 25
+    assert after.failure_rate == before.failure_rate == 0.5
+    assert after.total_calls == before.total_calls == 4
+
+
+def test_results_arriving_while_open_change_nothing() -> None:
+    breaker, clock, changes = make(failure_threshold=2, timeout_duration=10)
+    assert breaker.allow_request()  # a slow call admitted while closed
+    assert breaker.allow_request()  # and another
+    fail(breaker, 2)
+    assert breaker.state is OP
+    clock.advance(6)
+    breaker.record_success()  # late
+    breaker.record_failure()  # late: must not restart the open timer
+    stats = breaker.stats()
+    assert stats.late_results == 2
+    assert (stats.successful_calls, stats.failed_calls) == (0, 2)
+    clock.advance(4)
+    assert breaker.allow_request()  # opened at t=0, so half-open at t=10
+    assert changes == [(CL, OP), (OP, HO)]
+
+
+async def test_circuit_open_error_carries_name_state_and_retry_after() -> None:
+    breaker, clock, _ = make(name="openai", failure_threshold=1, timeout_duration=30)
+    trip(breaker)
+    clock.advance(17.5)
+    entered = False
+    with pytest.raises(CircuitOpenError) as info:
+        async with breaker:
+            entered = True
+    assert not entered
+    error = info.value
+    assert isinstance(error, Rejected)
+    assert error.name == "openai"
+    assert error.state is OP
+    assert error.retry_after == pytest.approx(12.5)
+    assert str(error) == "circuit 'openai' is Open; retry in 12.5s"
+
+
+async def test_call_and_decorator_raise_when_refused_without_calling() -> None:
+    breaker, _, _ = make(failure_threshold=1)
+    trip(breaker)
+    calls = 0
+
+    async def work() -> int:
+        nonlocal calls
+        calls += 1
+        return 1
+
+    with pytest.raises(CircuitOpenError):
+        await breaker.call(work)
+    with pytest.raises(CircuitOpenError):
+        await breaker(work)()
+    assert calls == 0
+    assert breaker.stats().rejected_calls == 2
+
+
+def test_open_jitter_stretches_the_open_time_within_bounds() -> None:
+    for _ in range(20):
+        breaker, clock, _ = make(failure_threshold=1, timeout_duration=10, open_jitter=0.5)
+        trip(breaker)
+        clock.advance(9.999)
+        assert not breaker.allow_request()
+        assert 0 < breaker.retry_after <= 5.001
+        clock.advance(5.001)
+        assert breaker.allow_request()
+
+
+# --------------------------------------------------------------------------- HALF_OPEN
+
+
+def half_open(**overrides: object) -> tuple[CircuitBreaker, FakeClock, Transitions]:
+    """A breaker (failure_threshold 1, timeout 10 s unless overridden) just moved to HALF_OPEN."""
+    overrides.setdefault("failure_threshold", 1)
+    overrides.setdefault("timeout_duration", 10)
+    breaker, clock, changes = make(None, **overrides)  # type: ignore[arg-type]
+    trip(breaker)
+    clock.advance(10)
+    assert breaker.state is HO
+    return breaker, clock, changes
+
+
+def test_half_open_limits_probes_in_flight_not_cumulatively() -> None:
+    breaker, _, _ = half_open(half_open_max_calls=2, success_threshold=10)
+    assert breaker.allow_request()
+    assert breaker.allow_request()
+    assert not breaker.allow_request()
+    assert breaker.stats().in_flight == 2
+    breaker.record_success()  # frees one slot
+    assert breaker.allow_request()
+    assert not breaker.allow_request()
+    breaker.record_ignored()  # so does an ignored result
+    assert breaker.allow_request()
+    assert breaker.state is HO
+
+
+def test_success_threshold_consecutive_probe_successes_close() -> None:
+    breaker, _, changes = half_open(success_threshold=3)
+    succeed(breaker, 2)
+    assert breaker.state is HO
+    succeed(breaker)
+    assert breaker.state is CL
+    assert changes[-1] == (HO, CL)
+    stats = breaker.stats()
+    assert (stats.failure_rate, stats.consecutive_successes, stats.consecutive_failures) == (
+        0.0,
+        0,
+        0,
+    )
+
+
+def test_any_probe_failure_reopens_and_restarts_the_timer() -> None:
+    breaker, clock, changes = half_open(success_threshold=3)
+    succeed(breaker, 2)
+    clock.advance(3)
+    fail(breaker)
+    assert breaker.state is OP
+    assert changes[-2:] == [(OP, HO), (HO, OP)]
+    clock.advance(9.9)
+    assert not breaker.allow_request()
+    clock.advance(0.1)
+    assert breaker.allow_request()
+    assert breaker.stats().consecutive_successes == 0
+
+
+def test_a_probe_that_never_reports_is_reclaimed_after_its_deadline() -> None:
+    breaker, clock, _ = half_open(probe_timeout=4)
+    assert breaker.allow_request()  # this probe is lost
+    clock.advance(3.999)
+    assert not breaker.allow_request()
+    assert breaker.retry_after == pytest.approx(0.001)
+    clock.advance(0.001)
+    assert breaker.retry_after == 0.0
+    assert breaker.allow_request()  # the slot is reclaimed
+    assert not breaker.allow_request()
+
+
+def test_probe_deadline_defaults_to_timeout_duration() -> None:
+    breaker, clock, _ = half_open()
+    assert breaker.allow_request()
+    clock.advance(9.9)
+    assert not breaker.allow_request()
+    clock.advance(0.1)
+    assert breaker.allow_request()
+
+
+def test_manual_result_in_half_open_without_a_probe_in_flight_is_inert() -> None:
+    breaker, _, _ = half_open(success_threshold=1)
+    breaker.record_success()  # from a call admitted long ago, not a probe
+    breaker.record_failure()
+    assert breaker.state is HO
+    assert breaker.stats().late_results == 2
+
+
+async def test_late_guarded_result_from_the_closed_period_does_not_free_the_probe_slot() -> None:
+    clock = FakeClock()
+    breaker, _, _ = make(clock, failure_threshold=1, timeout_duration=10, success_threshold=1)
+    release_old = asyncio.Event()
+    release_probe = asyncio.Event()
+
+    async def old_call() -> None:
+        async with breaker:
+            await release_old.wait()
+
+    old = asyncio.create_task(old_call())
+    await settle()
+    fail(breaker)  # another call trips it
+    clock.advance(10)
+    probe_task = asyncio.create_task(breaker.call(release_probe.wait))
+    await settle()
+    assert breaker.stats().in_flight == 1
+    release_old.set()  # the closed-period call finishes now
+    await old
+    assert breaker.state is HO
+    assert not breaker.allow_request()  # the probe's slot is still taken
+    assert breaker.stats().late_results == 1
+    release_probe.set()
+    await probe_task
+    assert breaker.state is CL
+
+
+async def test_reclaimed_probe_reporting_late_is_inert() -> None:
+    breaker, clock, _ = half_open(success_threshold=1, probe_timeout=2)
+    slow_probe_done = asyncio.Event()
+    slow = asyncio.create_task(breaker.call(slow_probe_done.wait))
+    await settle()
+    clock.advance(2)
+    assert breaker.allow_request()  # reclaims the slot
+    slow_probe_done.set()
+    await slow  # its success arrives: it no longer owns a slot
+    assert breaker.state is HO
+    assert breaker.stats().late_results == 1
+    breaker.record_success()  # the second probe's result counts
+    assert breaker.state is CL
+
+
+async def test_fifty_concurrent_tasks_on_a_half_open_breaker_one_reaches_the_call() -> None:
+    clock = FakeClock()
+    breaker, _, _ = make(clock, failure_threshold=1, timeout_duration=10, half_open_max_calls=1)
+    trip(breaker)
+    clock.advance(10)
+    reached = 0
+    gate = asyncio.Event()
+
+    async def protected() -> str:
+        nonlocal reached
+        reached += 1
+        await gate.wait()
+        return "ok"
+
+    async def caller() -> str:
+        async with breaker:
+            return await protected()
+
+    tasks = [asyncio.create_task(caller()) for _ in range(50)]
+    await settle()
+    assert reached == 1
+    gate.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert results.count("ok") == 1
+    assert sum(isinstance(r, CircuitOpenError) for r in results) == 49
+    assert breaker.stats().rejected_calls == 49
+
+
+# --------------------------------------------------------------------------- classification
+
+
+async def test_async_with_records_success_and_failure() -> None:
+    breaker, _, _ = make(failure_threshold=2)
+    async with breaker:
+        pass
+    with pytest.raises(Boom):
+        async with breaker:
+            raise Boom
+    stats = breaker.stats()
+    assert (stats.successful_calls, stats.failed_calls, stats.in_flight) == (1, 1, 0)
+    with pytest.raises(Boom):
+        async with breaker:
+            raise Boom
+    assert breaker.state is OP
+
+
+async def test_call_returns_the_result_and_passes_arguments() -> None:
+    breaker, _, _ = make()
+
+    async def add(a: int, b: int, *, c: int) -> int:
+        return a + b + c
+
+    assert await breaker.call(add, 1, 2, c=3) == 6
+    assert breaker.stats().successful_calls == 1
+
+
+async def test_call_records_a_synchronous_raise_from_fn() -> None:
+    breaker, _, _ = make()
+
+    def not_a_coroutine() -> asyncio.Future[None]:
+        raise Boom
+
+    with pytest.raises(Boom):
+        await breaker.call(not_a_coroutine)
+    assert breaker.stats().failed_calls == 1
+    assert breaker.stats().in_flight == 0
+
+
+async def test_decorator_guards_and_keeps_the_function_identity() -> None:
+    breaker, _, _ = make(failure_threshold=1)
+
+    @breaker
+    async def fetch(x: int) -> int:
+        """Fetch it."""
+        if x < 0:
+            raise Boom
+        return x * 2
+
+    assert fetch.__name__ == "fetch"
+    assert fetch.__doc__ == "Fetch it."
+    assert await fetch(21) == 42
+    with pytest.raises(Boom):
+        await fetch(-1)
+    with pytest.raises(CircuitOpenError):
+        await fetch(1)
+
+
+def test_decorator_refuses_a_sync_function() -> None:
+    breaker = CircuitBreaker()
+
+    def sync() -> None:
+        pass
+
+    with pytest.raises(TypeError, match="async functions only"):
+        breaker(sync)  # type: ignore[arg-type]
+
+
+async def test_is_failure_false_means_ignored() -> None:
+    breaker, _, _ = make(
+        failure_threshold=2, is_failure=lambda exc: not isinstance(exc, NotOurFault)
+    )
+    fail(breaker)
+    for _ in range(5):
+        with pytest.raises(NotOurFault):
+            async with breaker:
+                raise NotOurFault
+    stats = breaker.stats()
+    assert (stats.ignored_calls, stats.failed_calls, stats.consecutive_failures) == (5, 1, 1)
+    assert stats.total_calls == 1  # ignored is neither success nor failure
+    with pytest.raises(Boom):
+        await breaker.call(_raise_boom)
+    assert breaker.state is OP
+
+
+async def _raise_boom() -> None:
+    raise Boom
+
+
+async def test_is_failure_that_raises_counts_as_failure_and_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken(exc: BaseException) -> bool:
+        raise RuntimeError("bug in predicate")
+
+    breaker, _, _ = make(is_failure=broken)
+    with caplog.at_level(logging.ERROR), pytest.raises(Boom):
+        await breaker.call(_raise_boom)
+    assert breaker.stats().failed_calls == 1
+    assert "is_failure raised" in caplog.text
+
+
+async def test_cancellation_in_closed_is_ignored_not_a_failure() -> None:
+    breaker, _, _ = make(failure_threshold=1)
+    task = asyncio.create_task(breaker.call(asyncio.Event().wait))
+    await settle()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    stats = breaker.stats()
+    assert breaker.state is CL
+    assert (stats.failed_calls, stats.ignored_calls, stats.in_flight) == (0, 1, 0)
+
+
+async def test_cancelled_probe_releases_its_slot_and_is_not_a_failure() -> None:
+    breaker, _, _ = half_open()
+
+    async def probe() -> None:
+        async with breaker:
+            await asyncio.Event().wait()
+
+    task = asyncio.create_task(probe())
+    await settle()
+    assert not breaker.allow_request()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert breaker.state is HO
+    assert breaker.stats().failed_calls == 1  # only the trip
+    assert breaker.allow_request()  # slot released
+
+
+async def test_other_base_exceptions_are_ignored() -> None:
+    class Stop(BaseException):
+        pass
+
+    breaker, _, _ = make(failure_threshold=1)
+    with pytest.raises(Stop):
+        async with breaker:
+            raise Stop
+    assert breaker.state is CL
+    assert breaker.stats().ignored_calls == 1
+
+
+async def test_nested_async_with_of_two_breakers_keeps_each_ticket() -> None:
+    outer, clock, _ = make(failure_threshold=1, timeout_duration=10, success_threshold=1)
+    inner, _, _ = make(clock, failure_threshold=1)
+    trip(outer)
+    clock.advance(10)
+
+    async def nested() -> None:
+        async with outer:
+            async with inner:
+                pass
+            raise Boom
+
+    with pytest.raises(Boom):
+        await nested()
+    assert inner.stats().successful_calls == 1
+    assert outer.state is OP  # the probe's failure reached the outer breaker
+
+
+async def test_slow_calls_count_toward_the_rate() -> None:
+    clock = FakeClock()
+    breaker, _, _ = make(
+        clock,
+        failure_threshold=100,
+        window_size=4,
+        min_calls=4,
+        failure_rate_threshold=0.5,
+        slow_call_duration=1.0,
+    )
+
+    async def slow() -> None:
+        await clock.sleep(1.0)
+
+    for _ in range(2):
+        await breaker.call(asyncio.sleep, 0)  # fast
+    task = asyncio.create_task(breaker.call(slow))
+    await clock.run_for(1.0)
+    await task
+    assert breaker.state is CL
+    task = asyncio.create_task(breaker.call(slow))
+    await clock.run_for(1.0)
+    await task  # 2 slow of 4 = 0.5
+    stats = breaker.stats()
+    assert breaker.state is OP
+    assert (stats.slow_calls, stats.successful_calls, stats.failed_calls) == (2, 4, 0)
+
+
+async def test_a_slow_probe_reopens() -> None:
+    breaker, clock, _ = half_open(slow_call_duration=2.0, success_threshold=1)
+
+    async def slow() -> None:
+        await clock.sleep(2.0)
+
+    task = asyncio.create_task(breaker.call(slow))
+    await clock.run_for(2.0)
+    await task
+    assert breaker.state is OP
+
+
+# --------------------------------------------------------------------------- control, callbacks
+
+
+def test_force_open_close_and_callbacks_once_per_real_change() -> None:
+    breaker, clock, changes = make(timeout_duration=10)
+    breaker.force_open()
+    breaker.force_open()  # not a change
+    assert breaker.state is OP
+    assert not breaker.allow_request()
+    clock.advance(10)
+    assert breaker.state is HO  # forced open also half-opens after the timeout
+    breaker.force_close()
+    breaker.force_close()
+    assert changes == [(CL, OP), (OP, HO), (HO, CL)]
+
+
+def test_force_open_for_a_duration() -> None:
+    breaker, clock, _ = make(timeout_duration=10)
+    breaker.force_open(duration=timedelta(seconds=3))
+    assert breaker.retry_after == 3.0
+    breaker.force_open(duration=math.inf)
+    clock.advance(1e9)
+    assert not breaker.allow_request()
+    assert breaker.retry_after == math.inf
+
+
+def test_reset_zeroes_everything_and_in_flight_results_become_inert() -> None:
+    breaker, clock, changes = make(failure_threshold=2, timeout_duration=10)
+    assert breaker.allow_request()  # in flight across the reset
+    fail(breaker, 2)
+    assert not breaker.allow_request()
+    clock.advance(4)
+    breaker.reset()
+    assert changes == [(CL, OP), (OP, CL)]
+    stats = breaker.stats()
+    assert stats == CircuitBreakerStats(
+        name="svc",
+        state=CL,
+        failure_rate=0.0,
+        consecutive_failures=0,
+        consecutive_successes=0,
+        total_calls=0,
+        successful_calls=0,
+        failed_calls=0,
+        rejected_calls=0,
+        time_in_current_state=0.0,
+    )
+    breaker.reset()  # already closed: no callback
+    assert len(changes) == 2
+
+
+def test_callback_exceptions_are_isolated_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    breaker, _, _ = make(failure_threshold=1)
+    seen: Transitions = []
+
+    def broken(old: CircuitState, new: CircuitState) -> None:
+        raise RuntimeError("callback bug")
+
+    breaker.on_state_change(broken)
+    breaker.on_state_change(lambda old, new: seen.append((old, new)))
+    with caplog.at_level(logging.ERROR):
+        fail(breaker)  # does not raise
+    assert breaker.state is OP
+    assert seen == [(CL, OP)]
+    assert "callback bug" in caplog.text
+
+
+def test_callback_may_call_back_into_the_breaker_in_order() -> None:
+    breaker, _, first = make(failure_threshold=1)
+    second: Transitions = []
+    states_seen: list[CircuitState] = []
+
+    def close_again(old: CircuitState, new: CircuitState) -> None:
+        states_seen.append(breaker.state)
+        breaker.stats()
+        if new is OP:
+            breaker.force_close()
+
+    breaker.on_state_change(close_again)
+    breaker.on_state_change(lambda old, new: second.append((old, new)))
+    fail(breaker)
+    assert breaker.state is CL
+    # Every callback sees every change exactly once, in order, although the first callback
+    # caused the second change while the first was being announced.
+    assert first == second == [(CL, OP), (OP, CL)]
+    assert states_seen == [OP, CL]
+
+
+def test_on_state_change_requires_a_callable() -> None:
+    with pytest.raises(TypeError):
+        CircuitBreaker().on_state_change(42)  # type: ignore[arg-type]
+
+
+def test_stats_and_repr() -> None:
+    breaker, clock, _ = make(name="openai", failure_threshold=2, timeout_duration=10)
+    succeed(breaker)
+    fail(breaker)
+    clock.advance(2)
+    stats = breaker.stats()
+    assert stats.name == "openai"
+    assert stats.state is CL
+    assert stats.failure_rate == 0.5
+    assert (stats.consecutive_failures, stats.consecutive_successes) == (1, 0)
+    assert (stats.total_calls, stats.successful_calls, stats.failed_calls) == (2, 1, 1)
+    assert stats.time_in_current_state == 2.0
+    assert "openai" in repr(breaker)
+    assert "Closed" in repr(breaker)
+    fail(breaker)
+    clock.advance(3)
+    assert breaker.stats().time_in_current_state == 3.0
+    assert "retry_after=7.0s" in repr(breaker)
+    clock.advance(7)
+    assert breaker.allow_request()
+    assert "probes=1/1" in repr(breaker)
+    with pytest.raises(AttributeError):
+        stats.total_calls = 3  # type: ignore[misc]
+
+
+# --------------------------------------------------------------------------- group
+
+
+def test_group_identity_get_create_remove() -> None:
+    clock = FakeClock()
+    group = CircuitBreakerGroup(CircuitConfig.fast_fail(), clock=clock)
+    a = group.get_or_create("a")
+    assert group.get_or_create("a") is a
+    assert a.name == "a"
+    assert a.config == CircuitConfig.fast_fail()
+    assert group.get("b") is None
+    b = group.create("b", CircuitConfig.strict())
+    assert group.get("b") is b
+    assert b.config.failure_threshold == 3
+    assert "a" in group
+    assert "zzz" not in group
+    assert len(group) == 2
+    assert group.remove("a") is a
+    assert group.remove("a") is None
+    assert len(group) == 1
+    replaced = group.create("b")
+    assert replaced is not b
+    assert replaced.config == CircuitConfig.fast_fail()
+    assert group.names() == ["b"]
+    assert list(group) == ["b"]
+    assert "CircuitBreakerGroup" in repr(group)
+
+
+def test_group_all_stats_and_reset_all() -> None:
+    group = CircuitBreakerGroup(CircuitConfig.fast_fail(), clock=FakeClock())
+    fail(group.get_or_create("x"))
+    succeed(group.get_or_create("y"))
+    stats = group.all_stats()
+    assert set(stats) == {"x", "y"}
+    assert stats["x"].state is OP
+    assert stats["y"].successful_calls == 1
+    group.reset_all()
+    assert all(s.state is CL and s.total_calls == 0 for s in group.all_stats().values())
+
+
+def test_group_evicts_only_clean_closed_idle_breakers_lru_first() -> None:
+    group = CircuitBreakerGroup(
+        CircuitConfig(failure_threshold=1, timeout_duration=10), max_breakers=3, clock=FakeClock()
+    )
+    opened = group.get_or_create("opened")
+    fail(opened)
+    dirty = group.get_or_create("dirty")
+    dirty_config = CircuitConfig(failure_threshold=5)
+    dirty = group.create("dirty", dirty_config)
+    fail(dirty)  # closed, but with a failure in its window
+    clean_old = group.get_or_create("clean_old")
+    succeed(clean_old)
+    group.get("opened")  # touch: least recently used is now "dirty", then "clean_old"
+    group.get_or_create("new")
+    assert "clean_old" not in group  # the only evictable one
+    assert set(group.names()) == {"opened", "dirty", "new"}
+    assert group.evictions == 1
+
+
+def test_group_never_evicts_open_half_open_or_busy_and_goes_over_the_bound() -> None:
+    clock = FakeClock()
+    group = CircuitBreakerGroup(
+        CircuitConfig(failure_threshold=1, timeout_duration=10), max_breakers=2, clock=clock
+    )
+    fail(group.get_or_create("open"))
+    half = group.get_or_create("half")
+    fail(half)
+    clock.advance(10)
+    assert half.allow_request()
+    assert half.state is HO
+    busy = group.get_or_create("busy")  # over the bound: nothing can go
+    assert busy.allow_request()  # a call in flight
+    assert len(group) == 3
+    group.get_or_create("four")
+    assert set(group.names()) == {"open", "half", "busy", "four"}
+    assert group.evictions == 0
+    busy.record_success()
+    group.get_or_create("five")  # now "busy" is clean and idle; "four" too
+    assert len(group) == 3
+    assert "busy" not in group
+    assert "four" not in group
+    assert {"open", "half", "five"} == set(group.names())
+
+
+def test_group_validates_max_breakers() -> None:
+    with pytest.raises(ValueError, match="max_breakers"):
+        CircuitBreakerGroup(max_breakers=0)
+
+
+# --------------------------------------------------------------------------- async with bookkeeping
+
+
+async def test_async_with_binds_the_breaker() -> None:
+    breaker = CircuitBreaker(clock=FakeClock())
+    async with breaker as bound:
+        assert bound is breaker
+    assert breaker.stats().successful_calls == 1
+
+
+async def test_async_with_calls_in_flight_across_reset_are_inert_then_counting_resumes() -> None:
+    breaker, _, _ = make(failure_threshold=1)
+    release = asyncio.Event()
+
+    async def guarded() -> None:
+        async with breaker:
+            await release.wait()
+
+    tasks = [asyncio.create_task(guarded()) for _ in range(3)]
+    await settle()
+    assert breaker.stats().in_flight == 3
+    breaker.reset()
+    assert breaker.stats().in_flight == 0
+    # While the three stale calls are out, new calls carry tickets and still count.
+    async with breaker:
+        pass
+    release.set()
+    await asyncio.gather(*tasks)
+    stats = breaker.stats()
+    assert (stats.late_results, stats.successful_calls) == (3, 1)
+    for _ in range(3):
+        async with breaker:
+            pass
+    with pytest.raises(Boom):
+        async with breaker:
+            raise Boom
+    stats = breaker.stats()
+    assert (stats.successful_calls, stats.failed_calls, stats.in_flight) == (4, 1, 0)
+    assert breaker.state is OP
+
+
+async def test_probe_still_out_when_the_breaker_closes_reports_late() -> None:
+    breaker, _, _ = half_open(half_open_max_calls=2, success_threshold=1)
+    release = asyncio.Event()
+
+    async def probe() -> None:
+        async with breaker:
+            await release.wait()
+
+    slow_probe = asyncio.create_task(probe())
+    await settle()
+    async with breaker:  # the second probe succeeds and closes the breaker
+        pass
+    assert breaker.state is CL
+    release.set()
+    await slow_probe
+    stats = breaker.stats()
+    assert stats.late_results == 1
+    assert stats.in_flight == 0
+    assert stats.consecutive_successes == 0  # the late probe did not count in the new period
+
+
+def test_a_breaker_can_be_used_from_one_event_loop_after_another() -> None:
+    breaker = CircuitBreaker(CircuitConfig(failure_threshold=2), clock=FakeClock())
+
+    async def use(fail_it: bool) -> None:
+        async with breaker:
+            if fail_it:
+                raise Boom
+
+    asyncio.run(use(False))
+    with pytest.raises(Boom):
+        asyncio.run(use(True))
+    with pytest.raises(Boom):
+        asyncio.run(use(True))
+    assert breaker.state is OP
+    assert breaker.stats().successful_calls == 1
+
+
+async def test_a_child_task_does_not_take_its_parents_ticket_for_its_own() -> None:
+    # A task created inside ``async with breaker`` inherits a copy of the context, including the
+    # parent's ticket frame. The child's own call, admitted after the parent exited, must not
+    # use it.
+    breaker, clock, _ = make(failure_threshold=1, timeout_duration=10, success_threshold=1)
+    stale_release = asyncio.Event()
+    child_go = asyncio.Event()
+    child_release = asyncio.Event()
+
+    async def stale() -> None:
+        async with breaker:
+            await stale_release.wait()
+
+    async def child() -> None:
+        await child_go.wait()
+        async with breaker:
+            await child_release.wait()
+
+    stale_task = asyncio.create_task(stale())
+    await settle()
+    breaker.reset()  # the stale call's result will be late; async with now keeps tickets
+    async with breaker:  # the parent: a ticketed call
+        child_task = asyncio.create_task(child())
+    stale_release.set()
+    await stale_task
+    child_go.set()
+    await settle()  # the child's call is in flight
+    fail(breaker)  # trips: the child's call is now from before a transition
+    clock.advance(10)
+    probe = asyncio.create_task(breaker.call(asyncio.sleep, 0))
+    child_release.set()
+    await child_task
+    await probe
+    stats = breaker.stats()
+    assert breaker.state is CL
+    assert stats.late_results == 2  # the stale call and the child's call
+    assert stats.successful_calls == 2  # the parent and the probe
+    assert stats.in_flight == 0
+    # White-box: the bookkeeping is back to zero, so async with is on its fast path again.
+    assert breaker._fast
+
+
+async def test_forced_open_indefinitely_promises_no_retry_time() -> None:
+    breaker, _, _ = make()
+    breaker.force_open(duration=math.inf)
+    with pytest.raises(CircuitOpenError) as info:
+        await breaker.call(_raise_boom)
+    assert info.value.retry_after is None
+    assert str(info.value) == "circuit 'svc' is Open"

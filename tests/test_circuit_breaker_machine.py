@@ -1,0 +1,418 @@
+"""Stateful property test: random allow / success / failure / ignored / cancel / slow / clock moves
+against a small reference model of DESIGN §3.4, plus invariants checked independently of it.
+
+Guarded calls (``call`` and ``async with``) are driven by hand, without an event loop: each one is a
+coroutine suspended at a gate we control, stepped inside its own ``contextvars.Context`` as an
+asyncio task would be. That lets one example interleave dozens of calls deterministically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections.abc import Coroutine, Generator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+from zeroclaw.concurrency.circuit_breaker import CircuitBreaker, CircuitConfig, CircuitState
+from zeroclaw.concurrency.errors import CircuitOpenError
+from zeroclaw.testing import FakeClock
+
+CLOSED, OPEN, HALF_OPEN = CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN
+TIMEOUT = 5.0
+SUCCESS, FAILURE, IGNORED, SLOW = "success", "failure", "ignored", "slow"
+
+
+class Boom(Exception):
+    pass
+
+
+class NotOurFault(Exception):
+    pass
+
+
+class Gate:
+    """An awaitable that suspends once, then returns or raises what the test decided."""
+
+    def __init__(self) -> None:
+        self.error: BaseException | None = None
+
+    def __await__(self) -> Generator[None, None, str]:
+        yield None
+        if self.error is not None:
+            raise self.error
+        return "done"
+
+
+# --------------------------------------------------------------------------- the reference model
+
+Ticket = tuple[str, int] | None  # ("closed", period) / ("probe", id); None = manual (anonymous)
+
+
+@dataclass
+class Model:
+    """DESIGN §3.4 written the plain way: lists, no ring buffer, no tricks."""
+
+    config: CircuitConfig
+    timeout: float
+    probe_timeout: float
+    state: CircuitState = CLOSED
+    open_until: float = 0.0
+    window: list[int] = field(default_factory=list)
+    period: int = 0
+    in_flight: int = 0
+    probes: list[tuple[int, float]] = field(default_factory=list)
+    next_probe: int = 0
+    consec_fail: int = 0
+    consec_succ: int = 0
+    successes: int = 0
+    failures: int = 0
+    rejected: int = 0
+    ignored: int = 0
+    slow: int = 0
+    late: int = 0
+    transitions: list[tuple[CircuitState, CircuitState]] = field(default_factory=list)
+
+    def move(self, new: CircuitState, now: float) -> None:
+        self.transitions.append((self.state, new))
+        self.state = new
+        self.probes.clear()
+        if new is CLOSED:
+            self.window.clear()
+            self.consec_fail = self.consec_succ = 0
+            self.period += 1
+            self.in_flight = 0
+        elif new is OPEN:
+            self.open_until = now + self.timeout
+            self.consec_succ = 0
+            self.in_flight = 0
+        else:
+            self.consec_succ = 0
+
+    def refresh(self, now: float) -> None:
+        if self.state is OPEN and now >= self.open_until:
+            self.move(HALF_OPEN, now)
+
+    def admit(self, now: float) -> tuple[bool, Ticket]:
+        self.refresh(now)
+        if self.state is CLOSED:
+            self.in_flight += 1
+            return True, ("closed", self.period)
+        if self.state is OPEN:
+            self.rejected += 1
+            return False, None
+        self.probes = [(pid, deadline) for pid, deadline in self.probes if deadline > now]
+        if len(self.probes) < self.config.half_open_max_calls:
+            self.next_probe += 1
+            self.probes.append((self.next_probe, now + self.probe_timeout))
+            return True, ("probe", self.next_probe)
+        self.rejected += 1
+        return False, None
+
+    def record(self, ticket: Ticket, outcome: str, now: float, manual: bool) -> None:
+        if self.state is CLOSED:
+            if manual:
+                self.in_flight = max(0, self.in_flight - 1)
+            elif ticket == ("closed", self.period):
+                self.in_flight -= 1
+            else:
+                self.late += 1
+                return
+            if outcome == IGNORED:
+                self.ignored += 1
+                return
+            if outcome == FAILURE:
+                self.failures += 1
+                self.consec_succ = 0
+                self.consec_fail += 1
+            else:
+                self.successes += 1
+                self.consec_fail = 0
+                self.consec_succ += 1
+                if outcome == SLOW:
+                    self.slow += 1
+            self.window.append(0 if outcome == SUCCESS else 1)
+            del self.window[: -self.config.window_size]
+            if outcome == SUCCESS:
+                return
+            n = len(self.window)
+            if self.consec_fail >= self.config.failure_threshold or (
+                n >= self.config.min_calls
+                and sum(self.window) / n >= self.config.failure_rate_threshold
+            ):
+                self.move(OPEN, now)
+            return
+        if self.state is OPEN:
+            self.late += 1
+            return
+        ids = [pid for pid, _ in self.probes]
+        if manual:
+            if not ids:
+                self.late += 1
+                return
+            self.probes.pop(0)
+        elif ticket is not None and ticket[0] == "probe" and ticket[1] in ids:
+            self.probes.pop(ids.index(ticket[1]))
+        else:
+            self.late += 1
+            return
+        if outcome == SUCCESS:
+            self.successes += 1
+            self.consec_fail = 0
+            self.consec_succ += 1
+            if self.consec_succ >= self.config.success_threshold:
+                self.move(CLOSED, now)
+        elif outcome == IGNORED:
+            self.ignored += 1
+        else:
+            if outcome == FAILURE:
+                self.failures += 1
+                self.consec_fail += 1
+            else:
+                self.successes += 1
+                self.slow += 1
+            self.move(OPEN, now)
+
+
+# --------------------------------------------------------------------------- the machine
+
+
+@dataclass
+class Guarded:
+    coro: Coroutine[Any, Any, str]
+    context: contextvars.Context
+    gate: Gate
+    ticket: Ticket
+    started: float
+
+
+class BreakerMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = FakeClock()
+        self.calls: list[Guarded] = []
+        self.manual_outstanding = 0
+        self.seen: list[tuple[CircuitState, CircuitState]] = []
+        self.opened_at: float | None = None
+        self.admissions_while_open = 0
+
+    @initialize(
+        failure_threshold=st.integers(1, 3),
+        success_threshold=st.integers(1, 3),
+        window_size=st.integers(1, 6),
+        min_fraction=st.floats(0, 1),
+        rate=st.sampled_from([0.3, 0.5, 2 / 3, 1.0]),
+        half_open_max_calls=st.integers(1, 3),
+        probe_timeout=st.sampled_from([None, 3.0]),
+        slow=st.sampled_from([None, 4.0]),
+    )
+    def setup(
+        self,
+        failure_threshold: int,
+        success_threshold: int,
+        window_size: int,
+        min_fraction: float,
+        rate: float,
+        half_open_max_calls: int,
+        probe_timeout: float | None,
+        slow: float | None,
+    ) -> None:
+        self.config = CircuitConfig(
+            failure_threshold=failure_threshold,
+            success_threshold=success_threshold,
+            timeout_duration=TIMEOUT,
+            failure_rate_threshold=rate,
+            window_size=window_size,
+            min_calls=max(1, round(min_fraction * window_size)),
+            half_open_max_calls=half_open_max_calls,
+            is_failure=lambda exc: not isinstance(exc, NotOurFault),
+            probe_timeout=probe_timeout,
+            slow_call_duration=slow,
+        )
+        self.breaker = CircuitBreaker(self.config, name="m", clock=self.clock)
+        self.breaker.on_state_change(self._on_change)
+        self.model = Model(
+            self.config, TIMEOUT, TIMEOUT if probe_timeout is None else probe_timeout
+        )
+
+    def _on_change(self, old: CircuitState, new: CircuitState) -> None:
+        self.seen.append((old, new))
+        if new is OPEN:
+            self.opened_at = self.clock.now()
+
+    def _admitted(self) -> None:
+        # The open time is honoured: nothing is admitted within TIMEOUT of the last opening.
+        if self.opened_at is not None and self.clock.now() < self.opened_at + TIMEOUT:
+            self.admissions_while_open += 1
+
+    # ------------------------------------------------------------------ rules
+
+    @rule(seconds=st.sampled_from([0.5, 1.0, 2.0, 3.0, 5.0]))
+    def advance(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+
+    @rule()
+    def manual_allow(self) -> None:
+        allowed = self.breaker.allow_request()
+        expected, _ = self.model.admit(self.clock.now())
+        assert allowed == expected
+        if allowed:
+            self._admitted()
+            self.manual_outstanding += 1
+
+    @precondition(lambda self: self.manual_outstanding > 0)
+    @rule(outcome=st.sampled_from([SUCCESS, FAILURE, IGNORED]))
+    def manual_record(self, outcome: str) -> None:
+        self.manual_outstanding -= 1
+        {
+            SUCCESS: self.breaker.record_success,
+            FAILURE: self.breaker.record_failure,
+            IGNORED: self.breaker.record_ignored,
+        }[outcome]()
+        self.model.record(None, outcome, self.clock.now(), manual=True)
+
+    @rule(form=st.sampled_from(["call", "async_with"]))
+    def guarded_start(self, form: str) -> None:
+        gate = Gate()
+        breaker = self.breaker
+
+        async def protected() -> str:
+            return await gate
+
+        async def with_block() -> str:
+            async with breaker:
+                return await gate
+
+        coro = breaker.call(protected) if form == "call" else with_block()
+        context = contextvars.copy_context()
+        expected, ticket = self.model.admit(self.clock.now())
+        try:
+            context.run(coro.send, None)
+        except CircuitOpenError as error:
+            refused: CircuitOpenError | None = error
+        else:
+            refused = None
+        if refused is not None:
+            assert not expected
+            assert refused.retry_after is not None
+            assert refused.retry_after >= 0
+            return
+        assert expected
+        self._admitted()
+        self.calls.append(Guarded(coro, context, gate, ticket, self.clock.now()))
+
+    @precondition(lambda self: self.calls)
+    @rule(
+        data=st.data(),
+        outcome=st.sampled_from([SUCCESS, FAILURE, IGNORED, "cancel"]),
+    )
+    def guarded_finish(self, data: st.DataObject, outcome: str) -> None:
+        index = data.draw(st.integers(0, len(self.calls) - 1))
+        call = self.calls.pop(index)
+        now = self.clock.now()
+        if outcome == "cancel":
+            try:
+                call.context.run(call.coro.throw, asyncio.CancelledError())
+            except asyncio.CancelledError:
+                pass
+            else:
+                raise AssertionError("the cancellation was swallowed")
+            self.model.record(call.ticket, IGNORED, now, manual=False)
+            return
+        call.gate.error = {SUCCESS: None, FAILURE: Boom(), IGNORED: NotOurFault()}[outcome]
+        result: object = None
+        try:
+            call.context.run(call.coro.send, None)
+        except StopIteration as stop:
+            result = stop.value
+        except (Boom, NotOurFault) as error:
+            result = error
+        else:
+            raise AssertionError("the guarded call did not finish")
+        if outcome == SUCCESS:
+            assert result == "done"
+        else:
+            assert isinstance(result, Boom if outcome == FAILURE else NotOurFault)
+        slow = self.config.slow_call_duration
+        assert not isinstance(slow, timedelta)
+        if outcome == SUCCESS and slow is not None and now - call.started >= slow:
+            outcome = SLOW
+        self.model.record(call.ticket, outcome, now, manual=False)
+
+    @rule()
+    def read_state(self) -> None:
+        self.model.refresh(self.clock.now())
+        assert self.breaker.state is self.model.state
+
+    # ------------------------------------------------------------------ invariants
+
+    @invariant()
+    def matches_the_model(self) -> None:
+        if not hasattr(self, "breaker"):
+            return
+        now = self.clock.now()
+        self.model.refresh(now)
+        stats = self.breaker.stats()
+        model = self.model
+        assert stats.state is model.state
+        assert self.seen == model.transitions  # no transition without its condition
+        assert stats.consecutive_failures == model.consec_fail
+        assert stats.consecutive_successes == model.consec_succ
+        assert stats.successful_calls == model.successes
+        assert stats.failed_calls == model.failures
+        assert stats.total_calls == model.successes + model.failures
+        assert stats.rejected_calls == model.rejected
+        assert stats.ignored_calls == model.ignored
+        assert stats.slow_calls == model.slow
+        assert stats.late_results == model.late
+        window = model.window
+        assert stats.failure_rate == (sum(window) / len(window) if window else 0.0)
+        if model.state is HALF_OPEN:
+            assert stats.in_flight == len(model.probes)
+        elif model.state is CLOSED:
+            assert stats.in_flight == model.in_flight
+        if model.state is OPEN:
+            assert stats.retry_after == model.open_until - now > 0
+
+    @invariant()
+    def probes_in_flight_within_the_limit(self) -> None:
+        if not hasattr(self, "breaker"):
+            return
+        if self.breaker.state is HALF_OPEN:
+            live = [
+                c
+                for c in self.calls
+                if c.ticket is not None
+                and c.ticket[0] == "probe"
+                and c.ticket[1] in {pid for pid, _ in self.model.probes}
+            ]
+            assert len(live) <= self.config.half_open_max_calls
+            assert self.breaker.stats().in_flight <= self.config.half_open_max_calls
+
+    @invariant()
+    def open_time_is_honoured(self) -> None:
+        assert self.admissions_while_open == 0
+
+    def teardown(self) -> None:
+        for call in self.calls:
+            call.coro.close()
+
+
+BreakerMachine.TestCase.settings = settings(
+    max_examples=500,
+    stateful_step_count=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+test_breaker_state_machine = BreakerMachine.TestCase
