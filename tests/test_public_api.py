@@ -22,6 +22,23 @@ ERRORS = {
 }
 
 CONTRACT: dict[str, set[str]] = {
+    "zeroclaw.concurrency.backpressure": {
+        "AdaptiveLimiter",
+        "AdaptiveLimiterStats",
+        "AdaptivePermit",
+        "Backpressure",
+        "BackpressureStats",
+        "Permit",
+        "RateLimiter",
+        "RateLimiterStats",
+    },
+    "zeroclaw.concurrency.circuit_breaker": {
+        "CircuitBreaker",
+        "CircuitBreakerGroup",
+        "CircuitBreakerStats",
+        "CircuitConfig",
+        "CircuitState",
+    },
     "zeroclaw.concurrency.worker_pool": {
         "Task",
         "TaskHandle",

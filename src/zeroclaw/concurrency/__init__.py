@@ -5,6 +5,23 @@ them into the message-processing pipeline. Like asyncio's own primitives, an ins
 event loop; constructors never need a running loop.
 """
 
+from zeroclaw.concurrency.backpressure import (
+    AdaptiveLimiter,
+    AdaptiveLimiterStats,
+    AdaptivePermit,
+    Backpressure,
+    BackpressureStats,
+    Permit,
+    RateLimiter,
+    RateLimiterStats,
+)
+from zeroclaw.concurrency.circuit_breaker import (
+    CircuitBreaker,
+    CircuitBreakerGroup,
+    CircuitBreakerStats,
+    CircuitConfig,
+    CircuitState,
+)
 from zeroclaw.concurrency.errors import (
     CircuitOpenError,
     ConcurrencyError,
@@ -25,11 +42,24 @@ from zeroclaw.concurrency.worker_pool import (
 )
 
 __all__ = [
+    "AdaptiveLimiter",
+    "AdaptiveLimiterStats",
+    "AdaptivePermit",
+    "Backpressure",
+    "BackpressureStats",
+    "CircuitBreaker",
+    "CircuitBreakerGroup",
+    "CircuitBreakerStats",
+    "CircuitConfig",
     "CircuitOpenError",
+    "CircuitState",
     "ConcurrencyError",
     "Overloaded",
+    "Permit",
     "PoolClosed",
     "QueueFull",
+    "RateLimiter",
+    "RateLimiterStats",
     "Rejected",
     "Task",
     "TaskCancelled",

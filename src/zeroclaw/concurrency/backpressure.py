@@ -207,7 +207,7 @@ class Backpressure:
         self._rejected += 1
         return None
 
-    async def acquire(self, *, timeout: float | timedelta | None = None) -> Permit:  # noqa: ASYNC109
+    async def acquire(self, *, timeout: float | timedelta | None = None) -> Permit:
         """Wait for one permit (FIFO) and return it.
 
         Blocks until a permit is free and every earlier waiter has been served.
@@ -222,7 +222,7 @@ class Backpressure:
         await self._wait(1, timeout)
         return Permit(self, 1, self._now())
 
-    async def acquire_many(self, n: int, *, timeout: float | timedelta | None = None) -> Permit:  # noqa: ASYNC109
+    async def acquire_many(self, n: int, *, timeout: float | timedelta | None = None) -> Permit:
         """Wait for ``n`` permits at once (FIFO) and return them as one :class:`Permit`.
 
         A large request at the head of the queue holds back later small ones (no barging), so it
@@ -304,7 +304,7 @@ class Backpressure:
             self._available -= int(n)
             fut.set_result(0.0)
 
-    async def _wait(self, n: int, timeout: float | timedelta | None) -> None:  # noqa: ASYNC109
+    async def _wait(self, n: int, timeout: float | timedelta | None) -> None:
         """Queue for ``n`` permits; return once they are ours (already counted as held)."""
         seconds = _timeout_seconds(timeout)
         if self._no_live_waiters() and self._available >= n:
@@ -518,7 +518,7 @@ class RateLimiter:
         self._rejected += 1
         return False
 
-    async def acquire(self, tokens: float = 1, *, timeout: float | timedelta | None = None) -> None:  # noqa: ASYNC109
+    async def acquire(self, tokens: float = 1, *, timeout: float | timedelta | None = None) -> None:
         """Wait until ``tokens`` can be taken (FIFO), then take them.
 
         Blocks for exactly as long as the bucket needs to refill (no polling).
@@ -587,7 +587,7 @@ class RateLimiter:
             waiters.popleft()
         return not waiters
 
-    async def _wait(self, tokens: float, timeout: float | timedelta | None) -> None:  # noqa: ASYNC109
+    async def _wait(self, tokens: float, timeout: float | timedelta | None) -> None:
         seconds = _timeout_seconds(timeout)
         fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         self._waiters.append((fut, tokens))
@@ -1005,7 +1005,7 @@ class AdaptiveLimiter:
         bp._available -= 1
         return self._grant()
 
-    async def acquire(self, *, timeout: float | timedelta | None = None) -> AdaptivePermit:  # noqa: ASYNC109
+    async def acquire(self, *, timeout: float | timedelta | None = None) -> AdaptivePermit:
         """Wait (FIFO) for a concurrency permit, then for a rate token, and return the permit.
 
         Raises:
