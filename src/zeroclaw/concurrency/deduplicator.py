@@ -1009,11 +1009,14 @@ class _Combined(_Exact):
 
     A key evicted from the exact layer before its TTL ends is added to the newest overflow
     filter, whose ``drop_at`` becomes that key's expiry (keys are evicted in expiry order, so a
-    filter is dropped when its last key expires). Each new overflow filter gets half of the
-    false-positive budget the live filters leave unused, so all live filters together stay within
-    ``false_positive_rate`` however much overflow there is, and memory grows with the overflow at
-    bloom cost (a few bytes per key) instead of holding key objects. The original's "combined"
-    strategy computed the bloom answer and ignored it.
+    filter is dropped when its last key expires). A filter takes keys whose expiries lie within
+    ``ttl / 4`` of its first one, so an overflowed key is forgotten at most ``ttl / 4`` after its
+    TTL ends. Overflow filters grow like a scalable bloom filter (Almeida et al. 2007): a new
+    filter holds ``max_entries · 2^f`` keys, ``f`` the number of live full filters, and gets half of
+    the false-positive budget that the live filters leave unused, so all live filters together stay
+    within ``false_positive_rate`` however much overflow there is. Overflow costs bloom bits (a few
+    bytes per key) instead of key objects. The original's "combined" strategy computed the bloom
+    answer and ignored it.
     """
 
     __slots__ = ("_overflow",)
@@ -1070,12 +1073,18 @@ class _Combined(_Exact):
     def _evict_one(self) -> None:
         ident, expiry = self._pop_oldest()
         overflow = self._overflow
-        if not overflow or overflow[-1].count >= overflow[-1].capacity:
+        if (
+            not overflow
+            or overflow[-1].count >= overflow[-1].capacity
+            or expiry - overflow[-1].closes_at > self._ttl / 4.0
+        ):
             budget = self._fp_rate - sum(f.p for f in overflow)
-            overflow.append(_BloomFilter(self._max_entries, budget / 2.0))
+            full = sum(1 for f in overflow if f.count >= f.capacity)
+            fresh = _BloomFilter(self._max_entries << full, budget / 2.0)
+            fresh.closes_at = expiry  # here: the first key's expiry
+            overflow.append(fresh)
         current = overflow[-1]
-        digest = _hash(_encode_id(ident))
-        current.add(digest)
+        current.add(_hash(_encode_id(ident)))
         current.drop_at = expiry
         self._evicted += 1
 
