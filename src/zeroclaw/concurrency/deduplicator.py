@@ -47,6 +47,7 @@ __all__ = ["DedupKey", "DedupStats", "DedupStrategy", "Deduplicator"]
 _INF: Final = math.inf
 _NEG_INF: Final = -math.inf
 _LN2_SQ: Final = math.log(2.0) ** 2
+_BIT: Final = tuple(1 << i for i in range(8))  # a tuple lookup beats computing 1 << (a & 7)
 # A prefix no UTF-8 text can start with: composite keys never hash like a plain string key.
 _COMPOSITE_TAG: Final = b"\xff"
 
@@ -320,8 +321,9 @@ class _BloomFilter:
         b = (y >> 43) % m
         c = (y >> 86) % m
         bits = self.bits
+        bit = _BIT
         for _ in range(self.k):
-            if not bits[a >> 3] & (1 << (a & 7)):
+            if not bits[a >> 3] & bit[a & 7]:
                 return False
             a += b
             if a >= m:
@@ -338,8 +340,9 @@ class _BloomFilter:
         b = (y >> 43) % m
         c = (y >> 86) % m
         bits = self.bits
+        bit = _BIT
         for _ in range(self.k):
-            bits[a >> 3] |= 1 << (a & 7)
+            bits[a >> 3] |= bit[a & 7]
             a += b
             if a >= m:
                 a -= m
@@ -536,14 +539,19 @@ class Deduplicator:
     def stats(self) -> DedupStats:
         """A snapshot of the counters (expired keys are dropped first, so counts are current)."""
         current = len(self)
+        dups, unique, expired, evicted = self._counts()
         return DedupStats(
-            duplicates_found=self._dups,
-            unique_added=self._unique_added(),
+            duplicates_found=dups,
+            unique_added=unique,
             current_entries=current,
-            expired_removed=self._expired,
-            evicted_entries=self._evicted,
+            expired_removed=expired,
+            evicted_entries=evicted,
             memory_bytes=self._memory(),
         )
+
+    def _counts(self) -> tuple[int, int, int, int]:
+        """(duplicates_found, unique_added, expired_removed, evicted_entries)."""
+        return self._dups, self._unique_added(), self._expired, self._evicted
 
     @property
     def ttl(self) -> float:
@@ -568,13 +576,13 @@ class Deduplicator:
     def __repr__(self) -> str:
         return (
             f"Deduplicator(name={self._name!r}, strategy={self._strategy}, ttl={self._ttl:g}, "
-            f"max_entries={self._max_entries}, entries={len(self)}, duplicates={self._dups}, "
-            f"unique={self._unique_added()})"
+            f"max_entries={self._max_entries}, entries={len(self)}, "
+            f"duplicates={self._counts()[0]}, unique={self._counts()[1]})"
         )
 
 
-class _Exact(Deduplicator):
-    """``EXACT``: dict key → expiry, plus a FIFO of keys in insertion (= expiry) order.
+class _ExactCore(Deduplicator):
+    """``COMBINED``'s exact layer: dict key → expiry, and a FIFO of keys in insertion order.
 
     The TTL is constant and the clock monotonic, so first-sighting order is expiry order: expiry
     and eviction pop from the FIFO's front in O(1). (A dict alone cannot do this: deleting from a
@@ -584,13 +592,14 @@ class _Exact(Deduplicator):
     stale. ``_horizon`` is a lower bound on the front's expiry, so the hot path tests one float.
     """
 
-    __slots__ = ("_entries", "_horizon", "_order", "_removed", "_stale")
+    __slots__ = ("_append", "_entries", "_horizon", "_order", "_removed", "_stale")
 
     def _setup(self, **options: Any) -> None:
         super()._setup(**options)
         self._removed = 0
         self._entries: dict[str | tuple[str, ...], float] = {}
         self._order: deque[str | tuple[str, ...]] = deque()
+        self._append = self._order.append  # saves a method lookup per insert
         self._stale: dict[str | tuple[str, ...], int] = {}
         self._horizon = _NEG_INF
 
@@ -606,7 +615,7 @@ class _Exact(Deduplicator):
         if len(entries) >= self._max_entries:
             self._evict_one()
         entries[ident] = now + self._ttl
-        self._order.append(ident)
+        self._append(ident)
         # unique_added is derived (see _unique_added): one counter less on the hot path.
         return False
 
@@ -640,6 +649,7 @@ class _Exact(Deduplicator):
         # TTL. The dict's order is insertion order, which is expiry order, so it rebuilds the FIFO.
         if len(self._order) > 2 * len(entries) + 64:
             self._order = deque(entries)
+            self._append = self._order.append
             stale.clear()
         return True
 
@@ -730,6 +740,188 @@ class _Exact(Deduplicator):
             + n * sys.getsizeof(1.0)  # one float object per expiry
             + _key_bytes(entries, n)
         )
+
+
+_Ident = str | tuple[str, ...]
+
+
+class _Exact(Deduplicator):
+    """``EXACT``: the algorithm of :class:`_ExactCore`, written as closures over local state.
+
+    Same structures and invariants (dict key → expiry, FIFO of keys in expiry order, stale-slot
+    counts, a horizon below which nothing has expired), but the hot path reads its state from
+    closure cells instead of instance slots and tracks free room in a counter instead of calling
+    ``len()``: about 15 % faster per call, which brings ``check_and_update`` within 1.5 times a
+    bare ``dict`` + ``time.monotonic`` check (see ``benchmarks/bench_deduplicator.py``).
+    """
+
+    __slots__ = (
+        "_clear_fn",
+        "_counts_fn",
+        "_entries",
+        "_len_fn",
+        "_memory_fn",
+        "_order",
+        "check_and_update",
+        "cleanup",
+        "contains",
+        "remove",
+    )
+
+    def _setup(self, **options: Any) -> None:
+        super()._setup(**options)
+        entries: dict[_Ident, float] = {}
+        order: deque[_Ident] = deque()  # never replaced, so `append` stays bound to it
+        append = order.append
+        stale: dict[_Ident, int] = {}  # removed keys -> FIFO slots of theirs still queued
+        ttl = self._ttl
+        max_entries = self._max_entries
+        now_fn = self._now
+        horizon = _NEG_INF  # nothing in `entries` expires before this
+        free = max_entries  # max_entries - len(entries)
+        dups = expired = evicted = removed = 0
+
+        def expire(now: float) -> int:
+            nonlocal horizon, expired, free
+            dropped = 0
+            while order:
+                ident = order[0]
+                if stale and ident in stale:
+                    order.popleft()
+                    left = stale[ident] - 1
+                    if left:
+                        stale[ident] = left
+                    else:
+                        del stale[ident]
+                    continue
+                expiry = entries[ident]
+                if expiry > now:
+                    horizon = expiry
+                    break
+                order.popleft()
+                del entries[ident]
+                dropped += 1
+            else:
+                horizon = _NEG_INF  # empty: recomputed on the call after the next insert
+            expired += dropped
+            free += dropped
+            return dropped
+
+        def evict_one() -> None:
+            nonlocal evicted, free
+            while True:
+                ident = order.popleft()
+                if stale and ident in stale:
+                    left = stale[ident] - 1
+                    if left:
+                        stale[ident] = left
+                    else:
+                        del stale[ident]
+                    continue
+                del entries[ident]
+                evicted += 1
+                free += 1
+                return
+
+        def check_and_update(key: DedupKey | str) -> bool:
+            nonlocal dups, free
+            ident = key if key.__class__ is str else _coerce(key)
+            now = now_fn()
+            if now >= horizon:
+                expire(now)
+            if ident in entries:  # once the horizon is past `now`, every entry is live
+                dups += 1
+                return True
+            if free <= 0:
+                evict_one()
+            free -= 1
+            entries[ident] = now + ttl
+            append(ident)
+            return False
+
+        def contains(key: DedupKey | str) -> bool:
+            ident = key if key.__class__ is str else _coerce(key)
+            now = now_fn()
+            if now >= horizon:
+                expire(now)
+            return ident in entries
+
+        def remove(key: DedupKey | str) -> bool:
+            nonlocal removed, free
+            ident = key if key.__class__ is str else _coerce(key)
+            now = now_fn()
+            if now >= horizon:
+                expire(now)
+            if ident not in entries:
+                return False
+            del entries[ident]
+            removed += 1
+            free += 1
+            stale[ident] = stale.get(ident, 0) + 1
+            # Bound the stale slots (a remove/re-add loop would grow the FIFO for a whole TTL):
+            # the dict's order is insertion order, which is expiry order, so it rebuilds the FIFO.
+            if len(order) > 2 * len(entries) + 64:
+                order.clear()
+                order.extend(entries)
+                stale.clear()
+            return True
+
+        def cleanup() -> int:
+            return expire(now_fn())
+
+        def length() -> int:
+            now = now_fn()
+            if now >= horizon:
+                expire(now)
+            return len(entries)
+
+        def clear() -> None:
+            nonlocal horizon, free, dups, expired, evicted, removed
+            entries.clear()
+            order.clear()
+            stale.clear()
+            horizon = _NEG_INF
+            free = max_entries
+            dups = expired = evicted = removed = 0
+
+        def counts() -> tuple[int, int, int, int]:
+            # Every key added is now live, expired, evicted or removed: no counter on the hot path.
+            return dups, len(entries) + expired + evicted + removed, expired, evicted
+
+        def memory() -> int:
+            n = len(entries)
+            return (
+                sys.getsizeof(entries)
+                + sys.getsizeof(order)
+                + sys.getsizeof(stale)
+                + n * sys.getsizeof(1.0)  # one float object per expiry
+                + _key_bytes(entries, n)
+            )
+
+        for fn in (check_and_update, contains, remove, cleanup):
+            fn.__doc__ = getattr(Deduplicator, fn.__name__).__doc__
+        self._entries = entries
+        self._order = order
+        self.check_and_update = check_and_update  # type: ignore[method-assign]
+        self.contains = contains  # type: ignore[method-assign]
+        self.remove = remove  # type: ignore[method-assign]
+        self.cleanup = cleanup  # type: ignore[method-assign]
+        self._len_fn = length
+        self._clear_fn = clear
+        self._counts_fn = counts
+        self._memory_fn = memory
+
+    def __len__(self) -> int:
+        return self._len_fn()
+
+    def _clear(self) -> None:
+        self._clear_fn()
+
+    def _counts(self) -> tuple[int, int, int, int]:
+        return self._counts_fn()
+
+    def _memory(self) -> int:
+        return self._memory_fn()
 
 
 class _Sliding(Deduplicator):
@@ -1004,7 +1196,7 @@ class _Bloom(Deduplicator):
         return len(self._gens)
 
 
-class _Combined(_Exact):
+class _Combined(_ExactCore):
     """``COMBINED``: ``EXACT`` bounded by ``max_entries``, plus overflow bloom filters.
 
     A key evicted from the exact layer before its TTL ends is added to the newest overflow
@@ -1040,7 +1232,7 @@ class _Combined(_Exact):
         if len(entries) >= self._max_entries:
             self._evict_one()
         entries[ident] = now + self._ttl
-        self._order.append(ident)
+        self._append(ident)
         self._unique += 1
         return False
 
