@@ -138,7 +138,94 @@ class SlidingModel(RuleBasedStateMachine):
         assert len(self.dedup) == len(self.live())
 
 
+class CombinedModel(RuleBasedStateMachine):
+    """Model: an EXACT layer, plus evicted keys remembered until their expiry.
+
+    An overflowed key is a duplicate while ``now < expiry``, forgotten once
+    ``now >= expiry + TTL/4``, and either in between (its bloom filter outlives it by at most
+    TTL/4). The rate is 1e-9, so a false positive would be a one-in-a-billion event.
+    """
+
+    @initialize(max_entries=st.integers(1, 4))
+    def setup(self, max_entries: int) -> None:
+        self.clock = FakeClock()
+        self.max_entries = max_entries
+        self.dedup = Deduplicator(
+            TTL,
+            strategy=DedupStrategy.COMBINED,
+            max_entries=max_entries,
+            clock=self.clock,
+            false_positive_rate=1e-9,
+        )
+        self.first_seen: dict[str, float] = {}
+        self.overflow: dict[str, float] = {}  # evicted key -> its expiry
+
+    def live(self) -> dict[str, float]:
+        now = self.clock.now()
+        return {k: t for k, t in self.first_seen.items() if now < t + TTL}
+
+    def bloom(self, key: str) -> bool | None:
+        """True/False when the bloom layer's answer is certain, None in its grace period."""
+        expiry = self.overflow.get(key)
+        now = self.clock.now()
+        if expiry is None or now >= expiry + TTL / 4:
+            return False
+        return True if now < expiry else None
+
+    @rule(step=STEPS)
+    def advance(self, step: float) -> None:
+        self.clock.advance(step)
+
+    @rule(key=KEYS)
+    def check(self, key: str) -> None:
+        live = self.live()
+        self.first_seen = live
+        got = self.dedup.check_and_update(key)
+        if key in live:
+            assert got is True
+            return
+        bloom = self.bloom(key)
+        if bloom is not None:
+            assert got is bloom
+        if got:
+            return
+        if len(live) >= self.max_entries:
+            oldest = next(iter(live))
+            self.overflow[oldest] = live.pop(oldest) + TTL
+        live[key] = self.clock.now()
+
+    @rule(key=KEYS)
+    def contains(self, key: str) -> None:
+        got = self.dedup.contains(key)
+        if key in self.live():
+            assert got is True
+        else:
+            bloom = self.bloom(key)
+            if bloom is not None:
+                assert got is bloom
+
+    @rule(key=KEYS)
+    def remove(self, key: str) -> None:
+        live = self.live()
+        self.first_seen = live
+        in_exact = live.pop(key, None) is not None
+        got = self.dedup.remove(key)
+        bloom = self.bloom(key)
+        if bloom is not None:
+            assert got is (in_exact and not bloom)
+        else:
+            assert not got or in_exact
+
+    @invariant()
+    def exact_layer_agrees(self) -> None:
+        self.dedup.cleanup()  # drops expired entries only: no change the caller could observe
+        assert len(self.dedup._entries) <= self.max_entries  # type: ignore[attr-defined]
+        assert set(self.dedup._entries) == set(self.live())  # type: ignore[attr-defined]
+
+
 ExactModel.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
 SlidingModel.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
+CombinedModel.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
 TestExactModel = ExactModel.TestCase
+TestCombinedModel = CombinedModel.TestCase
 TestSlidingModel = SlidingModel.TestCase
