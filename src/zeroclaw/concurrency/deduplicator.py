@@ -1075,14 +1075,22 @@ class _Sliding(Deduplicator):
     def _memory(self) -> int:
         entries = self._entries
         n = len(entries)
-        total = sys.getsizeof(entries) + _key_bytes(entries, n)
+        # The share of keys with a _Sightings (72 B + its list) is sampled, not scanned: O(1).
+        sample = 0
+        multi = 0
         for seen in entries.values():
-            if seen.__class__ is float:
-                total += 24
-            else:
-                assert isinstance(seen, _Sightings)
-                total += 72 + sys.getsizeof(seen.ends) + 24 * len(seen.ends)
-        return total
+            sample += 1
+            multi += seen.__class__ is _Sightings
+            if sample == _KEY_SAMPLE:
+                break
+        per_multi = 72 + sys.getsizeof([])
+        return (
+            sys.getsizeof(entries)
+            + _key_bytes(entries, n)
+            + n * 24  # a float per key, or a pointer's worth for a _Sightings
+            + (multi * n // max(sample, 1)) * per_multi
+            + self._stored * 32  # a float object and a list slot per stored sighting
+        )
 
 
 class _Bloom(Deduplicator):
