@@ -590,6 +590,8 @@ class _ExactCore(Deduplicator):
     leaves the key's FIFO slot behind as *stale*; ``_stale`` counts such slots per key, and since a
     key's stale slots always precede its live slot, a front slot whose key has a stale count is
     stale. ``_horizon`` is a lower bound on the front's expiry, so the hot path tests one float.
+    :class:`_Exact` is the same algorithm written as closures for speed; this method form is
+    the base :class:`_Combined` extends (its subclass supplies the public calls and eviction).
     """
 
     __slots__ = ("_append", "_entries", "_horizon", "_order", "_removed", "_stale")
@@ -602,40 +604,6 @@ class _ExactCore(Deduplicator):
         self._append = self._order.append  # saves a method lookup per insert
         self._stale: dict[str | tuple[str, ...], int] = {}
         self._horizon = _NEG_INF
-
-    def check_and_update(self, key: DedupKey | str) -> bool:
-        ident = key if key.__class__ is str else _coerce(key)
-        now = self._now()
-        if now >= self._horizon:
-            self._expire(now)
-        entries = self._entries
-        if ident in entries:  # every stored entry is live once the horizon is past `now`
-            self._dups += 1
-            return True
-        if len(entries) >= self._max_entries:
-            self._evict_one()
-        entries[ident] = now + self._ttl
-        self._append(ident)
-        # unique_added is derived (see _unique_added): one counter less on the hot path.
-        return False
-
-    def _unique_added(self) -> int:
-        # Every key added is now live, expired, evicted or removed.
-        return len(self._entries) + self._expired + self._evicted + self._removed
-
-    def contains(self, key: DedupKey | str) -> bool:
-        ident = key if key.__class__ is str else _coerce(key)
-        now = self._now()
-        if now >= self._horizon:
-            self._expire(now)
-        return ident in self._entries
-
-    def remove(self, key: DedupKey | str) -> bool:
-        ident = key if key.__class__ is str else _coerce(key)
-        now = self._now()
-        if now >= self._horizon:
-            self._expire(now)
-        return self._forget(ident)
 
     def _forget(self, ident: str | tuple[str, ...]) -> bool:
         entries = self._entries
@@ -697,22 +665,6 @@ class _ExactCore(Deduplicator):
                     del stale[ident]
                 continue
             return ident, entries.pop(ident)
-
-    def _evict_one(self) -> None:
-        order = self._order
-        stale = self._stale
-        while True:
-            ident = order.popleft()
-            if stale and ident in stale:
-                left = stale[ident] - 1
-                if left:
-                    stale[ident] = left
-                else:
-                    del stale[ident]
-                continue
-            del self._entries[ident]
-            self._evicted += 1
-            return
 
     def cleanup(self) -> int:
         return self._expire(self._now())
@@ -1243,9 +1195,6 @@ class _Combined(_ExactCore):
         self._append(ident)
         self._unique += 1
         return False
-
-    def _unique_added(self) -> int:
-        return self._unique  # evicted keys expire again from the bloom layer: count directly
 
     def _overflow_has(self, ident: str | tuple[str, ...]) -> bool:
         digest = _hash(_encode_id(ident))
