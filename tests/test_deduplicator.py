@@ -320,11 +320,12 @@ def test_exact_composite_keys() -> None:
     assert dedup.check_and_update(DedupKey.combine(["C1:1700000000", "000100"])) is False
 
 
-def test_str_subclass_keys_work() -> None:
+@pytest.mark.parametrize("strategy", ALL)
+def test_str_subclass_keys_work(strategy: DedupStrategy) -> None:
     class Tag(str):
         pass
 
-    dedup, _ = make(EXACT)
+    dedup, _ = make(strategy)
     assert dedup.check_and_update(Tag("a")) is False
     assert dedup.check_and_update("a") is True
 
@@ -424,15 +425,45 @@ def test_sliding_folded_count_is_an_upper_bound_and_drops_out() -> None:
             assert dedup.count_in_window("a") == 0
 
 
-def test_sliding_remove_and_many_keys_keep_the_budget() -> None:
+def test_sliding_eviction_and_remove_release_stored_sightings() -> None:
+    dedup, _ = make(SLIDING, ttl=1e9, max_entries=2, max_sightings=20)
+    for key in ("a", "a", "a", "b", "b"):
+        dedup.check_and_update(key)
+    assert dedup._stored == 5  # type: ignore[attr-defined]
+    dedup.check_and_update("c")  # evicts "a", the least recently seen, with its 3 sightings
+    assert dedup._stored == 2  # type: ignore[attr-defined]
+    assert dedup.remove("b") is True
+    assert dedup._stored == 0  # type: ignore[attr-defined]
+    assert dedup.count_in_window("b") == 0
+    assert dedup.stats().evicted_entries == 1
+
+
+def test_sliding_folded_sightings_reset_once_they_leave_the_window() -> None:
+    dedup, clock = make(SLIDING, ttl=10.0, max_sightings=4)
+    for _ in range(8):  # 100.0 .. 101.75: folding kicks in
+        dedup.check_and_update("a")
+        clock.advance(0.25)
+    seen = dedup._entries["a"]  # type: ignore[attr-defined]
+    assert seen.folded > 0
+    clock.advance_to(105.0)
+    dedup.check_and_update("a")  # keeps the key alive until 115
+    clock.advance_to(111.9)  # the first 8 sightings (t <= 101.75) have left the window
+    assert dedup.count_in_window("a") == 1
+    dedup.check_and_update("a")  # the aggregate is dropped on the next sighting
+    assert seen.folded == 0
+    assert dedup.count_in_window("a") == 2
+
+
+def test_sliding_many_keys_keep_the_sightings_budget() -> None:
     dedup, _ = make(SLIDING, ttl=1e9, max_entries=50, max_sightings=20)
-    for round_ in range(5):
-        for i in range(100):
-            dedup.check_and_update(f"k{i % 60}-{round_ % 2}")
-    assert len(dedup) <= 50
+    for _ in range(5):
+        for i in range(50):
+            dedup.check_and_update(f"k{i}")
+    assert len(dedup) == 50
     assert dedup._stored <= 2 * 50 + 20 + 1  # type: ignore[attr-defined]
-    for key in list(dedup._entries):  # type: ignore[attr-defined]
-        assert dedup.remove(key)
+    assert all(dedup.count_in_window(f"k{i}") >= 5 for i in range(50))
+    for i in range(50):
+        assert dedup.remove(f"k{i}")
     assert dedup._stored == 0  # type: ignore[attr-defined]
 
 

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from zeroclaw.concurrency.deduplicator import Deduplicator, DedupStrategy
+from zeroclaw.concurrency.deduplicator import DedupKey, Deduplicator, DedupStrategy
 from zeroclaw.testing import FakeClock
 
 BLOOM = DedupStrategy.BLOOM
@@ -167,7 +167,9 @@ def test_bloom_cleanup_drops_expired_generations() -> None:
     dedup, clock = make(BLOOM, ttl=10.0)
     for i in range(10):
         dedup.check_and_update(f"k{i}")
-    clock.advance(25.0)
+    clock.advance(15.0)
+    assert len(dedup) == 10  # closed at 110, dropped at 120
+    clock.advance(10.0)
     assert dedup.cleanup() == 10
     assert len(dedup) == 0
     assert dedup.stats().memory_bytes < 200
@@ -216,6 +218,19 @@ def test_combined_overflow_is_forgotten_at_most_a_quarter_ttl_late() -> None:
     for when, key, expected in sorted(events):
         clock.advance_to(when)
         assert dedup.contains(key) is expected, (when, key)
+
+
+def test_combined_composite_keys_overflow_into_bloom() -> None:
+    dedup, clock = make(COMBINED, ttl=10.0, max_entries=1)
+    first = DedupKey.combine(["C1", "1700000000.000100"])
+    assert dedup.check_and_update(first) is False
+    assert dedup.check_and_update(DedupKey.combine(["C1", "1700000000.000200"])) is False
+    assert first not in dedup._entries  # type: ignore[attr-defined]
+    assert dedup.check_and_update(DedupKey.combine(["C1", "1700000000.000100"])) is True
+    assert dedup.contains(first)
+    assert dedup.stats().memory_bytes > 0
+    clock.advance(10.0)
+    assert not dedup.contains(first)
 
 
 def test_combined_remove() -> None:

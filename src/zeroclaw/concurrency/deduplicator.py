@@ -676,12 +676,6 @@ class _ExactCore(Deduplicator):
         self._stale.clear()
         self._horizon = _NEG_INF
 
-    def __len__(self) -> int:
-        now = self._now()
-        if now >= self._horizon:
-            self._expire(now)
-        return len(self._entries)
-
     def _memory(self) -> int:
         entries = self._entries
         n = len(entries)
