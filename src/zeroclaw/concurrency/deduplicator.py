@@ -351,6 +351,33 @@ class _BloomFilter:
                 b -= m
         self.count += 1
 
+    def add_if_absent(self, digest: int) -> bool:
+        """Set the key's bits; ``True`` if they were all set already (a duplicate: no change)."""
+        m = self.m
+        y = digest ^ self.salt
+        a = y % m
+        b = (y >> 43) % m
+        c = (y >> 86) % m
+        bits = self.bits
+        bit = _BIT
+        present = True
+        for _ in range(self.k):
+            i = a >> 3
+            byte = bits[i]
+            mask = bit[a & 7]
+            if not byte & mask:
+                bits[i] = byte | mask
+                present = False
+            a += b
+            if a >= m:
+                a -= m
+            b += c
+            if b >= m:
+                b -= m
+        if not present:
+            self.count += 1
+        return present
+
     def nbytes(self) -> int:
         return sys.getsizeof(self.bits) + 64
 
@@ -1103,15 +1130,18 @@ class _Bloom(Deduplicator):
         if now >= self._next_event:
             self._maintain(now)
         gens = self._gens
-        for gen in reversed(gens):
-            if gen.has(digest):
+        current = gens[-1] if gens else None
+        if current is not None and (current.drop_at != _INF or current.count >= current.capacity):
+            current = None  # closed or full: a new generation takes the key
+        for gen in gens:
+            if gen is not current and gen.has(digest):
                 self._dups += 1
                 return True
-        if gens and gens[-1].drop_at == _INF and gens[-1].count < gens[-1].capacity:
-            current = gens[-1]
-        else:
-            current = self._open(now)
-        current.add(digest)
+        if current is None:
+            self._open(now).add(digest)
+        elif current.add_if_absent(digest):  # test-and-set in one pass over the k positions
+            self._dups += 1
+            return True
         self._unique += 1
         return False
 
