@@ -93,6 +93,11 @@ def test_wrong_key_type_raises(strategy: DedupStrategy) -> None:
             call(42)  # type: ignore[arg-type]
 
 
+def test_errors_name_the_deduplicator() -> None:
+    with pytest.raises(ValueError, match="dedup 'slack-events': ttl must be > 0"):
+        Deduplicator(0, name="slack-events")
+
+
 def test_count_in_window_needs_sliding() -> None:
     dedup, _ = make(EXACT)
     with pytest.raises(TypeError, match="SLIDING_WINDOW"):

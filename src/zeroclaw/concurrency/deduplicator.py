@@ -485,17 +485,20 @@ class Deduplicator:
         name: str = "dedup",
         **options: Any,
     ) -> None:
-        seconds = to_seconds(ttl, what="ttl")
+        who = f"dedup {name!r}"
+        seconds = to_seconds(ttl, what=f"{who}: ttl")
         if not seconds > 0.0:
-            raise ValueError(f"ttl must be > 0, got {ttl!r}")
+            raise ValueError(f"{who}: ttl must be > 0, got {ttl!r}")
         if not isinstance(max_entries, int) or isinstance(max_entries, bool):
-            raise TypeError(f"max_entries must be an int, not {type(max_entries).__name__}")
+            raise TypeError(f"{who}: max_entries must be an int, not {type(max_entries).__name__}")
         if max_entries < 1:
-            raise ValueError(f"max_entries must be >= 1, got {max_entries}")
+            raise ValueError(f"{who}: max_entries must be >= 1, got {max_entries}")
         if not isinstance(false_positive_rate, float | int) or not (
             0.0 < false_positive_rate < 1.0
         ):
-            raise ValueError(f"false_positive_rate must be in (0, 1), got {false_positive_rate!r}")
+            raise ValueError(
+                f"{who}: false_positive_rate must be in (0, 1), got {false_positive_rate!r}"
+            )
         self._strategy = strategy
         self._ttl = seconds
         self._max_entries = max_entries
