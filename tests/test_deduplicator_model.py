@@ -223,9 +223,65 @@ class CombinedModel(RuleBasedStateMachine):
         assert set(self.dedup._entries) == set(self.live())  # type: ignore[attr-defined]
 
 
+class BloomModel(RuleBasedStateMachine):
+    """Model: a key added at t is remembered while now < t + TTL, forgotten from t + 2·TTL on.
+
+    In between either answer is right. The "remembered" half holds only while no generation was
+    dropped early (``evicted_entries == 0``); small ``max_entries`` exercises rotation on fullness.
+    The rate is 1e-9, so a false positive would be a one-in-a-billion event.
+    """
+
+    @initialize(max_entries=st.integers(1, 4), generations=st.integers(2, 4))
+    def setup(self, max_entries: int, generations: int) -> None:
+        self.clock = FakeClock()
+        self.dedup = Deduplicator(
+            TTL,
+            strategy=DedupStrategy.BLOOM,
+            max_entries=max_entries,
+            clock=self.clock,
+            false_positive_rate=1e-9,
+            generations=generations,
+        )
+        self.added: dict[str, float] = {}
+
+    def expected(self, key: str) -> bool | None:
+        added = self.added.get(key)
+        now = self.clock.now()
+        if added is None or now >= added + 2 * TTL:
+            return False
+        if now < added + TTL and self.dedup.stats().evicted_entries == 0:
+            return True
+        return None
+
+    @rule(step=STEPS)
+    def advance(self, step: float) -> None:
+        self.clock.advance(step)
+
+    @rule(key=KEYS)
+    def check(self, key: str) -> None:
+        expected = self.expected(key)
+        got = self.dedup.check_and_update(key)
+        if expected is not None:
+            assert got is expected
+        if not got:
+            self.added[key] = self.clock.now()
+
+    @rule(key=KEYS)
+    def contains(self, key: str) -> None:
+        expected = self.expected(key)
+        if expected is not None:
+            assert self.dedup.contains(key) is expected
+
+    @invariant()
+    def generations_bounded(self) -> None:
+        assert self.dedup.generation_count <= self.dedup._generations  # type: ignore[attr-defined]
+
+
 ExactModel.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
 SlidingModel.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
 CombinedModel.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
+BloomModel.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
 TestExactModel = ExactModel.TestCase
+TestBloomModel = BloomModel.TestCase
 TestCombinedModel = CombinedModel.TestCase
 TestSlidingModel = SlidingModel.TestCase
