@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import pickle
 import subprocess
@@ -91,6 +92,13 @@ def test_wrong_key_type_raises(strategy: DedupStrategy) -> None:
     for call in (dedup.check_and_update, dedup.contains, dedup.remove):
         with pytest.raises(TypeError):
             call(42)  # type: ignore[arg-type]
+
+
+def test_stats_is_a_frozen_slotted_dataclass() -> None:
+    stats = Deduplicator().stats()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        stats.duplicates_found = 1  # type: ignore[misc]
+    assert not hasattr(stats, "__dict__")
 
 
 def test_errors_name_the_deduplicator() -> None:

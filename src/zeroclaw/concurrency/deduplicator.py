@@ -253,8 +253,9 @@ class DedupStats:
     ``current_entries`` is the number of keys remembered now (for bloom filters: keys added to
     the live generations). ``expired_removed`` counts keys forgotten because their TTL ended,
     ``evicted_entries`` keys forgotten early because ``max_entries`` was reached (for ``BLOOM``,
-    keys in a generation dropped early; for ``COMBINED``, exact entries moved to the bloom layer).
-    ``memory_bytes`` approximates what the structures hold, key objects included.
+    keys in a generation dropped early; for ``COMBINED``, exact entries moved to the bloom layer,
+    which count again in ``expired_removed`` when their filter is dropped). ``memory_bytes``
+    approximates what the structures hold, key objects included.
     """
 
     duplicates_found: int
