@@ -22,6 +22,12 @@ ERRORS = {
 }
 
 CONTRACT: dict[str, set[str]] = {
+    "zeroclaw.concurrency.deduplicator": {
+        "DedupKey",
+        "DedupStats",
+        "DedupStrategy",
+        "Deduplicator",
+    },
     "zeroclaw.concurrency.backpressure": {
         "AdaptiveLimiter",
         "AdaptiveLimiterStats",
@@ -49,6 +55,31 @@ CONTRACT: dict[str, set[str]] = {
         "WorkerPoolStats",
     },
 }
+
+
+# Importable from its module; not re-exported from zeroclaw.concurrency (DESIGN.md section 1).
+CHANNEL_INTEGRATION = {
+    "Admission",
+    "AdmissionKind",
+    "Channel",
+    "ChannelMessage",
+    "ConcurrentMessageProcessor",
+    "MessageProcessor",
+    "MessageProcessorConfig",
+    "MessageResult",
+    "MessageResultKind",
+    "ProcessedMessage",
+    "ProcessorStats",
+    "Provider",
+}
+
+
+def test_channel_integration_exports_its_contract() -> None:
+    module = importlib.import_module("zeroclaw.concurrency.channel_integration")
+    assert set(module.__all__) >= CHANNEL_INTEGRATION
+    assert list(module.__all__) == sorted(module.__all__)
+    for name in module.__all__:
+        assert hasattr(module, name), name
 
 
 def test_all_is_sorted_and_unique() -> None:

@@ -22,6 +22,12 @@ from zeroclaw.concurrency.circuit_breaker import (
     CircuitConfig,
     CircuitState,
 )
+from zeroclaw.concurrency.deduplicator import (
+    DedupKey,
+    Deduplicator,
+    DedupStats,
+    DedupStrategy,
+)
 from zeroclaw.concurrency.errors import (
     CircuitOpenError,
     ConcurrencyError,
@@ -54,6 +60,10 @@ __all__ = [
     "CircuitOpenError",
     "CircuitState",
     "ConcurrencyError",
+    "DedupKey",
+    "DedupStats",
+    "DedupStrategy",
+    "Deduplicator",
     "Overloaded",
     "Permit",
     "PoolClosed",
