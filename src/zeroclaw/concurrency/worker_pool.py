@@ -490,6 +490,15 @@ class WorkerPool:
             QueueFull: the queue is full and holds no less urgent task to shed.
             PoolClosed: the pool is shutting down.
         """
+        if not self._closing and self._queued < self._queue_size:  # fast path: room
+            handle = TaskHandle(self, task, self._now())
+            self._queues[task.priority].append(handle)
+            self._queued += 1
+            if self._idle_workers:
+                self._idle_workers.popleft().set_result(None)
+            elif len(self._workers) < self._worker_count:
+                self._start_worker()
+            return handle
         return self._offer(task, wait=False)
 
     async def shutdown(self, *, drain: bool = True, timeout: float | timedelta = 30.0) -> None:
@@ -511,6 +520,8 @@ class WorkerPool:
         self._ensure_workers()
         drained = self._drained_future()
         self._check_drained()
+        if not drained.done() and seconds == 0:
+            self._force_stop()
         if not drained.done():
             timer = call_later(self._clock, seconds, self._force_stop)
             try:

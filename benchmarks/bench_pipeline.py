@@ -1,0 +1,183 @@
+"""The full message pipeline vs a hand-written asyncio baseline.
+
+Ours: ``MessageProcessor.process_message`` (dedup + breaker + backpressure + lanes + pool) for every
+message, results read from ``responses``. Baseline: a bounded ``asyncio.Queue``, the same number of
+workers, one future per message, no dedup, no breaker, no ordering. Target (issue 6): at most 2.5×
+the baseline's cost per message, and over 30 000 messages/s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import gc
+import os
+import time
+from typing import Any
+
+from benchmarks.harness import Report, interleave, run_group
+from zeroclaw.concurrency.channel_integration import (
+    ChannelMessage,
+    MessageProcessor,
+    MessageProcessorConfig,
+)
+
+GROUP = "pipeline"
+WORKERS = 4
+BOUND = 1000
+
+
+async def noop_handler(message: ChannelMessage) -> str:
+    return message.content
+
+
+def make_messages(count: int, conversations: int) -> list[ChannelMessage]:
+    return [
+        ChannelMessage(
+            id=str(i),
+            sender=f"user{i % conversations}",
+            content="hi",
+            channel="webhook",
+            timestamp=0.0,
+        )
+        for i in range(count)
+    ]
+
+
+async def pipeline_round(messages: list[ChannelMessage]) -> float:
+    config = MessageProcessorConfig(
+        worker_pool_size=WORKERS,
+        task_queue_size=BOUND,
+        max_concurrent_requests=BOUND,
+        processing_timeout=None,
+        dedup_max_entries=max(len(messages), 1),
+    )
+    processor = MessageProcessor(config)
+
+    async def drain() -> int:
+        delivered = 0
+        async for _ in processor.responses:
+            delivered += 1
+        return delivered
+
+    start = time.perf_counter()
+    reader = asyncio.ensure_future(drain())
+    for message in messages:
+        await processor.process_message("webhook", message, noop_handler)
+    await processor.shutdown()
+    delivered = await reader
+    elapsed = time.perf_counter() - start
+    assert delivered == len(messages), (delivered, len(messages))
+    return elapsed / len(messages)
+
+
+async def baseline_round(messages: list[ChannelMessage]) -> float:
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[ChannelMessage, asyncio.Future[Any]]] = asyncio.Queue(BOUND)
+
+    async def worker() -> None:
+        while True:
+            message, future = await queue.get()
+            try:
+                future.set_result(await noop_handler(message))
+            except Exception as exc:
+                future.set_exception(exc)
+
+    workers = [loop.create_task(worker()) for _ in range(WORKERS)]
+    start = time.perf_counter()
+    futures = []
+    for message in messages:
+        future = loop.create_future()
+        await queue.put((message, future))
+        futures.append(future)
+    for future in futures:
+        await future
+    elapsed = time.perf_counter() - start
+    for task in workers:
+        task.cancel()
+    await asyncio.gather(*workers, return_exceptions=True)
+    return elapsed / len(messages)
+
+
+async def run(report: Report, quick: bool) -> None:
+    count = 10_000 if quick else 30_000
+    rounds = 3 if quick else 5
+    messages = make_messages(count, 1000)
+    timings = await interleave(
+        {
+            "MessageProcessor (1000 conversations)": functools.partial(pipeline_round, messages),
+            "asyncio.Queue + workers + futures": functools.partial(baseline_round, messages),
+        },
+        rounds,
+    )
+    ours = timings["MessageProcessor (1000 conversations)"]
+    report.ratio(
+        GROUP,
+        ours,
+        timings["asyncio.Queue + workers + futures"],
+        target=2.5,
+        note=f"{count} no-op messages, {WORKERS} workers",
+    )
+    report.figure(GROUP, "pipeline throughput", 1.0 / ours.median, "messages/s", "target > 30 000")
+    for conversations in (10, 1000, 100_000):
+        scaled = make_messages(count if conversations < count else conversations, conversations)
+        timing = await interleave(
+            {"scale": functools.partial(pipeline_round, scaled)}, max(1, rounds - 2)
+        )
+        report.figure(
+            GROUP,
+            f"throughput, {conversations} conversations",
+            1.0 / timing["scale"].median,
+            "messages/s",
+            f"{len(scaled)} messages",
+        )
+    await memory_figures(report, 100_000 if quick else 1_000_000)
+
+
+def rss_bytes() -> int:
+    """The resident set size of this process now (Linux), in bytes."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+async def memory_figures(report: Report, total: int) -> None:
+    """RSS of one processor at rest and after ``total`` messages over 10 000 conversations."""
+    gc.collect()
+    before = rss_bytes()
+    config = MessageProcessorConfig(
+        worker_pool_size=WORKERS,
+        task_queue_size=BOUND,
+        max_concurrent_requests=BOUND,
+        processing_timeout=None,
+    )
+    processor = MessageProcessor(config)
+    gc.collect()
+    at_rest = rss_bytes()
+
+    async def drain() -> None:
+        async for _ in processor.responses:
+            pass
+
+    reader = asyncio.ensure_future(drain())
+    for i in range(total):
+        message = ChannelMessage(
+            id=str(i), sender=f"user{i % 10_000}", content="hi", channel="webhook", timestamp=0.0
+        )
+        await processor.process_message("webhook", message, noop_handler)
+    gc.collect()
+    after = rss_bytes()
+    await processor.shutdown()
+    await reader
+    report.figure(GROUP, "process RSS before the processor", before / 2**20, "MiB")
+    report.figure(GROUP, "process RSS, processor at rest", at_rest / 2**20, "MiB")
+    report.figure(
+        GROUP,
+        f"process RSS after {total} messages",
+        after / 2**20,
+        "MiB",
+        f"dedup holds up to {config.dedup_max_entries} keys (ttl {config.dedup_ttl:g}s)",
+    )
+
+
+if __name__ == "__main__":
+    run_group(run)
