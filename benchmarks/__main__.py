@@ -1,9 +1,10 @@
 """Run every benchmark group, each in a process of its own: ``python -m benchmarks``.
 
-    python -m benchmarks [--quick] [--json PATH] [--uvloop] [GROUP ...]
+    python -m benchmarks [--quick] [--json PATH] [--no-uvloop] [GROUP ...]
 
 GROUP is a module name without the ``bench_`` prefix (``worker_pool``, ``backpressure``...); by
-default all of them run. The peers come from the ``bench`` dependency group
+default all of them run, each in a process of its own, once on asyncio's default event loop and
+once under uvloop. The peers come from the ``bench`` dependency group
 (``pip install -e . --group bench``); nothing is installed here.
 """
 
@@ -30,7 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("groups", nargs="*", help=f"groups to run: {', '.join(available_groups())}")
     parser.add_argument("--quick", action="store_true", help="fewer, shorter rounds")
     parser.add_argument("--json", help="write every figure to this JSON file")
-    parser.add_argument("--uvloop", action="store_true", help="also run each group under uvloop")
+    parser.add_argument(
+        "--no-uvloop", action="store_true", help="skip the second run of each group under uvloop"
+    )
     args = parser.parse_args(argv)
     groups = args.groups or available_groups()
     unknown = set(groups) - set(available_groups())
@@ -39,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
 
     combined = Report()
     failed: list[str] = []
-    loops = ["asyncio", "uvloop"] if args.uvloop else ["asyncio"]
+    loops = ["asyncio"] if args.no_uvloop else ["asyncio", "uvloop"]
     with tempfile.TemporaryDirectory() as scratch:
         for group in groups:
             for loop in loops:
