@@ -114,13 +114,13 @@ def test_error_tree() -> None:
         TaskCancelled,
     )
 
-    for cls in (QueueFull, Overloaded, CircuitOpenError):
-        assert issubclass(cls, Rejected)
-    for cls in (Rejected, PoolClosed, TaskCancelled):
-        assert issubclass(cls, ConcurrencyError)
-    error = CircuitOpenError("openai", "Open", 12.5)
-    assert str(error) == "circuit 'openai' is Open; retry in 12.5s"
-    assert error.retry_after == 12.5
+    for refusal in (QueueFull, Overloaded, CircuitOpenError):
+        assert issubclass(refusal, Rejected)
+    for base in (Rejected, PoolClosed, TaskCancelled):
+        assert issubclass(base, ConcurrencyError)
+    refused = CircuitOpenError("openai", "Open", 12.5)
+    assert str(refused) == "circuit 'openai' is Open; retry in 12.5s"
+    assert refused.retry_after == 12.5
     assert QueueFull("full", retry_after=None).retry_after is None
 
 

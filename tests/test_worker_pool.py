@@ -7,6 +7,7 @@ import functools
 import gc
 import warnings
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -673,10 +674,10 @@ async def test_done_callbacks_run_once_for_every_outcome_and_errors_are_isolated
     pool = WorkerPool(1, 1, clock=clock)
     seen: list[tuple[int, TaskStatus]] = []
 
-    def record(handle: TaskHandle[object]) -> None:
+    def record(handle: TaskHandle[Any]) -> None:
         seen.append((handle.task_id, handle.result().status))
 
-    def broken(handle: TaskHandle[object]) -> None:
+    def broken(handle: TaskHandle[Any]) -> None:
         raise RuntimeError("callback bug")
 
     async def boom() -> None:

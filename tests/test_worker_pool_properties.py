@@ -4,6 +4,7 @@ accounting hold."""
 from __future__ import annotations
 
 import asyncio
+import functools
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -95,7 +96,7 @@ def test_every_handle_resolves_whatever_the_shutdown(
                 raise RuntimeError("planned failure")
 
         handles = [
-            pool.spawn_nowait(Task(lambda y=y, f=f: body(y, f), priority=p)) for p, y, f in plan
+            pool.spawn_nowait(Task(functools.partial(body, y, f), priority=p)) for p, y, f in plan
         ]
         await asyncio.sleep(0)
         await pool.shutdown(drain=drain)
