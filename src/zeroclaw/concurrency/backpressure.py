@@ -207,6 +207,22 @@ class Backpressure:
         self._rejected += 1
         return None
 
+    def _try_take(self) -> bool:
+        """:meth:`try_acquire` without the :class:`Permit`: for package code that gives the permit
+        back with :meth:`_give_back` (the message processor's per-message path). Never blocks."""
+        self._total += 1
+        if self._available >= 1 and (not self._waiters or self._no_live_waiters()):
+            self._available -= 1
+            return True
+        self._rejected += 1
+        return False
+
+    def _give_back(self) -> None:
+        """Return one permit taken by :meth:`_try_take`. Never blocks."""
+        self._available += 1
+        if self._waiters:
+            self._wake()
+
     async def acquire(self, *, timeout: float | timedelta | None = None) -> Permit:
         """Wait for one permit (FIFO) and return it.
 

@@ -33,7 +33,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
+from typing import Any, Literal, NamedTuple, Protocol, cast, runtime_checkable
 
 from zeroclaw.concurrency._clock import Cancellable, Clock, call_later, resolve_clock, to_seconds
 from zeroclaw.concurrency.backpressure import Backpressure, BackpressureStats, Permit
@@ -47,12 +47,11 @@ from zeroclaw.concurrency.circuit_breaker import (
 from zeroclaw.concurrency.deduplicator import DedupKey, Deduplicator, DedupStats
 from zeroclaw.concurrency.errors import PoolClosed
 from zeroclaw.concurrency.worker_pool import (
-    Task,
-    TaskHandle,
     TaskPriority,
     TaskStatus,
     WorkerPool,
     WorkerPoolStats,
+    _Job,
 )
 
 __all__ = [
@@ -222,6 +221,8 @@ _new_tuple = tuple.__new__
 _SUCCESS = MessageResultKind.SUCCESS
 _COMPLETED = TaskStatus.COMPLETED
 
+_PRIORITY_MEMO_SIZE = 1024  # channels whose default priority is remembered (a bound, not a cache)
+
 _SEED_CHANNEL_PRIORITIES = {
     "cli": TaskPriority.CRITICAL,
     "telegram": TaskPriority.HIGH,
@@ -246,16 +247,28 @@ def channel_priority(channel: str, message: ChannelMessage) -> TaskPriority:
     return _SEED_CHANNEL_PRIORITIES.get(channel.lower(), TaskPriority.NORMAL)
 
 
+def _scoped_key(channel: str, sender: str, tail: str) -> str:
+    """An injective dedup key for ``(channel, sender, tail)``, cheap in the common case.
+
+    Common case, no NUL in ``channel`` or ``sender``: ``channel NUL sender NUL tail`` (the first two
+    NULs split it back). Otherwise a length-prefixed form (injective whatever the parts hold) with
+    every NUL escaped away: it holds no NUL, so it never equals a common-case key, which holds two.
+    """
+    if "\0" not in channel and "\0" not in sender:
+        return f"{channel}\0{sender}\0{tail}"
+    prefixed = f"{len(channel)}:{channel}{len(sender)}:{sender}{tail}"
+    return prefixed.replace("\x01", "\x01\x01").replace("\0", "\x01\x02")
+
+
 def _message_id_key(channel: str, message: ChannelMessage) -> str:
-    # Length prefixes make the composite injective ("a:b"+"c" differs from "a"+"b:c") without
-    # the cost of DedupKey.combine on the per-message path; a str is a valid dedup key.
     sender = message.sender
-    return f"{len(channel)}:{channel}{len(sender)}:{sender}{message.id}"
+    if "\0" not in channel and "\0" not in sender:  # _scoped_key's common case, inlined
+        return f"{channel}\0{sender}\0{message.id}"
+    return _scoped_key(channel, sender, message.id)
 
 
 def _content_key(channel: str, message: ChannelMessage) -> str:
-    sender = message.sender
-    return f"{len(channel)}:{channel}{len(sender)}:{sender}{DedupKey.content_hash(message.content)}"
+    return _scoped_key(channel, message.sender, DedupKey.content_hash(message.content))
 
 
 def _conversation_key(channel: str, message: ChannelMessage) -> Hashable:
@@ -376,18 +389,14 @@ class ProcessorStats:
 # ---------------------------------------------------------------------------- the processor
 
 
-class _Item:
-    """An accepted message on its way through the pipeline."""
+class _Item(_Job):
+    """An accepted message on its way through the pipeline; the pool runs it as a job.
 
-    __slots__ = (
-        "channel",
-        "dedup_key",
-        "handler",
-        "lane",
-        "message",
-        "permit",
-        "processor",
-    )
+    Being the pool's job itself (rather than a ``Task`` with a ``TaskHandle`` and a done callback)
+    saves three objects and a callback per message: the pipeline's hot path.
+    """
+
+    __slots__ = ("channel", "dedup_key", "handler", "key", "message", "permit", "processor")
 
     def __init__(
         self,
@@ -396,47 +405,108 @@ class _Item:
         message: ChannelMessage,
         handler: Handler,
         dedup_key: DedupKey | str | None,
-        permit: Permit | None,
-        lane: _Lane,
+        permit: Permit | bool,
+        key: Hashable,
+        priority: TaskPriority,
     ) -> None:
         self.processor = processor
         self.channel = channel
         self.message = message
         self.handler = handler
         self.dedup_key = dedup_key
+        # True: one permit taken with Backpressure._try_take; a Permit: one that was waited for.
         self.permit = permit
-        self.lane = lane
+        self.key = key  # the conversation
+        self._priority = priority
+        self._timeout = processor._processing_timeout
 
-    def run(self) -> Coroutine[Any, Any, str]:
-        """The pool task: call the handler, unless the breaker opened while this waited.
+    def _call(self) -> Coroutine[Any, Any, str]:
+        """Call the handler, unless the breaker opened while this message waited.
 
-        A plain function returning the handler's coroutine, not a coroutine of its own: one frame
-        less per message. Raising here fails the task just as raising inside it would.
+        Raising here fails the job just as raising inside the handler would.
         """
         breaker = self.processor._breaker
         if breaker is not None and breaker.state is CircuitState.OPEN:
             raise _OpenAtStart(f"circuit {breaker.name!r} opened while the message waited")
         return self.handler(self.message)
 
-    def done(self, handle: TaskHandle[str]) -> None:
-        self.processor._task_done(self, handle)
+    def _completed(self, value: Any, wait_time: float, run_time: float) -> None:
+        """The handler returned: the per-message hot path, hence all inline."""
+        processor = self.processor
+        processor._succeeded += 1
+        breaker = processor._breaker
+        if breaker is not None:
+            breaker.record_success()
+        permit = self.permit
+        if permit is True:
+            processor._backpressure._give_back()  # type: ignore[union-attr]
+        elif permit:
+            permit.release()
+        processor._in_flight -= 1
+        processor._results.append(
+            _new_tuple(
+                ProcessedMessage,
+                (
+                    self.channel,
+                    self.message,
+                    _new_tuple(MessageResult, (_SUCCESS, value, None, wait_time, run_time)),
+                ),
+            )
+        )
+        waiter = processor._results_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        lanes = processor._lanes
+        key = self.key
+        if lanes[key] is self:  # the common case: the conversation has nothing more waiting
+            del lanes[key]
+        else:
+            processor._advance(cast(_Lane, lanes[key]))
+        if processor._ready:
+            processor._pump()
+        if processor._closing:
+            processor._check_drained()
+
+    def _ended(
+        self, status: TaskStatus, error: BaseException, wait_time: float, run_time: float
+    ) -> None:
+        if status is TaskStatus.FAILED:
+            opened = isinstance(error, _OpenAtStart)
+            kind = MessageResultKind.REJECTED if opened else MessageResultKind.FAILED
+        elif status is TaskStatus.TIMED_OUT:
+            kind = MessageResultKind.TIMEOUT
+        elif status is TaskStatus.CANCELLED:
+            kind = MessageResultKind.CANCELLED
+        else:
+            kind = MessageResultKind.REJECTED
+        self.processor._message_ended(self, kind, error, wait_time, run_time)
+
+    def _discard(self) -> None:
+        pass  # the handler's coroutine is only made when the message runs
+
+    def _describe(self) -> str:
+        return f"message {self.message.id!r} of conversation {self.key!r}"
 
 
-# A lane is IDLE (nothing moving), READY (its head waits for room in the pool) or RUNNING (one
-# of its messages is in the pool; ``pending`` holds only those behind it).
+# A lane is READY (its head waits for room in the pool) or RUNNING (one of its messages is in the
+# pool; ``pending`` holds only those behind it); IDLE only in passing, when it is being retired.
 _IDLE, _READY, _RUNNING = 0, 1, 2
 
 
 class _Lane:
-    """One conversation: its messages in arrival order, at most one of them in the pool."""
+    """A conversation with messages waiting: them in arrival order, at most one in the pool.
+
+    A conversation with one message in the pool and none waiting has no lane: the processor's
+    conversation table holds that message's :class:`_Item` itself (the common case costs no lane).
+    """
 
     __slots__ = ("key", "pending", "priority", "state")
 
-    def __init__(self, key: Hashable, priority: TaskPriority) -> None:
+    def __init__(self, key: Hashable, priority: TaskPriority, state: int) -> None:
         self.key = key
         self.priority = priority
         self.pending: deque[_Item] = deque()
-        self.state = _IDLE
+        self.state = state
 
 
 class _OpenAtStart(Exception):
@@ -455,7 +525,8 @@ class MessageProcessor:
 
     A processor belongs to one event loop. Results are buffered until read from
     :attr:`responses`; read them (``ConcurrentMessageProcessor`` does), or the buffer grows by
-    one small object per message (``stats().undelivered_results`` tells).
+    one small object per message (``stats().undelivered_results`` tells). The configuration is
+    read when the processor is built; changing the config object later does not affect it.
     """
 
     def __init__(
@@ -503,7 +574,21 @@ class MessageProcessor:
             if dedup_key == "content"
             else dedup_key
         )
-        self._lanes: dict[Hashable, _Lane] = {}
+        # The configuration's functions and timeout are read once, here (the per-message path).
+        self._processing_timeout = config.processing_timeout
+        self._reject_at_capacity = config.admission == "reject"
+        self._check_duplicate = self._dedup.check_and_update if self._dedup is not None else None
+        # None: the default conversation key (channel + reply target), computed inline.
+        self._conversation_key_of = (
+            None if config.conversation_key is _conversation_key else config.conversation_key
+        )
+        self._priority_of = config.priority
+        # The default priority depends only on the channel for a message without metadata.
+        self._channel_priorities: dict[str, TaskPriority] | None = (
+            {} if config.priority is channel_priority else None
+        )
+        # Each conversation with a message in flight: that message, or its lane when more wait.
+        self._lanes: dict[Hashable, _Item | _Lane] = {}
         self._ready: list[tuple[int, int, _Lane]] = []  # lanes waiting for room in the pool
         self._ready_order = itertools.count()
         self._results: deque[ProcessedMessage] = deque()
@@ -514,7 +599,6 @@ class MessageProcessor:
         self._stopping_pool: asyncio.Future[None] | None = None
         self._in_flight = 0
         self._admitting = 0
-        self._accepted = 0
         self._duplicates = 0
         self._rejected = 0
         self._succeeded = 0
@@ -539,31 +623,32 @@ class MessageProcessor:
         """
         if self._closing:
             return self._refuse("shutting down")
-        channel_name = channel if isinstance(channel, str) else channel.name
+        channel_name = channel if channel.__class__ is str else channel.name  # type: ignore[union-attr]
         dedup_key: DedupKey | str | None = None
-        dedup = self._dedup
-        if dedup is not None:
+        check_duplicate = self._check_duplicate
+        if check_duplicate is not None:
             dedup_key = self._dedup_key(channel_name, message)
-            if dedup.check_and_update(dedup_key):
+            if check_duplicate(dedup_key):
                 self._duplicates += 1
                 return _DUPLICATE
         breaker = self._breaker
         if breaker is not None and not breaker.allow_request():
             self._forget(dedup_key)
             return self._refuse("circuit open", breaker.retry_after)
-        permit: Permit | None = None
+        permit: Permit | bool = False
         backpressure = self._backpressure
         if backpressure is not None:
-            permit = backpressure.try_acquire()
-            if permit is None:
-                if self.config.admission == "reject":
-                    self._undo_admission(dedup_key, None)
-                    return self._refuse("overloaded")
+            if backpressure._try_take():
+                permit = True
+            elif self._reject_at_capacity:
+                self._undo_admission(dedup_key, False)
+                return self._refuse("overloaded")
+            else:
                 self._admitting += 1
                 try:
                     permit = await backpressure.acquire()
                 except BaseException:
-                    self._undo_admission(dedup_key, None)
+                    self._undo_admission(dedup_key, False)
                     raise
                 finally:
                     self._admitting -= 1
@@ -572,9 +657,44 @@ class MessageProcessor:
                     self._check_drained()
                     return self._refuse("shutting down")
         elif self._in_flight >= self._hard_limit:
-            self._undo_admission(dedup_key, None)
+            self._undo_admission(dedup_key, False)
             return self._refuse("overloaded")
-        self._accept(channel, channel_name, message, handler, dedup_key, permit)
+        key_of = self._conversation_key_of
+        key = (
+            (channel_name, message.reply_target or message.sender)
+            if key_of is None
+            else key_of(channel_name, message)
+        )
+        self._in_flight += 1
+        entry = self._lanes.get(key)
+        if entry is None:  # a new conversation
+            cached = self._channel_priorities
+            priority = (
+                cached.get(channel_name) if cached is not None and not message.metadata else None
+            )
+            if priority is None:
+                priority = self._priority_for(channel_name, message)
+            item = _Item(self, channel, message, handler, dedup_key, permit, key, priority)
+            pool = self._pool
+            if not self._ready and pool._queued < pool._queue_size:
+                self._lanes[key] = item  # the common case: no lane, straight into the pool
+                try:
+                    pool._queue_job(item)
+                except PoolClosed as closed:
+                    self._not_started(item, closed)
+            else:
+                lane = self._lanes[key] = _Lane(key, item._priority, _IDLE)
+                lane.pending.append(item)
+                self._make_ready(lane)
+                self._pump()
+            return _ACCEPTED
+        if entry.__class__ is _Item:  # its one message runs: open a lane behind it
+            lane = self._lanes[key] = _Lane(key, entry._priority, _RUNNING)
+        else:
+            lane = cast(_Lane, entry)
+        lane.pending.append(
+            _Item(self, channel, message, handler, dedup_key, permit, key, lane.priority)
+        )
         return _ACCEPTED
 
     def _refuse(self, reason: str, retry_after: float | None = None) -> Admission:
@@ -585,42 +705,19 @@ class MessageProcessor:
         if dedup_key is not None and self._dedup is not None:
             self._dedup.remove(dedup_key)
 
-    def _undo_admission(self, dedup_key: DedupKey | str | None, permit: Permit | None) -> None:
+    def _undo_admission(self, dedup_key: DedupKey | str | None, permit: Permit | bool) -> None:
         """Refused after the breaker admitted it: give back the claim, the probe, the permit."""
         self._forget(dedup_key)
         if self._breaker is not None:
             self._breaker.record_ignored()
-        if permit is not None:
-            permit.release()
+        self._give_permit_back(permit)
 
-    def _accept(
-        self,
-        channel: Channel | str,
-        channel_name: str,
-        message: ChannelMessage,
-        handler: Handler,
-        dedup_key: DedupKey | str | None,
-        permit: Permit | None,
-    ) -> None:
-        config = self.config
-        key = config.conversation_key(channel_name, message)
-        self._in_flight += 1
-        self._accepted += 1
-        lane = self._lanes.get(key)
-        if lane is None:
-            lane = self._lanes[key] = _Lane(key, config.priority(channel_name, message))
-            item = _Item(self, channel, message, handler, dedup_key, permit, lane)
-            if not self._ready and self._pool.free_slots > 0:
-                self._start(item)  # the common case: a new conversation and room in the pool
-                return
-            lane.pending.append(item)
-            self._make_ready(lane)
-            self._pump()
-            return
-        lane.pending.append(_Item(self, channel, message, handler, dedup_key, permit, lane))
-        if lane.state == _IDLE:
-            self._make_ready(lane)
-            self._pump()
+    def _give_permit_back(self, permit: Permit | bool) -> None:
+        if permit is True:
+            assert self._backpressure is not None
+            self._backpressure._give_back()
+        elif permit:
+            permit.release()
 
     # -------------------------------------------------------------- lanes → pool
 
@@ -634,42 +731,52 @@ class MessageProcessor:
         ready = self._ready
         while ready and pool.free_slots > 0:
             _, _, lane = heapq.heappop(ready)
-            self._start(lane.pending.popleft())
+            lane.state = _RUNNING
+            item = lane.pending.popleft()
+            item._priority = lane.priority
+            self._start(item)
+
+    def _priority_for(self, channel_name: str, message: ChannelMessage) -> TaskPriority:
+        priority = self._priority_of(channel_name, message)
+        cached = self._channel_priorities
+        if cached is not None and not message.metadata and len(cached) < _PRIORITY_MEMO_SIZE:
+            cached[channel_name] = priority
+        return priority
 
     def _start(self, item: _Item) -> None:
-        """Hand a lane's head to the pool (which has room)."""
-        lane = item.lane
-        lane.state = _RUNNING
-        task = Task(item.run, priority=lane.priority, timeout=self.config.processing_timeout)
+        """Hand a conversation's next message to the pool (which has room)."""
         try:
-            handle = self._pool.spawn_nowait(task)
-        except PoolClosed as closed:  # only if the pool was stopped under us: cancel the lane
-            self._settle(item, MessageResultKind.CANCELLED, error=closed)
-            lane.state = _IDLE
-            self._cancel_pending(lane)
-            return
-        handle.add_done_callback(item.done)
+            self._pool._queue_job(item)
+        except PoolClosed as closed:
+            self._not_started(item, closed)
 
-    def _task_done(self, item: _Item, handle: TaskHandle[str]) -> None:
-        result = handle.result()
-        status = result.status
-        if status is _COMPLETED:
-            kind = _SUCCESS
-        elif status is TaskStatus.FAILED:
-            opened = isinstance(result.error, _OpenAtStart)
-            kind = MessageResultKind.REJECTED if opened else MessageResultKind.FAILED
-        elif status is TaskStatus.TIMED_OUT:
-            kind = MessageResultKind.TIMEOUT
-        elif status is TaskStatus.CANCELLED:
-            kind = MessageResultKind.CANCELLED
-        else:
-            kind = MessageResultKind.REJECTED
-        self._settle(item, kind, result.value, result.error, result.wait_time, result.run_time)
-        lane = item.lane
-        if lane.pending:
-            self._advance(lane)
-        else:  # the common case: the conversation has nothing more waiting
-            del self._lanes[lane.key]
+    def _not_started(self, item: _Item, closed: PoolClosed) -> None:
+        """The pool was stopped under us (a shutdown's timeout): cancel the conversation."""
+        self._settle(item, MessageResultKind.CANCELLED, error=closed)
+        entry = self._lanes.get(item.key)
+        if entry is item:
+            del self._lanes[item.key]
+        elif entry is not None:
+            cast(_Lane, entry).state = _IDLE
+            self._cancel_pending(entry)
+
+    # -------------------------------------------------------------- results of the pool
+
+    def _message_ended(
+        self,
+        item: _Item,
+        kind: MessageResultKind,
+        error: BaseException,
+        wait_time: float,
+        run_time: float,
+    ) -> None:
+        """The message ended without success (or never ran): settle it, move its lane on."""
+        self._settle(item, kind, error=error, wait_time=wait_time, run_time=run_time)
+        entry = self._lanes.get(item.key)
+        if entry is item:
+            del self._lanes[item.key]
+        elif entry is not None:
+            self._advance(cast(_Lane, entry))
         if self._ready:
             self._pump()
         if self._closing:
@@ -684,38 +791,25 @@ class MessageProcessor:
         wait_time: float = 0.0,
         run_time: float = 0.0,
     ) -> None:
-        """Put a message's effects in place, then deliver its result."""
+        """Put an unsuccessful message's effects in place, then deliver its result."""
+        self._count_unsuccessful(kind)
         breaker = self._breaker
-        if kind is _SUCCESS:
-            self._succeeded += 1
-            if breaker is not None:
-                breaker.record_success()
-        else:
-            self._count_unsuccessful(kind)
-            if breaker is not None:
-                if kind is MessageResultKind.TIMEOUT or (
-                    kind is MessageResultKind.FAILED and self._counts_as_failure(error)
-                ):
-                    breaker.record_failure()
-                else:
-                    breaker.record_ignored()
-            self._forget(item.dedup_key)
-        if item.permit is not None:
-            item.permit.release()
+        if breaker is not None:
+            if kind is MessageResultKind.TIMEOUT or (
+                kind is MessageResultKind.FAILED and self._counts_as_failure(error)
+            ):
+                breaker.record_failure()
+            else:
+                breaker.record_ignored()
+        self._forget(item.dedup_key)
+        self._give_permit_back(item.permit)
         self._in_flight -= 1
         self._results.append(
-            _new_tuple(
-                ProcessedMessage,
-                (
-                    item.channel,
-                    item.message,
-                    _new_tuple(MessageResult, (kind, value, error, wait_time, run_time)),
-                ),
+            ProcessedMessage(
+                item.channel, item.message, MessageResult(kind, value, error, wait_time, run_time)
             )
         )
-        waiter = self._results_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._wake_results()
 
     def _count_unsuccessful(self, kind: MessageResultKind) -> None:
         if kind is MessageResultKind.FAILED:
@@ -808,11 +902,14 @@ class MessageProcessor:
         self._check_drained()
         self._stopping_pool = asyncio.ensure_future(self._pool.shutdown(drain=False, timeout=0))
 
-    def _cancel_pending(self, lane: _Lane) -> None:
+    def _cancel_pending(self, lane: _Item | _Lane) -> None:
         """Resolve CANCELLED the lane's messages that have not reached the pool.
 
         A running message is left to the pool; the lane is retired once nothing of it is left.
         """
+        if lane.__class__ is _Item:
+            return  # one message, running
+        lane = cast(_Lane, lane)
         if lane.state == _READY:
             self._ready = [entry for entry in self._ready if entry[2] is not lane]
             heapq.heapify(self._ready)
@@ -862,7 +959,13 @@ class MessageProcessor:
             backpressure=self._backpressure.stats() if self._backpressure else None,
             circuit_breaker=self._breaker.stats() if self._breaker else None,
             deduplicator=self._dedup.stats() if self._dedup else None,
-            accepted=self._accepted,
+            # Every accepted message is in flight or has exactly one outcome.
+            accepted=self._in_flight
+            + self._succeeded
+            + self._failed
+            + self._timed_out
+            + self._cancelled
+            + self._rejected_after_accept,
             duplicates=self._duplicates,
             rejected=self._rejected,
             succeeded=self._succeeded,

@@ -132,6 +132,9 @@ class Task(Generic[T]):
             it; ``None`` uses the pool's ``default_timeout``.
         name: shown in ``repr`` and logs.
 
+    The pool reads ``priority`` and ``timeout`` when the task is queued; changing them later
+    (``with_priority``, ``with_timeout``) affects only a later submission.
+
     Raises:
         TypeError: ``fn`` is neither callable nor a coroutine object.
         ValueError: a negative or NaN timeout.
@@ -187,37 +190,85 @@ _PARKED, _QUEUED, _RUNNING, _DONE = -1, 0, 1, 2
 _CANCEL_GRACE = 1.0
 
 
-class TaskHandle(Generic[T]):
+class _Job:
+    """What a :class:`WorkerPool` queues and runs: a :class:`TaskHandle` or an internal item.
+
+    The pool needs only these fields and hooks, so a module built on the pool (the message
+    processor) can queue its own items without a ``Task``, a ``TaskHandle``, a done callback and a
+    ``TaskResult`` per item. ``_priority`` and ``_timeout`` are fixed when the job is queued;
+    ``_worker`` and ``_cancel_reason`` are set when a worker starts it (nothing reads them before).
+    """
+
+    __slots__ = (
+        "_cancel_reason",
+        "_enqueued_at",
+        "_priority",
+        "_started_at",  # set when a worker starts the job
+        "_state",
+        "_timeout",
+        "_worker",
+    )
+
+    _cancel_reason: TaskStatus | None
+    _enqueued_at: float
+    _priority: TaskPriority
+    _started_at: float
+    _state: int
+    _timeout: float | None
+    _worker: asyncio.Task[None] | None
+
+    def _call(self) -> Awaitable[Any]:
+        """Start the job's work (called once, by the worker that runs it)."""
+        raise NotImplementedError
+
+    def _completed(self, value: Any, wait_time: float, run_time: float) -> None:
+        """The work returned ``value``."""
+        raise NotImplementedError
+
+    def _ended(
+        self, status: TaskStatus, error: BaseException, wait_time: float, run_time: float
+    ) -> None:
+        """The job ended otherwise: failed, timed out, cancelled, or shed or refused unrun."""
+        raise NotImplementedError
+
+    def _discard(self) -> None:
+        """The job will never run: let go of its work."""
+        raise NotImplementedError
+
+    def _describe(self) -> str:
+        """Names the job in errors and logs."""
+        raise NotImplementedError
+
+    def _interrupt(self, reason: TaskStatus) -> None:
+        """Cancel the running job for ``reason``; the worker turns that into the result."""
+        if self._cancel_reason is None and self._worker is not None:
+            self._cancel_reason = reason
+            self._worker.cancel()
+
+    def _on_timeout(self) -> None:
+        if self._state == _RUNNING:
+            self._interrupt(TaskStatus.TIMED_OUT)
+
+
+class TaskHandle(_Job, Generic[T]):
     """A spawned task: ``await handle`` gives its :class:`TaskResult` and never raises for the task.
 
     Awaiting is safe to cancel: cancelling the awaiting coroutine does not cancel the task (use
     :meth:`cancel` for that), and other awaiters of the same handle are unaffected.
     """
 
-    __slots__ = (
-        "_callbacks",
-        "_cancel_reason",
-        "_enqueued_at",
-        "_pool",
-        "_result",
-        "_started_at",  # set when a worker starts the task
-        "_state",
-        "_task",
-        "_waiter",
-        "_worker",
-    )
+    __slots__ = ("_callbacks", "_pool", "_result", "_task", "_waiter")
 
     def __init__(self, pool: WorkerPool, task: Task[T], enqueued_at: float) -> None:
         self._pool = pool
         self._task = task
+        self._priority = task.priority
+        self._timeout = task.timeout if task.timeout is not None else pool._default_timeout
         self._state = _QUEUED
         self._enqueued_at = enqueued_at
-        self._started_at: float
         self._result: TaskResult[T] | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._callbacks: list[Callable[[TaskHandle[T]], object]] | None = None
-        self._worker: asyncio.Task[None] | None = None
-        self._cancel_reason: TaskStatus | None = None
 
     @property
     def task_id(self) -> int:
@@ -269,15 +320,27 @@ class TaskHandle(Generic[T]):
             return True
         return False
 
-    def _interrupt(self, reason: TaskStatus) -> None:
-        """Cancel the running job for ``reason``; the worker turns that into the result."""
-        if self._cancel_reason is None and self._worker is not None:
-            self._cancel_reason = reason
-            self._worker.cancel()
+    def _call(self) -> Awaitable[T]:
+        task = self._task
+        fn = task._fn
+        task._fn = None
+        return fn if task._is_coroutine else fn()  # type: ignore[misc,operator,return-value]
 
-    def _on_timeout(self) -> None:
-        if self._state == _RUNNING:
-            self._interrupt(TaskStatus.TIMED_OUT)
+    def _completed(self, value: Any, wait_time: float, run_time: float) -> None:
+        self._resolve(
+            _new_result(TaskResult, (self._task.id, _COMPLETED, value, None, wait_time, run_time))
+        )
+
+    def _ended(
+        self, status: TaskStatus, error: BaseException, wait_time: float, run_time: float
+    ) -> None:
+        self._resolve(TaskResult(self._task.id, status, None, error, wait_time, run_time))
+
+    def _discard(self) -> None:
+        self._task._discard()
+
+    def _describe(self) -> str:
+        return repr(self._task)
 
     def _resolve(self, result: TaskResult[T]) -> None:
         self._state = _DONE
@@ -346,7 +409,7 @@ class _RoomWaiter:
 
     __slots__ = ("future", "handle")
 
-    def __init__(self, handle: TaskHandle[Any], future: asyncio.Future[None]) -> None:
+    def __init__(self, handle: _Job, future: asyncio.Future[None]) -> None:
         self.handle = handle
         self.future = future
 
@@ -386,13 +449,13 @@ class WorkerPool:
         )
         self._clock = resolve_clock(clock)
         self._now = self._clock.now
-        self._queues: tuple[deque[TaskHandle[Any]], ...] = tuple(deque() for _ in range(_LEVELS))
+        self._queues: tuple[deque[_Job], ...] = tuple(deque() for _ in range(_LEVELS))
         self._queued = 0
         self._room_waiters: tuple[deque[_RoomWaiter], ...] = tuple(deque() for _ in range(_LEVELS))
         self._room_waiting = 0  # submitters parked in _room_waiters
         self._idle_workers: deque[asyncio.Future[None]] = deque()
         self._workers: set[asyncio.Task[None]] = set()
-        self._running: set[TaskHandle[Any]] = set()
+        self._running: set[_Job] = set()
         # Workers stuck in a task that ignored a shutdown's cancellation; not waited for.
         self._abandoned: set[asyncio.Task[None]] = set()
         self._workers_pending = False  # tasks were queued while no event loop was running
@@ -585,8 +648,30 @@ class WorkerPool:
         self._push(handle)
         return handle
 
-    def _push(self, handle: TaskHandle[Any]) -> None:
-        self._queues[handle._task.priority].append(handle)
+    def _queue_job(self, job: _Job) -> None:
+        """Queue an internal job whose ``_priority`` and ``_timeout`` are set. Does not block.
+
+        For modules built on the pool (the message processor); the caller makes sure there is room
+        (``free_slots > 0``), so nothing is shed.
+
+        Raises:
+            PoolClosed: the pool is shutting down.
+        """
+        if self._closing:
+            raise PoolClosed(
+                f"WorkerPool {self.name!r} is shutting down; {job._describe()} refused"
+            )
+        job._enqueued_at = self._now()
+        job._state = _QUEUED
+        self._queues[job._priority].append(job)
+        self._queued += 1
+        if self._idle_workers:
+            self._idle_workers.popleft().set_result(None)
+        elif len(self._workers) < self._worker_count:
+            self._start_worker()
+
+    def _push(self, handle: _Job) -> None:
+        self._queues[handle._priority].append(handle)
         self._queued += 1
         handle._state = _QUEUED
         if self._idle_workers:
@@ -606,7 +691,7 @@ class WorkerPool:
                     victim,
                     TaskStatus.REJECTED,
                     QueueFull(
-                        f"WorkerPool {self.name!r}: {victim._task!r} shed from the full queue "
+                        f"WorkerPool {self.name!r}: {victim._describe()} shed from the full queue "
                         f"for a {priority.name} task"
                     ),
                     count=False,
@@ -625,8 +710,8 @@ class WorkerPool:
                 waiter.future.set_result(None)
                 return
 
-    def _unqueue(self, handle: TaskHandle[Any]) -> None:
-        self._queues[handle._task.priority].remove(handle)
+    def _unqueue(self, handle: _Job) -> None:
+        self._queues[handle._priority].remove(handle)
         self._queued -= 1
         if self._room_waiting and not self._closing:
             self._hand_room_over()
@@ -636,10 +721,12 @@ class WorkerPool:
             while waiters:
                 waiter = waiters.popleft()
                 self._room_waiting -= 1
-                waiter.handle._task._discard()
-                refused = waiter.handle._task
+                refused = waiter.handle
+                refused._discard()
                 waiter.future.set_exception(
-                    PoolClosed(f"WorkerPool {self.name!r} is shutting down; {refused!r} refused")
+                    PoolClosed(
+                        f"WorkerPool {self.name!r} is shutting down; {refused._describe()} refused"
+                    )
                 )
 
     def _cancel_queued(self) -> None:
@@ -650,28 +737,29 @@ class WorkerPool:
                 self._finish_unrun(
                     handle,
                     TaskStatus.CANCELLED,
-                    TaskCancelled(f"{handle._task!r} cancelled by the shutdown of {self.name!r}"),
+                    TaskCancelled(
+                        f"{handle._describe()} cancelled by the shutdown of {self.name!r}"
+                    ),
                 )
         self._check_drained()
 
     def _finish_unrun(
         self,
-        handle: TaskHandle[Any],
+        handle: _Job,
         status: TaskStatus,
         error: BaseException,
         *,
         count: bool = True,
     ) -> None:
         """Resolve a task that will never run."""
-        handle._task._discard()
+        handle._discard()
+        handle._state = _DONE
         if count:
             if status is TaskStatus.CANCELLED:
                 self._cancelled += 1
             else:
                 self._rejected += 1
-        handle._resolve(
-            TaskResult(handle._task.id, status, None, error, self._now() - handle._enqueued_at, 0.0)
-        )
+        handle._ended(status, error, self._now() - handle._enqueued_at, 0.0)
 
     # ------------------------------------------------------------------ workers
 
@@ -727,19 +815,23 @@ class WorkerPool:
                         self._idle_workers.remove(idle)
                     raise
                 continue
-            task = handle._task
             handle._state = _RUNNING
             handle._worker = me
+            handle._cancel_reason = None
             running.add(handle)
             started = handle._started_at = now() if last_end is None else last_end
-            timeout = task.timeout if task.timeout is not None else self._default_timeout
+            timeout = handle._timeout
             timer: Cancellable | None = (
                 None if timeout is None else call_later(self._clock, timeout, handle._on_timeout)
             )
             try:
-                fn = task._fn
-                task._fn = None
-                value = await (fn if task._is_coroutine else fn())  # type: ignore[operator,misc]
+                if type(handle) is TaskHandle:  # handle._call(), inlined for the public job type
+                    task = handle._task
+                    fn = task._fn
+                    task._fn = None
+                    value = await (fn if task._is_coroutine else fn())  # type: ignore[operator,misc]
+                else:
+                    value = await handle._call()
             except BaseException as exc:
                 if timer is not None:
                     timer.cancel()
@@ -752,7 +844,8 @@ class WorkerPool:
             if timer is not None:
                 timer.cancel()
             handle._worker = None
-            if handle._cancel_reason is not None:
+            # (mypy would keep the None set above, across the await that may have changed it.)
+            if cast("TaskStatus | None", handle._cancel_reason) is not None:
                 me.uncancel()  # the task swallowed our cancellation and finished anyway
                 if handle._state == _DONE:  # abandoned by a shutdown that stopped waiting
                     last_end = None
@@ -761,22 +854,31 @@ class WorkerPool:
             running.discard(handle)
             self._completed += 1
             self._run_time_total += ended - started
-            # handle._resolve(), inlined: this is the per-task hot path.
             handle._state = _DONE
-            handle._result = _new_result(
-                TaskResult,
-                (task.id, _COMPLETED, value, None, started - handle._enqueued_at, ended - started),
-            )
-            waiter = handle._waiter
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
-            if handle._callbacks is not None:
-                handle._run_callbacks()
+            if type(handle) is TaskHandle:  # handle._completed(), inlined: the per-task hot path
+                handle._result = _new_result(
+                    TaskResult,
+                    (
+                        handle._task.id,
+                        _COMPLETED,
+                        value,
+                        None,
+                        started - handle._enqueued_at,
+                        ended - started,
+                    ),
+                )
+                waiter = handle._waiter
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+                if handle._callbacks is not None:
+                    handle._run_callbacks()
+            else:
+                handle._completed(value, started - handle._enqueued_at, ended - started)
             if self._closing:
                 self._check_drained()
 
     def _task_raised(
-        self, handle: TaskHandle[Any], me: asyncio.Task[None], exc: BaseException, started: float
+        self, handle: _Job, me: asyncio.Task[None], exc: BaseException, started: float
     ) -> BaseException | None:
         """Resolve a task that raised; return what the worker must re-raise, if anything."""
         reraise: BaseException | None = None
@@ -805,17 +907,14 @@ class WorkerPool:
         else:
             self._cancelled += 1
             self._ran_then_cancelled += 1
-        handle._resolve(
-            TaskResult(
-                handle._task.id, status, None, error, started - handle._enqueued_at, ended - started
-            )
-        )
+        handle._state = _DONE
+        handle._ended(status, error, started - handle._enqueued_at, ended - started)
         if self._closing:
             self._check_drained()
         return reraise
 
     def _classify_cancel(
-        self, handle: TaskHandle[Any], me: asyncio.Task[None]
+        self, handle: _Job, me: asyncio.Task[None]
     ) -> tuple[TaskStatus, BaseException, bool]:
         """Turn a cancellation that reached a running task into its status.
 
@@ -828,15 +927,16 @@ class WorkerPool:
         reason = handle._cancel_reason
         worker_cancelled = me.cancelling() > 0 if reason is None else me.uncancel() > 0
         if reason is TaskStatus.TIMED_OUT and not worker_cancelled:
-            limit = (
-                handle._task.timeout if handle._task.timeout is not None else self._default_timeout
-            )
             return (
                 TaskStatus.TIMED_OUT,
-                TimeoutError(f"{handle._task!r} timed out after {limit}s"),
+                TimeoutError(f"{handle._describe()} timed out after {handle._timeout}s"),
                 False,
             )
-        return TaskStatus.CANCELLED, TaskCancelled(f"{handle._task!r} cancelled"), worker_cancelled
+        return (
+            TaskStatus.CANCELLED,
+            TaskCancelled(f"{handle._describe()} cancelled"),
+            worker_cancelled,
+        )
 
     # ------------------------------------------------------------------ shutdown
 
@@ -865,20 +965,19 @@ class WorkerPool:
     def _abandon(self) -> None:
         """Resolve tasks that ignored the shutdown's cancellation, so that nothing hangs."""
         for handle in list(self._running):
-            _logger.warning("%r: %r ignored cancellation; resolved without it", self, handle._task)
+            _logger.warning(
+                "%r: %s ignored cancellation; resolved without it", self, handle._describe()
+            )
             self._running.discard(handle)
             if handle._worker is not None:
                 self._abandoned.add(handle._worker)
             self._cancelled += 1
-            handle._resolve(
-                TaskResult(
-                    handle._task.id,
-                    TaskStatus.CANCELLED,
-                    None,
-                    TaskCancelled(f"{handle._task!r} ignored cancellation at shutdown"),
-                    handle._started_at - handle._enqueued_at,
-                    self._now() - handle._started_at,
-                )
+            handle._state = _DONE
+            handle._ended(
+                TaskStatus.CANCELLED,
+                TaskCancelled(f"{handle._describe()} ignored cancellation at shutdown"),
+                handle._started_at - handle._enqueued_at,
+                self._now() - handle._started_at,
             )
         self._check_drained()
 
