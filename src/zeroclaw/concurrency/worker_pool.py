@@ -789,15 +789,15 @@ class WorkerPool:
         loop = asyncio.get_running_loop()
         now = self._now
         running = self._running
-        queues = self._queues
+        queues = tuple(reversed(self._queues))  # most urgent first
         # When a task follows another without the worker suspending in between, its start time is
         # the previous task's end time: one clock read per task instead of two.
         last_end: float | None = None
         while True:
             handle = None
-            for level in _MOST_URGENT_FIRST:
-                if queues[level]:
-                    handle = queues[level].popleft()
+            for queue in queues:
+                if queue:
+                    handle = queue.popleft()
                     self._queued -= 1
                     if self._room_waiting and not self._closing:
                         self._hand_room_over()
