@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
@@ -970,6 +971,89 @@ async def test_probe_still_out_when_the_breaker_closes_reports_late() -> None:
     assert stats.late_results == 1
     assert stats.in_flight == 0
     assert stats.consecutive_successes == 0  # the late probe did not count in the new period
+
+
+async def test_manual_probe_reporting_after_the_breaker_closed_is_late_and_frees_no_call() -> None:
+    # Regression (found by the state machine): a manual probe still out when another probe closes
+    # the breaker reports in the new CLOSED period. It has no ticket, and the breaker used to take
+    # its result for a call of the new period: it released the in-flight count of a guarded call
+    # still out (which then read 0, and -1 once that call reported) and counted its outcome.
+    breaker, _, changes = half_open(half_open_max_calls=2, success_threshold=1)
+    assert breaker.allow_request()  # a manual probe
+    await breaker.call(asyncio.sleep, 0)  # the other probe succeeds and closes the breaker
+    assert breaker.state is CL
+    release = asyncio.Event()
+
+    async def guarded_with() -> None:
+        async with breaker:  # steady CLOSED: untracked
+            await release.wait()
+
+    calls = [
+        asyncio.create_task(breaker.call(release.wait)),
+        asyncio.create_task(guarded_with()),
+    ]
+    await settle()
+    assert breaker.stats().in_flight == 2
+    breaker.record_success()  # the manual probe's result, from before the breaker closed
+    stats = breaker.stats()
+    assert (stats.in_flight, stats.late_results, stats.successful_calls) == (2, 1, 1)
+    assert stats.consecutive_successes == 0
+    release.set()
+    await asyncio.gather(*calls)
+    stats = breaker.stats()
+    assert (stats.in_flight, stats.late_results, stats.successful_calls) == (0, 1, 3)
+    assert changes == [(CL, OP), (OP, HO), (HO, CL)]
+
+
+def test_manual_probe_failing_after_the_breaker_closed_does_not_reopen_it() -> None:
+    breaker, _, changes = half_open(half_open_max_calls=2, success_threshold=1)
+    assert breaker.allow_request()
+    assert breaker.allow_request()
+    breaker.record_success()  # one probe closes it
+    assert breaker.state is CL
+    breaker.record_failure()  # the other one's failure is from before: late, not a trip
+    assert breaker.state is CL
+    stats = breaker.stats()
+    assert (stats.late_results, stats.failed_calls, stats.in_flight) == (1, 1, 0)
+    # A manual call of the new period still counts, and still trips it.
+    fail(breaker)
+    assert breaker.state is OP
+    assert changes == [(CL, OP), (OP, HO), (HO, CL), (CL, OP)]
+
+
+def test_manual_result_of_a_call_in_flight_across_reset_is_late() -> None:
+    breaker, _, _ = make(failure_threshold=1)
+    assert breaker.allow_request()  # in flight across the reset
+    breaker.reset()
+    assert breaker.allow_request()  # a call of the new period
+    breaker.record_success()  # matched to the new period's manual call
+    breaker.record_failure()  # nothing of this period is left out: late
+    stats = breaker.stats()
+    assert breaker.state is CL
+    assert (stats.successful_calls, stats.failed_calls, stats.late_results) == (1, 0, 1)
+    assert stats.in_flight == 0
+
+
+async def test_async_with_exiting_in_another_task_still_releases_its_call() -> None:
+    # An async generator's ``async with`` entered by one task and finished by another: the ticket
+    # is in the first task's context, so the exit cannot find it. It is still a call of this
+    # CLOSED period (not a manual one): it counts and releases its own in-flight count.
+    breaker, _, _ = make(slow_call_duration=100)  # every async with keeps a ticket
+
+    async def stream() -> AsyncIterator[int]:
+        async with breaker:
+            yield 1
+
+    agen = stream()
+
+    async def step() -> int | None:
+        return await anext(agen, None)
+
+    assert await asyncio.create_task(step()) == 1  # entered in that task's context
+    assert breaker.stats().in_flight == 1
+    assert await asyncio.create_task(step()) is None  # exits in another one's
+    stats = breaker.stats()
+    assert (stats.in_flight, stats.successful_calls, stats.late_results) == (0, 1, 0)
 
 
 def test_a_breaker_can_be_used_from_one_event_loop_after_another() -> None:

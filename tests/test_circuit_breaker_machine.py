@@ -1,5 +1,6 @@
-"""Stateful property test: random allow / success / failure / ignored / cancel / slow / clock moves
-against a small reference model of DESIGN §3.4, plus invariants checked independently of it.
+"""Stateful property test: random allow / success / failure / ignored / cancel / slow / clock
+moves / force_open / force_close / reset against a small reference model of DESIGN §3.4, plus
+invariants checked independently of it.
 
 Guarded calls (``call`` and ``async with``) are driven by hand, without an event loop: each one is a
 coroutine suspended at a gate we control, stepped inside its own ``contextvars.Context`` as an
@@ -71,7 +72,8 @@ class Model:
     open_until: float = 0.0
     window: list[int] = field(default_factory=list)
     period: int = 0
-    in_flight: int = 0
+    in_flight: int = 0  # calls admitted in the current CLOSED period, not yet reported
+    manual_in_flight: int = 0  # those of them admitted by the manual protocol
     probes: list[tuple[int, float]] = field(default_factory=list)
     next_probe: int = 0
     consec_fail: int = 0
@@ -92,22 +94,43 @@ class Model:
             self.window.clear()
             self.consec_fail = self.consec_succ = 0
             self.period += 1
-            self.in_flight = 0
+            self.in_flight = self.manual_in_flight = 0
         elif new is OPEN:
             self.open_until = now + self.timeout
             self.consec_succ = 0
-            self.in_flight = 0
+            self.in_flight = self.manual_in_flight = 0
         else:
             self.consec_succ = 0
+
+    def force_open(self, now: float, duration: float) -> None:
+        if self.state is not OPEN:
+            self.move(OPEN, now)
+        self.open_until = now + duration
+
+    def force_close(self, now: float) -> None:
+        if self.state is not CLOSED:
+            self.move(CLOSED, now)
+
+    def reset(self, now: float) -> None:
+        if self.state is not CLOSED:
+            self.move(CLOSED, now)
+        else:  # a new CLOSED period all the same: calls in flight become late
+            self.window.clear()
+            self.consec_fail = self.consec_succ = 0
+            self.period += 1
+            self.in_flight = self.manual_in_flight = 0
+        self.successes = self.failures = self.rejected = 0
+        self.ignored = self.slow = self.late = 0
 
     def refresh(self, now: float) -> None:
         if self.state is OPEN and now >= self.open_until:
             self.move(HALF_OPEN, now)
 
-    def admit(self, now: float) -> tuple[bool, Ticket]:
+    def admit(self, now: float, manual: bool) -> tuple[bool, Ticket]:
         self.refresh(now)
         if self.state is CLOSED:
             self.in_flight += 1
+            self.manual_in_flight += manual
             return True, ("closed", self.period)
         if self.state is OPEN:
             self.rejected += 1
@@ -123,7 +146,17 @@ class Model:
     def record(self, ticket: Ticket, outcome: str, now: float, manual: bool) -> None:
         if self.state is CLOSED:
             if manual:
-                self.in_flight = max(0, self.in_flight - 1)
+                # A manual result has no ticket, so it can only be matched to a manual call of this
+                # period. With none out, it is from a call admitted before the breaker closed (a
+                # probe still out when another probe closed it, a call in flight across reset()):
+                # late, like a ticketed call from before a transition. It must not release the
+                # count of some other call of this period (a guarded call still in flight): that
+                # call reports for itself later (the count would read 0, then -1).
+                if not self.manual_in_flight:
+                    self.late += 1
+                    return
+                self.manual_in_flight -= 1
+                self.in_flight -= 1
             elif ticket == ("closed", self.period):
                 self.in_flight -= 1
             else:
@@ -204,7 +237,7 @@ class BreakerMachine(RuleBasedStateMachine):
         self.calls: list[Guarded] = []
         self.manual_outstanding = 0
         self.seen: list[tuple[CircuitState, CircuitState]] = []
-        self.opened_at: float | None = None
+        self.open_deadline: float | None = None
         self.admissions_while_open = 0
 
     @initialize(
@@ -249,11 +282,13 @@ class BreakerMachine(RuleBasedStateMachine):
     def _on_change(self, old: CircuitState, new: CircuitState) -> None:
         self.seen.append((old, new))
         if new is OPEN:
-            self.opened_at = self.clock.now()
+            self.open_deadline = self.clock.now() + TIMEOUT
+        elif new is CLOSED:
+            self.open_deadline = None
 
     def _admitted(self) -> None:
-        # The open time is honoured: nothing is admitted within TIMEOUT of the last opening.
-        if self.opened_at is not None and self.clock.now() < self.opened_at + TIMEOUT:
+        # The open time is honoured: nothing is admitted before the last opening's period is over.
+        if self.open_deadline is not None and self.clock.now() < self.open_deadline:
             self.admissions_while_open += 1
 
     # ------------------------------------------------------------------ rules
@@ -265,7 +300,7 @@ class BreakerMachine(RuleBasedStateMachine):
     @rule()
     def manual_allow(self) -> None:
         allowed = self.breaker.allow_request()
-        expected, _ = self.model.admit(self.clock.now())
+        expected, _ = self.model.admit(self.clock.now(), manual=True)
         assert allowed == expected
         if allowed:
             self._admitted()
@@ -296,7 +331,7 @@ class BreakerMachine(RuleBasedStateMachine):
 
         coro = breaker.call(protected) if form == "call" else with_block()
         context = contextvars.copy_context()
-        expected, ticket = self.model.admit(self.clock.now())
+        expected, ticket = self.model.admit(self.clock.now(), manual=False)
         try:
             context.run(coro.send, None)
         except CircuitOpenError as error:
@@ -350,6 +385,24 @@ class BreakerMachine(RuleBasedStateMachine):
             outcome = SLOW
         self.model.record(call.ticket, outcome, now, manual=False)
 
+    @rule(duration=st.sampled_from([None, 1.0, 8.0]))
+    def force_open(self, duration: float | None) -> None:
+        now = self.clock.now()
+        self.breaker.force_open(duration=duration)
+        seconds = TIMEOUT if duration is None else duration
+        self.model.force_open(now, seconds)
+        self.open_deadline = now + seconds
+
+    @rule()
+    def force_close(self) -> None:
+        self.breaker.force_close()
+        self.model.force_close(self.clock.now())
+
+    @rule()
+    def reset(self) -> None:
+        self.breaker.reset()
+        self.model.reset(self.clock.now())
+
     @rule()
     def read_state(self) -> None:
         self.model.refresh(self.clock.now())
@@ -382,8 +435,24 @@ class BreakerMachine(RuleBasedStateMachine):
             assert stats.in_flight == len(model.probes)
         elif model.state is CLOSED:
             assert stats.in_flight == model.in_flight
-        if model.state is OPEN:
+        else:
+            assert stats.in_flight == 0
             assert stats.retry_after == model.open_until - now > 0
+
+    @invariant()
+    def in_flight_counts_the_calls_really_out(self) -> None:
+        # Independent of the model's bookkeeping: while CLOSED, the count is the guarded calls of
+        # this period that are still out (the test holds them) plus the manual calls matched to
+        # this period, which cannot exceed the manual calls still out.
+        if not hasattr(self, "breaker"):
+            return
+        stats = self.breaker.stats()
+        assert stats.in_flight >= 0
+        if stats.state is CLOSED:
+            current = ("closed", self.model.period)
+            guarded = sum(1 for call in self.calls if call.ticket == current)
+            assert 0 <= self.model.manual_in_flight <= self.manual_outstanding
+            assert stats.in_flight == guarded + self.model.manual_in_flight
 
     @invariant()
     def probes_in_flight_within_the_limit(self) -> None:

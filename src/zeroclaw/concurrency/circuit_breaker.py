@@ -43,8 +43,10 @@ admitted in, or the id of its HALF_OPEN probe slot. A result is applied only if 
 current, which makes results from before a transition inert and lets a probe's result release
 exactly its own slot. The guarded forms (``async with``, ``call``, the decorator) carry the ticket
 for you. The manual protocol (``allow_request`` / ``record_*``) has no ticket, so a manual result is
-matched to the oldest probe in flight while HALF_OPEN (and is inert if no probe is in flight), and
-counted while CLOSED.
+matched to the oldest probe in flight while HALF_OPEN, and to one of the manual calls admitted in
+the current period while CLOSED (they are counted apart from the ticketed calls); if there is none
+to match, the call was admitted before a transition and its result is inert (late), as a ticketed
+one's would be.
 
 The decisions are synchronous and read ``now`` from the clock only when they need it (never on the
 closed fast path); nothing here needs a running event loop except awaiting the guarded call itself.
@@ -112,6 +114,8 @@ _IGNORED: Final = 3
 _ANONYMOUS: Final = 0
 # A call of the current CLOSED period whose in-flight count was already settled.
 _CURRENT: Final = -1
+# A ticketed ``async with`` call that exits in a context other than its own, so its ticket is lost.
+_FOREIGN: Final = -2
 
 
 async def _resolved(value: T) -> T:
@@ -303,6 +307,7 @@ class CircuitBreaker:
         "_is_failure",
         "_jitter",
         "_late",
+        "_manual",
         "_min_calls",
         "_next_id",
         "_notifying",
@@ -378,7 +383,12 @@ class CircuitBreaker:
         self._open_until = 0.0
         self._next_id = 2
         self._gen = 1  # ticket of calls admitted in the current CLOSED period
-        self._in_flight = 0  # those calls not yet reported (manual, call(), tracked async with)
+        self._in_flight = 0  # those calls not yet reported (call(), tracked async with)
+        # Manual calls (``allow_request``) admitted in the current CLOSED period, not yet reported.
+        # Counted apart: a manual result carries no ticket, so while CLOSED it can only be matched
+        # to one of these; with none outstanding, it comes from a call admitted before the breaker
+        # closed (a probe, say) and must not release some other call's count.
+        self._manual = 0
         # ``async with`` cannot keep a ticket in a local variable. While the breaker is CLOSED and
         # no earlier call is outstanding ("fast mode") it needs none: every call that exits was
         # admitted in this CLOSED period, so it is just counted (``_untracked``). When it leaves
@@ -446,7 +456,7 @@ class CircuitBreaker:
         n = min(self._seq, self._win_size)
         consec_fail, consec_succ, successes = self._counts()
         if state is _CLOSED:
-            in_flight = self._in_flight + self._untracked
+            in_flight = self._in_flight + self._manual + self._untracked
         elif state is _HALF_OPEN:
             in_flight = len(self._probes)
         else:
@@ -477,15 +487,14 @@ class CircuitBreaker:
         call is refused (counted in ``rejected_calls``). Does not block; never raises.
         """
         if self._state is _CLOSED:
-            self._in_flight += 1
+            self._manual += 1
             return True
         return self._admit_slow() != _ANONYMOUS
 
     def record_success(self) -> None:
         """Report that an admitted call succeeded. Does not block."""
-        if self._state is _CLOSED:
-            if self._in_flight:
-                self._in_flight -= 1
+        if self._state is _CLOSED and self._manual:
+            self._manual -= 1
             self._seq += 1
             return
         self._record(_ANONYMOUS, _SUCCESS)
@@ -557,7 +566,7 @@ class CircuitBreaker:
             self._stale -= 1
             self._late += 1
         else:  # entered in another context (e.g. an async generator moved between tasks)
-            self._record(_ANONYMOUS, _SUCCESS if exc is None else self._classify(exc))
+            self._record(_FOREIGN, _SUCCESS if exc is None else self._classify(exc))
         self._update_fast()
 
     def _make_awaitables(self) -> Awaitable[CircuitBreaker]:
@@ -751,11 +760,13 @@ class CircuitBreaker:
         state = self._state
         if state is _CLOSED:
             if ticket == _ANONYMOUS:
-                if self._in_flight:
-                    self._in_flight -= 1
+                if not self._manual:  # no manual call of this period is out: from before it
+                    self._late += 1
+                    return
+                self._manual -= 1
             elif ticket == _CURRENT:
                 pass
-            elif ticket == self._gen:
+            elif ticket == self._gen or (ticket == _FOREIGN and self._in_flight):
                 self._in_flight -= 1
             else:
                 self._late += 1
@@ -789,7 +800,7 @@ class CircuitBreaker:
             self._late += 1  # admitted before it opened: changes nothing
             return
         probes = self._probes
-        if ticket == _ANONYMOUS:
+        if ticket in (_ANONYMOUS, _FOREIGN):
             if not probes:
                 self._late += 1
                 return
@@ -838,7 +849,7 @@ class CircuitBreaker:
         self._consec_fail = self._consec_succ = 0
         self._gen = self._next_id
         self._next_id += 1
-        self._in_flight = 0
+        self._in_flight = self._manual = 0
         self._probes.clear()
 
     def _transition(self, new: CircuitState, now: float) -> None:
@@ -858,7 +869,7 @@ class CircuitBreaker:
             self._open_until = now + duration
             self._consec_succ = 0
             self._probes.clear()
-            self._in_flight = 0
+            self._in_flight = self._manual = 0
         else:
             self._consec_succ = 0
             self._probes.clear()
@@ -894,6 +905,7 @@ class CircuitBreaker:
         return (
             self._state is _CLOSED
             and self._in_flight == 0
+            and self._manual == 0
             and self._untracked == 0
             and self._window_failures() == 0
         )
