@@ -437,8 +437,8 @@ class RateLimiter:
         "_burst",
         "_cancelled",
         "_clock",
+        "_extra_tokens",
         "_granted",
-        "_granted_tokens",
         "_interval",
         "_now",
         "_paused_until",
@@ -479,7 +479,8 @@ class RateLimiter:
         self._timer: Cancellable | None = None
         self._timer_at = math.inf
         self._granted = 0
-        self._granted_tokens = 0.0
+        # granted_tokens = _granted + _extra_tokens: a grant of one token (the usual) adds no float.
+        self._extra_tokens = 0.0
         self._rejected = 0
         # total_count = granted + rejected + cancelled + waiting, so the hot paths count once.
         self._cancelled = 0
@@ -528,7 +529,8 @@ class RateLimiter:
             if new_tat - now <= self._tolerance and tokens > 0:
                 self._tat = new_tat
                 self._granted += 1
-                self._granted_tokens += tokens
+                if tokens != 1:
+                    self._extra_tokens += tokens - 1
                 return True
         self._check_tokens(tokens)
         self._rejected += 1
@@ -553,7 +555,8 @@ class RateLimiter:
             if new_tat - now <= self._tolerance:
                 self._tat = new_tat
                 self._granted += 1
-                self._granted_tokens += tokens
+                if tokens != 1:
+                    self._extra_tokens += tokens - 1
                 return
         await self._wait(tokens, timeout)
 
@@ -641,7 +644,7 @@ class RateLimiter:
         now = self._now()
         credit = tokens - (now - granted_at) * self._rate
         self._granted -= 1
-        self._granted_tokens -= tokens
+        self._extra_tokens -= tokens - 1
         self._cancelled += 1
         if credit > 0:
             self._tat = max(self._tat - credit * self._interval, now)
@@ -678,7 +681,7 @@ class RateLimiter:
             waiters.popleft()
             self._tat = new_tat
             self._granted += 1
-            self._granted_tokens += tokens
+            self._extra_tokens += tokens - 1
             fut.set_result(now)
         if self._timer is not None:
             self._timer.cancel()
@@ -703,7 +706,7 @@ class RateLimiter:
             available_tokens=self.available_tokens,
             waiting_count=waiting,
             granted_count=self._granted,
-            granted_tokens=self._granted_tokens,
+            granted_tokens=self._granted + self._extra_tokens,
             rejected_count=self._rejected,
             cancelled_count=self._cancelled,
             total_count=self._granted + self._rejected + self._cancelled + waiting,

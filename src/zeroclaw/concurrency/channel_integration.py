@@ -420,6 +420,7 @@ class _Item(_Job):
         self.key = key  # the conversation
         self._priority = priority
         self._timeout = processor._processing_timeout
+        self._cancel_reason = None
 
     def _call(self) -> Coroutine[Any, Any, str]:
         """Call the handler, unless the breaker opened while this message waited.

@@ -195,8 +195,9 @@ class _Job:
 
     The pool needs only these fields and hooks, so a module built on the pool (the message
     processor) can queue its own items without a ``Task``, a ``TaskHandle``, a done callback and a
-    ``TaskResult`` per item. ``_priority`` and ``_timeout`` are fixed when the job is queued;
-    ``_worker`` and ``_cancel_reason`` are set when a worker starts it (nothing reads them before).
+    ``TaskResult`` per item. ``_priority`` and ``_timeout`` are fixed when the job is queued,
+    ``_cancel_reason`` starts ``None``, and ``_worker`` is set when a worker starts the job
+    (nothing reads it before).
     """
 
     __slots__ = (
@@ -269,6 +270,7 @@ class TaskHandle(_Job, Generic[T]):
         self._result: TaskResult[T] | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._callbacks: list[Callable[[TaskHandle[T]], object]] | None = None
+        self._cancel_reason = None
 
     @property
     def task_id(self) -> int:
@@ -817,7 +819,6 @@ class WorkerPool:
                 continue
             handle._state = _RUNNING
             handle._worker = me
-            handle._cancel_reason = None
             running.add(handle)
             started = handle._started_at = now() if last_end is None else last_end
             timeout = handle._timeout
@@ -844,8 +845,7 @@ class WorkerPool:
             if timer is not None:
                 timer.cancel()
             handle._worker = None
-            # (mypy would keep the None set above, across the await that may have changed it.)
-            if cast("TaskStatus | None", handle._cancel_reason) is not None:
+            if handle._cancel_reason is not None:
                 me.uncancel()  # the task swallowed our cancellation and finished anyway
                 if handle._state == _DONE:  # abandoned by a shutdown that stopped waiting
                     last_end = None
