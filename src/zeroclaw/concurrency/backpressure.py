@@ -248,7 +248,13 @@ class Backpressure:
         self._total += 1
         if self._available >= 1 and not self._waiters:
             self._available -= 1
-            return _one_permit(self)
+            # _one_permit(self), inlined: this is the uncontended hot path.
+            permit: Permit = _new_object(Permit)
+            permit._owner = self
+            permit.permits = 1
+            permit._acquired_at = self._now()
+            permit._released_at = None
+            return permit
         await self._wait(1, timeout)
         return _one_permit(self)
 
