@@ -44,13 +44,18 @@ def make_messages(count: int, conversations: int) -> list[ChannelMessage]:
     ]
 
 
-async def pipeline_round(messages: list[ChannelMessage]) -> float:
+async def pipeline_round(
+    messages: list[ChannelMessage], *, dedup: bool = True, breaker: bool = True
+) -> float:
+    """Seconds per message through a fresh processor (with dedup and the breaker unless told)."""
     config = MessageProcessorConfig(
         worker_pool_size=WORKERS,
         task_queue_size=BOUND,
         max_concurrent_requests=BOUND,
         processing_timeout=None,
         dedup_max_entries=max(len(messages), 1),
+        enable_dedup=dedup,
+        enable_circuit_breaker=breaker,
     )
     processor = MessageProcessor(config)
 
@@ -119,6 +124,7 @@ async def run(report: Report, quick: bool) -> None:
         note=f"{count} no-op messages, {WORKERS} workers",
     )
     report.figure(GROUP, "pipeline throughput", 1.0 / ours.median, "messages/s", "target > 30 000")
+    await stage_costs(report, messages, rounds)
     for conversations in (10, 1000, 100_000):
         scaled = make_messages(count if conversations < count else conversations, conversations)
         timing = await interleave(
@@ -132,6 +138,25 @@ async def run(report: Report, quick: bool) -> None:
             f"{len(scaled)} messages",
         )
     await memory_figures(report, 100_000 if quick else 1_000_000)
+
+
+async def stage_costs(report: Report, messages: list[ChannelMessage], rounds: int) -> None:
+    """What dedup and the breaker add to a message: the pipeline with each switched off."""
+    variants = {
+        "all stages": (True, True),
+        "without dedup": (False, True),
+        "without the breaker": (True, False),
+        "without dedup and breaker": (False, False),
+    }
+    timings = await interleave(
+        {
+            name: functools.partial(pipeline_round, messages, dedup=dedup, breaker=breaker)
+            for name, (dedup, breaker) in variants.items()
+        },
+        rounds,
+    )
+    for name, timing in timings.items():
+        report.figure(GROUP, f"per message, {name}", timing.median * 1e6, "µs")
 
 
 def rss_bytes() -> int:
