@@ -26,6 +26,7 @@ def make(
     strategy: DedupStrategy = EXACT, ttl: float = 10.0, **kw: object
 ) -> tuple[Deduplicator, FakeClock]:
     clock = FakeClock(start=100.0)
+    kw.setdefault("salt_seed", 7)  # bloom salts are secret and random by default: repeat them
     return Deduplicator(ttl, strategy=strategy, clock=clock, **kw), clock  # type: ignore[arg-type]
 
 
@@ -77,7 +78,7 @@ def test_bad_arguments_raise(kwargs: dict[str, object], error: type[Exception]) 
 def test_constructor_and_calls_need_no_event_loop() -> None:
     # This test is sync: no loop is running. Every method must work with the default clock.
     for strategy in ALL:
-        dedup = Deduplicator(1.0, strategy=strategy)
+        dedup = Deduplicator(1.0, strategy=strategy, salt_seed=7)
         assert dedup.check_and_update("a") is False
         assert dedup.check_and_update("a") is True
         assert dedup.contains("a")
@@ -180,7 +181,7 @@ def test_bloom_remove_returns_false_and_keeps_the_key() -> None:
 @pytest.mark.parametrize("strategy", ALL)
 def test_ttl_timedelta_boundaries(strategy: DedupStrategy) -> None:
     clock = FakeClock()
-    dedup = Deduplicator(timedelta(seconds=5), strategy=strategy, clock=clock)
+    dedup = Deduplicator(timedelta(seconds=5), strategy=strategy, clock=clock, salt_seed=7)
     dedup.check_and_update("a")
     clock.advance(timedelta(seconds=4.999))
     assert dedup.contains("a")

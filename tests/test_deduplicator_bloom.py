@@ -18,6 +18,7 @@ def make(
     strategy: DedupStrategy, ttl: float = 10.0, **kw: object
 ) -> tuple[Deduplicator, FakeClock]:
     clock = FakeClock(start=100.0)
+    kw.setdefault("salt_seed", 7)  # bloom salts are secret and random by default: repeat them
     return Deduplicator(ttl, strategy=strategy, clock=clock, **kw), clock  # type: ignore[arg-type]
 
 
@@ -161,6 +162,19 @@ def test_bloom_generations_are_salted_differently() -> None:
         dedup.check_and_update(f"k{i}")
     salts = {gen.salt for gen in dedup._gens}  # type: ignore[attr-defined]
     assert len(salts) == 3
+
+
+def test_salt_seed_repeats_the_salts_and_no_seed_keeps_them_secret() -> None:
+    def salts(dedup: Deduplicator) -> list[int]:
+        for i in range(25):
+            dedup.check_and_update(f"k{i}")
+        return [gen.salt for gen in dedup._gens]  # type: ignore[attr-defined]
+
+    seeded = [salts(make(BLOOM, ttl=1e6, max_entries=10, salt_seed=3)[0]) for _ in range(2)]
+    assert seeded[0] == seeded[1]
+    assert salts(make(BLOOM, ttl=1e6, max_entries=10, salt_seed=4)[0]) != seeded[0]
+    unseeded = [salts(make(BLOOM, ttl=1e6, max_entries=10, salt_seed=None)[0]) for _ in range(2)]
+    assert unseeded[0] != unseeded[1]
 
 
 def test_bloom_cleanup_drops_expired_generations() -> None:

@@ -156,6 +156,7 @@ class CombinedModel(RuleBasedStateMachine):
             max_entries=max_entries,
             clock=self.clock,
             false_positive_rate=1e-9,
+            salt_seed=7,
         )
         self.first_seen: dict[str, float] = {}
         self.overflow: dict[str, float] = {}  # evicted key -> its expiry
@@ -241,6 +242,7 @@ class BloomModel(RuleBasedStateMachine):
             clock=self.clock,
             false_positive_rate=1e-9,
             generations=generations,
+            salt_seed=7,
         )
         self.added: dict[str, float] = {}
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import enum
 import math
+import random
 import secrets
 import sys
 from bisect import bisect_right
@@ -302,7 +303,7 @@ class _BloomFilter:
 
     __slots__ = ("bits", "capacity", "closes_at", "count", "drop_at", "k", "m", "p", "salt")
 
-    def __init__(self, capacity: int, p: float) -> None:
+    def __init__(self, capacity: int, p: float, salt: int) -> None:
         self.capacity = capacity
         self.p = p
         # m = -n·ln p / ln²2 bits and k = log2(1/p) are optimal (research/flow_dedup.md B.3).
@@ -313,7 +314,7 @@ class _BloomFilter:
         self.k = max(1, round(-math.log2(p)))
         self.bits = bytearray((m + 7) >> 3)
         self.count = 0
-        self.salt = secrets.randbits(128)
+        self.salt = salt
         self.closes_at = _INF  # no more keys after this time
         self.drop_at = _INF  # forgotten entirely at this time
 
@@ -439,6 +440,9 @@ class Deduplicator:
             all live generations together.
         clock: a :class:`~zeroclaw.concurrency._clock.Clock`; the monotonic clock by default.
         name: used in ``repr`` and error messages.
+        salt_seed: ``BLOOM`` and ``COMBINED``: seed the bloom filters' salts, for runs that must
+            repeat exactly (tests, simulations). By default each filter gets a secret random salt,
+            so that nobody can pick keys that collide on purpose.
         generations: ``BLOOM`` only: the most generations kept at once (>= 2, default 3).
         max_sightings: ``SLIDING_WINDOW`` only: the budget of stored sighting times beyond one per
             key, for all keys together (default ``max_entries``).
@@ -457,6 +461,7 @@ class Deduplicator:
         "_max_entries",
         "_name",
         "_now",
+        "_salts",
         "_strategy",
         "_ttl",
         "_unique",
@@ -486,6 +491,7 @@ class Deduplicator:
         false_positive_rate: float = 1e-6,
         clock: Clock | None = None,
         name: str = "dedup",
+        salt_seed: int | None = None,
         **options: Any,
     ) -> None:
         who = f"dedup {name!r}"
@@ -509,11 +515,16 @@ class Deduplicator:
         self._clock = resolve_clock(clock)
         self._now = self._clock.now
         self._name = name
+        self._salts = None if salt_seed is None else random.Random(salt_seed)
         self._dups = 0
         self._unique = 0
         self._expired = 0
         self._evicted = 0
         self._setup(**options)
+
+    def _new_salt(self) -> int:
+        """A bloom filter's salt: secret, or drawn from ``salt_seed``'s generator."""
+        return secrets.randbits(128) if self._salts is None else self._salts.getrandbits(128)
 
     def _setup(self, **options: Any) -> None:
         if options:
@@ -1126,7 +1137,7 @@ class _Bloom(Deduplicator):
             gens[-1].drop_at = now + self._ttl
         if len(gens) >= self._generations:
             self._evicted += gens.pop(0).count
-        gen = _BloomFilter(self._max_entries, self._gen_rate)
+        gen = _BloomFilter(self._max_entries, self._gen_rate, self._new_salt())
         gen.closes_at = now + self._ttl
         gens.append(gen)
         self._schedule()
@@ -1264,7 +1275,7 @@ class _Combined(_ExactCore):
             # overflow, and a full filter's expected rate is its target (measured 1.01e-3 at 1e-3).
             budget = self._fp_rate * _SIZING_MARGIN - sum(f.p for f in overflow)
             full = sum(1 for f in overflow if f.count >= f.capacity)
-            fresh = _BloomFilter(self._max_entries << full, budget / 2.0)
+            fresh = _BloomFilter(self._max_entries << full, budget / 2.0, self._new_salt())
             fresh.closes_at = expiry  # here: the first key's expiry
             overflow.append(fresh)
         current = overflow[-1]
