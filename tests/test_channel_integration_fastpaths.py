@@ -18,6 +18,7 @@ from zeroclaw.concurrency.channel_integration import (
     _message_id_key,
     _scoped_key,
 )
+from zeroclaw.concurrency.circuit_breaker import CircuitBreaker, CircuitConfig, CircuitState
 from zeroclaw.concurrency.worker_pool import TaskPriority
 from zeroclaw.testing import FakeClock, settle
 
@@ -176,3 +177,48 @@ async def test_the_priority_memo_is_bounded() -> None:
     memo = processor._channel_priorities
     assert memo is not None
     assert 0 < len(memo) <= 1024
+
+
+async def test_an_is_failure_that_raises_counts_a_failure_and_the_pipeline_goes_on() -> None:
+    def broken(error: BaseException) -> bool:
+        raise LookupError("bug in the predicate")
+
+    clock = FakeClock()
+    processor = MessageProcessor(
+        MessageProcessorConfig(circuit_config=CircuitConfig(is_failure=broken)), clock=clock
+    )
+
+    async def handler(message: ChannelMessage) -> str:
+        if message.id == "1":
+            raise RuntimeError("provider down")
+        return message.id
+
+    await processor.process_message("telegram", msg("1", sender="a"), handler)
+    await processor.process_message("telegram", msg("2", sender="a"), handler)
+    await settle()
+    await processor.shutdown()
+    kinds = [result.kind for _, _, result in await collect(processor)]
+    assert kinds == [MessageResultKind.FAILED, MessageResultKind.SUCCESS]
+    breaker_stats = processor.stats().circuit_breaker
+    assert breaker_stats is not None
+    assert (breaker_stats.failed_calls, breaker_stats.successful_calls) == (1, 1)
+
+
+async def test_the_breakers_own_is_failure_decides_not_the_processors_config() -> None:
+    clock = FakeClock()
+    lenient = CircuitBreaker(
+        CircuitConfig(failure_threshold=1, is_failure=lambda error: False), clock=clock
+    )
+    processor = MessageProcessor(MessageProcessorConfig(), breaker=lenient, clock=clock)
+
+    async def handler(message: ChannelMessage) -> str:
+        raise RuntimeError("a user error, not the provider's")
+
+    for i in "123":
+        await processor.process_message("telegram", msg(i, sender=i), handler)
+    await settle()
+    assert lenient.state is CircuitState.CLOSED  # its predicate ignored every error
+    await processor.shutdown()
+    assert [result.kind for _, _, result in await collect(processor)] == [
+        MessageResultKind.FAILED
+    ] * 3

@@ -834,8 +834,20 @@ class MessageProcessor:
             self._cancel_pending(lane)
 
     def _counts_as_failure(self, error: BaseException | None) -> bool:
-        predicate = self.config.circuit_config.is_failure
-        return predicate is None or error is None or bool(predicate(error))
+        """The breaker's own ``is_failure`` decides (it may come from a group, with a config other
+        than this processor's); a predicate that raises counts the call as a failure, as the
+        breaker does, and never stops the worker that settles the message."""
+        assert self._breaker is not None
+        predicate = self._breaker.config.is_failure
+        if predicate is None or error is None:
+            return True
+        try:
+            return bool(predicate(error))
+        except Exception:
+            _logger.exception(
+                "%r: is_failure raised on %r; counting it as a failure", self, type(error).__name__
+            )
+            return True
 
     # -------------------------------------------------------------- results
 
