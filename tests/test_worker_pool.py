@@ -708,3 +708,49 @@ async def test_done_callbacks_run_once_for_every_outcome_and_errors_are_isolated
     ]
     assert "callback bug" in caplog.text
     assert pool.free_slots == 1
+
+
+# ---------------------------------------------------------------- internal jobs
+
+
+async def test_an_internal_job_whose_settling_raises_leaves_the_worker_running(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from zeroclaw.concurrency.worker_pool import _Job
+
+    class ExplodingJob(_Job):
+        __slots__ = ("label",)
+
+        def __init__(self, label: str) -> None:
+            self.label = label
+            self._priority = TaskPriority.NORMAL
+            self._timeout = None
+            self._cancel_reason = None
+
+        async def _work(self) -> str:
+            return self.label
+
+        def _call(self) -> Any:
+            return self._work()
+
+        def _completed(self, value: Any, wait_time: float, run_time: float) -> None:
+            raise RuntimeError(f"settling {value} failed")
+
+        def _ended(
+            self, status: TaskStatus, error: BaseException, wait_time: float, run_time: float
+        ) -> None:
+            raise RuntimeError(f"settling {status} failed")
+
+        def _discard(self) -> None:
+            pass
+
+        def _describe(self) -> str:
+            return f"exploding job {self.label}"
+
+    pool = WorkerPool(1, 10)
+    pool._queue_job(ExplodingJob("a"))
+    result = await pool.submit(Task(lambda: asyncio.sleep(0, "after")))
+    assert result.unwrap() == "after"  # the one worker survived the first job's settling
+    assert "settling exploding job a raised" in caplog.text
+    await pool.shutdown()
+    assert pool.stats().completed_tasks == 2

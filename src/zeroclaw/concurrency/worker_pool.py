@@ -761,7 +761,7 @@ class WorkerPool:
                 self._cancelled += 1
             else:
                 self._rejected += 1
-        handle._ended(status, error, self._now() - handle._enqueued_at, 0.0)
+        self._end_job(handle, status, error, self._now() - handle._enqueued_at, 0.0)
 
     # ------------------------------------------------------------------ workers
 
@@ -873,9 +873,21 @@ class WorkerPool:
                 if handle._callbacks is not None:
                     handle._run_callbacks()
             else:
-                handle._completed(value, started - handle._enqueued_at, ended - started)
+                try:
+                    handle._completed(value, started - handle._enqueued_at, ended - started)
+                except Exception:
+                    _logger.exception("%r: settling %s raised", self, handle._describe())
             if self._closing:
                 self._check_drained()
+
+    def _end_job(
+        self, job: _Job, status: TaskStatus, error: BaseException, wait: float, run: float
+    ) -> None:
+        """``job._ended(...)``; a hook that raises is logged, never let out into a worker."""
+        try:
+            job._ended(status, error, wait, run)
+        except Exception:
+            _logger.exception("%r: settling %s raised", self, job._describe())
 
     def _task_raised(
         self, handle: _Job, me: asyncio.Task[None], exc: BaseException, started: float
@@ -908,7 +920,7 @@ class WorkerPool:
             self._cancelled += 1
             self._ran_then_cancelled += 1
         handle._state = _DONE
-        handle._ended(status, error, started - handle._enqueued_at, ended - started)
+        self._end_job(handle, status, error, started - handle._enqueued_at, ended - started)
         if self._closing:
             self._check_drained()
         return reraise
@@ -973,7 +985,8 @@ class WorkerPool:
                 self._abandoned.add(handle._worker)
             self._cancelled += 1
             handle._state = _DONE
-            handle._ended(
+            self._end_job(
+                handle,
                 TaskStatus.CANCELLED,
                 TaskCancelled(f"{handle._describe()} ignored cancellation at shutdown"),
                 handle._started_at - handle._enqueued_at,
