@@ -1122,3 +1122,33 @@ async def test_forced_open_indefinitely_promises_no_retry_time() -> None:
         await breaker.call(_raise_boom)
     assert info.value.retry_after is None
     assert str(info.value) == "circuit 'svc' is Open"
+
+
+async def test_a_call_exiting_in_another_task_does_not_keep_the_fast_path_off() -> None:
+    breaker, _, _ = make()
+    release = asyncio.Event()
+
+    async def held() -> None:
+        async with breaker:
+            await release.wait()
+
+    holder = asyncio.create_task(held())
+    await asyncio.sleep(0)  # admitted while the fast path is on: untracked
+    breaker.force_open()
+    breaker.force_close()  # the held call is now from an earlier period: calls carry tickets
+
+    async def stream() -> AsyncIterator[int]:
+        async with breaker:
+            yield 1
+
+    agen = stream()
+
+    async def step() -> int | None:
+        return await anext(agen, None)
+
+    assert await asyncio.create_task(step()) == 1  # entered (with a ticket) in that task
+    assert await asyncio.create_task(step()) is None  # and exits in another one
+    release.set()
+    await holder
+    assert breaker.stats().in_flight == 0
+    assert breaker._fast  # nothing outstanding: back on the fast path

@@ -566,6 +566,10 @@ class CircuitBreaker:
             self._stale -= 1
             self._late += 1
         else:  # entered in another context (e.g. an async generator moved between tasks)
+            # One registered call has exited, though its frame stays in the other context: count
+            # it out, or the fast path would stay off for good.
+            if self._registered:
+                self._registered -= 1
             self._record(_FOREIGN, _SUCCESS if exc is None else self._classify(exc))
         self._update_fast()
 
