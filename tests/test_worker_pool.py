@@ -386,6 +386,36 @@ async def test_default_timeout_applies_only_to_tasks_without_one() -> None:
     await pool.shutdown()
 
 
+async def test_one_timer_serves_every_running_tasks_timeout() -> None:
+    clock = FakeClock()
+    pool = WorkerPool(4, 100, default_timeout=30, clock=clock)
+    handles = [await pool.spawn(Task(lambda: clock.sleep(1))) for _ in range(40)]
+    await settle()
+    # 4 running tasks sleeping on the clock, and one timeout timer for all of them.
+    assert clock.pending_timers == 4 + 1
+    await clock.run_for(10)
+    assert all(handle.result().ok for handle in handles)
+    await pool.shutdown()
+    assert clock.pending_timers == 0  # the timeout timer does not outlive the pool
+
+
+async def test_a_later_task_with_a_shorter_timeout_times_out_at_its_own_deadline() -> None:
+    clock = FakeClock()
+    pool = WorkerPool(3, 10, clock=clock)
+    long = await pool.spawn(Task(lambda: clock.sleep(100), timeout=10))
+    await clock.run_for(2)
+    short = await pool.spawn(Task(lambda: clock.sleep(100), timeout=0.5))
+    await clock.run_for(0.49)
+    assert not short.done()
+    await clock.run_for(0.01)
+    assert (await short).status is TaskStatus.TIMED_OUT
+    assert (await short).run_time == pytest.approx(0.5)
+    assert not long.done()
+    await clock.run_for(7.5)  # t = 10
+    assert (await long).status is TaskStatus.TIMED_OUT
+    await pool.shutdown()
+
+
 async def test_no_timeout_means_no_limit() -> None:
     clock = FakeClock()
     pool = WorkerPool(1, 10, clock=clock)
