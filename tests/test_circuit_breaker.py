@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 
 import pytest
@@ -1034,11 +1034,10 @@ def test_manual_result_of_a_call_in_flight_across_reset_is_late() -> None:
     assert stats.in_flight == 0
 
 
-async def test_async_with_exiting_in_another_task_still_releases_its_call() -> None:
-    # An async generator's ``async with`` entered by one task and finished by another: the ticket
-    # is in the first task's context, so the exit cannot find it. It is still a call of this
-    # CLOSED period (not a manual one): it counts and releases its own in-flight count.
-    breaker, _, _ = make(slow_call_duration=100)  # every async with keeps a ticket
+def stream_guarded_by(breaker: CircuitBreaker) -> Callable[[], asyncio.Task[int | None]]:
+    """An async generator that holds ``async with breaker`` across its one ``yield``; each call of
+    the returned function advances it one step in a new task, so that the ``async with`` can be
+    entered in one task and exited in another."""
 
     async def stream() -> AsyncIterator[int]:
         async with breaker:
@@ -1049,9 +1048,19 @@ async def test_async_with_exiting_in_another_task_still_releases_its_call() -> N
     async def step() -> int | None:
         return await anext(agen, None)
 
-    assert await asyncio.create_task(step()) == 1  # entered in that task's context
+    return lambda: asyncio.create_task(step())
+
+
+async def test_async_with_exiting_in_another_task_still_releases_its_call() -> None:
+    # An async generator's ``async with`` entered by one task and finished by another: the ticket
+    # is in the first task's context, so the exit cannot find it. It is still a call of this
+    # CLOSED period (not a manual one): it counts and releases its own in-flight count.
+    breaker, _, _ = make(slow_call_duration=100)  # every async with keeps a ticket
+
+    step = stream_guarded_by(breaker)
+    assert await step() == 1  # entered in that task's context
     assert breaker.stats().in_flight == 1
-    assert await asyncio.create_task(step()) is None  # exits in another one's
+    assert await step() is None  # exits in another one's
     stats = breaker.stats()
     assert (stats.in_flight, stats.successful_calls, stats.late_results) == (0, 1, 0)
 
@@ -1137,17 +1146,9 @@ async def test_a_call_exiting_in_another_task_does_not_keep_the_fast_path_off() 
     breaker.force_open()
     breaker.force_close()  # the held call is now from an earlier period: calls carry tickets
 
-    async def stream() -> AsyncIterator[int]:
-        async with breaker:
-            yield 1
-
-    agen = stream()
-
-    async def step() -> int | None:
-        return await anext(agen, None)
-
-    assert await asyncio.create_task(step()) == 1  # entered (with a ticket) in that task
-    assert await asyncio.create_task(step()) is None  # and exits in another one
+    step = stream_guarded_by(breaker)
+    assert await step() == 1  # entered (with a ticket) in that task
+    assert await step() is None  # and exits in another one
     release.set()
     await holder
     assert breaker.stats().in_flight == 0

@@ -214,12 +214,7 @@ class Backpressure:
 
     def try_acquire(self) -> Permit | None:
         """Take one permit now if one is free and nobody waits; otherwise ``None``. Never blocks."""
-        self._total += 1
-        if self._available >= 1 and (not self._waiters or self._no_live_waiters()):
-            self._available -= 1
-            return _one_permit(self)
-        self._rejected += 1
-        return None
+        return _one_permit(self) if self._try_take() else None
 
     def _try_take(self) -> bool:
         """:meth:`try_acquire` without the :class:`Permit`: for package code that gives the permit

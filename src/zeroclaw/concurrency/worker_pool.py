@@ -667,13 +667,7 @@ class WorkerPool:
                 f"WorkerPool {self.name!r} is shutting down; {job._describe()} refused"
             )
         job._enqueued_at = self._now()
-        job._state = _QUEUED
-        self._queues[job._priority].append(job)
-        self._queued += 1
-        if self._idle_workers:
-            self._idle_workers.popleft().set_result(None)
-        elif len(self._workers) < self._worker_count:
-            self._start_worker()
+        self._push(job)
 
     def _push(self, handle: _Job) -> None:
         self._queues[handle._priority].append(handle)
