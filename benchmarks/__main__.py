@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 
-from benchmarks.harness import Figure, Ratio, Report
+from benchmarks.harness import Figure, Ratio, Report, build_description
 
 HERE = pathlib.Path(__file__).parent
 
@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                     entry["group"] += suffix
                     combined.figures.append(Figure(**entry))
     print("\n## Results\n")
+    print(f"zeroclaw: {build_description()}\n")
     print(combined.markdown())
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(combined.to_json(), indent=2))

@@ -82,6 +82,7 @@ class Report:
     def to_json(self) -> dict[str, Any]:
         return {
             "python": sys.version,
+            "zeroclaw_build": build_description(),
             "ratios": [asdict(r) | {"ratio": r.ratio, "met": r.met} for r in self.ratios],
             "figures": [asdict(f) for f in self.figures],
         }
@@ -105,6 +106,16 @@ class Report:
                 for f in self.figures
             ]
         return "\n".join(lines)
+
+
+def build_description() -> str:
+    """Which zeroclaw this process measures: mypyc-compiled modules, or plain Python."""
+    from zeroclaw.concurrency._mypyc import compiled_modules
+
+    compiled = compiled_modules()
+    if not compiled:
+        return "plain Python (nothing compiled)"
+    return "compiled with mypyc: " + ", ".join(name.rsplit(".", 1)[1] for name in compiled)
 
 
 def _fmt_time(seconds: float) -> str:
@@ -169,6 +180,7 @@ def run_group(run: GroupRun, argv: list[str] | None = None) -> None:
     parser.add_argument("--uvloop", action="store_true", help="run under uvloop")
     args = parser.parse_args(argv)
     report = Report()
+    print(f"zeroclaw: {build_description()}", flush=True)
     if args.uvloop:
         import uvloop
 

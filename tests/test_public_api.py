@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
+import pathlib
 import subprocess
 import sys
+from types import ModuleType
 
 import pytest
 
@@ -124,8 +127,30 @@ def test_error_tree() -> None:
     assert QueueFull("full", retry_after=None).retry_after is None
 
 
+def source_module(name: str) -> ModuleType:
+    """``name`` as plain Python, loaded from its ``.py`` file even where the build compiled it.
+
+    Compiled (mypyc) callables do not all carry a signature ``inspect`` can read; the source is
+    what they were compiled from.
+    """
+    module = importlib.import_module(name)
+    source = pathlib.Path(module.__file__ or "").with_suffix("")
+    source = source.with_name(source.name.split(".")[0] + ".py")
+    spec = importlib.util.spec_from_file_location(f"_source_of_{name.replace('.', '_')}", source)
+    assert spec is not None
+    assert spec.loader is not None
+    plain = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = plain  # dataclasses look their module up while the class is made
+    try:
+        spec.loader.exec_module(plain)
+    finally:
+        del sys.modules[spec.name]
+    return plain
+
+
 def test_worker_pool_signatures_match_the_contract() -> None:
-    from zeroclaw.concurrency import Task, WorkerPool
+    worker_pool = source_module("zeroclaw.concurrency.worker_pool")
+    Task, WorkerPool = worker_pool.Task, worker_pool.WorkerPool
 
     pool = inspect.signature(WorkerPool)
     assert list(pool.parameters)[:2] == ["workers", "queue_size"]
@@ -145,8 +170,77 @@ def test_the_core_imports_only_the_standard_library() -> None:
         "import sys, zeroclaw.concurrency, zeroclaw.testing\n"
         "stdlib = sys.stdlib_module_names\n"
         "ours = {'zeroclaw', '__main__', '_distutils_hack'}\n"  # the last: setuptools' .pth shim
+        # mypyc's runtime for the compiled modules: built from our sources, named by their hash.
+        "ours |= {m for m in sys.modules if m.endswith('__mypyc')}\n"
         "bad = sorted({m.split('.')[0] for m in sys.modules} - stdlib - ours)\n"
         "print(','.join(bad))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_the_build_compiles_the_modules_the_package_lists() -> None:
+    """pyproject.toml's mypyc hook and ``_mypyc.COMPILED`` (which the tests and benchmarks read to
+    tell a compiled build) name the same modules."""
+    import tomllib
+
+    from zeroclaw.concurrency._mypyc import COMPILED
+
+    root = pathlib.Path(__file__).parents[1]
+    pyproject = tomllib.loads((root / "pyproject.toml").read_text())
+    hook = pyproject["tool"]["hatch"]["build"]["targets"]["wheel"]["hooks"]["mypyc"]
+    listed = [
+        path.removeprefix("src/").removesuffix(".py").replace("/", ".") for path in hook["include"]
+    ]
+    assert listed == list(COMPILED)
+
+
+async def test_the_primitives_can_be_subclassed_in_python_compiled_or_not() -> None:
+    """mypyc-compiled classes refuse Python subclasses unless told otherwise; these are told, and
+    an override is called from compiled code too."""
+    from zeroclaw.concurrency import (
+        AdaptiveLimiter,
+        Backpressure,
+        CircuitBreaker,
+        CircuitBreakerGroup,
+        RateLimiter,
+        Task,
+        WorkerPool,
+    )
+    from zeroclaw.concurrency.channel_integration import (
+        ChannelMessage,
+        ConcurrentMessageProcessor,
+        MessageProcessor,
+    )
+
+    asked: list[str] = []
+
+    class CountingBreaker(CircuitBreaker):
+        def allow_request(self) -> bool:
+            asked.append("allow_request")
+            return super().allow_request()
+
+    async def echo(message: ChannelMessage) -> str:
+        return message.content
+
+    processor = MessageProcessor(breaker=CountingBreaker(name="counting"))
+    message = ChannelMessage(id="1", sender="u", content="hi", channel="cli", timestamp=0.0)
+    admission = await processor.process_message("cli", message, echo)
+    assert admission.accepted
+    assert asked == ["allow_request"]  # MessageProcessor (compiled) called the override
+    await processor.shutdown()
+    results = [result async for result in processor.responses]
+    assert [r.result.value for r in results] == ["hi"]
+
+    for cls, args in [
+        (WorkerPool, (1, 1)),
+        (Backpressure, (2,)),
+        (RateLimiter, (10.0,)),
+        (AdaptiveLimiter, (4, 1, 16, None, 100.0)),
+        (CircuitBreakerGroup, ()),
+        (MessageProcessor, ()),
+        (ConcurrentMessageProcessor, ()),
+        (Task, (lambda: None,)),
+    ]:
+        subclass = type(f"My{cls.__name__}", (cls,), {})
+        assert isinstance(subclass(*args), cls)

@@ -33,10 +33,12 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Literal, NamedTuple, Protocol, cast, runtime_checkable
+from typing import Any, Literal, NamedTuple, cast
 
 from zeroclaw.concurrency._clock import Cancellable, Clock, call_later, resolve_clock, to_seconds
+from zeroclaw.concurrency._mypyc import mypyc_attr
 from zeroclaw.concurrency.backpressure import Backpressure, BackpressureStats, Permit
+from zeroclaw.concurrency.channels import Channel, ChannelMessage, Provider
 from zeroclaw.concurrency.circuit_breaker import (
     CircuitBreaker,
     CircuitBreakerGroup,
@@ -75,67 +77,6 @@ _logger = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------- messages and peers
-
-
-@dataclass(frozen=True, slots=True)
-class ChannelMessage:
-    """One incoming chat message.
-
-    ``id`` is the platform's id for it (Telegram ``update_id``, Slack ``event_id``...): the
-    idempotency key redeliveries share. ``channel`` is the channel's name. ``reply_target`` is
-    where the reply goes (a chat or channel id); ``None`` means the sender.
-    """
-
-    id: str
-    sender: str
-    content: str
-    channel: str
-    timestamp: float
-    reply_target: str | None = None
-    thread_id: str | None = None
-    metadata: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
-
-    @property
-    def reply_to(self) -> str:
-        """Where a reply goes: ``reply_target``, else ``sender``."""
-        return self.reply_target or self.sender
-
-
-@runtime_checkable
-class Channel(Protocol):
-    """A chat channel: a source of messages and a way to answer."""
-
-    @property
-    def name(self) -> str:
-        """The channel's name; :attr:`ChannelMessage.channel` refers to it."""
-        ...
-
-    async def listen(self, queue: asyncio.Queue[ChannelMessage]) -> None:
-        """Put incoming messages on ``queue``; runs until the channel ends or fails."""
-        ...
-
-    async def send(self, message: str, recipient: str) -> None:
-        """Send ``message`` to ``recipient``."""
-        ...
-
-    async def health_check(self) -> bool:
-        """``True`` when the channel can send and receive."""
-        ...
-
-
-@runtime_checkable
-class Provider(Protocol):
-    """An LLM provider."""
-
-    async def chat_with_system(
-        self, system_prompt: str | None, message: str, model: str, temperature: float
-    ) -> str:
-        """Answer ``message`` under ``system_prompt``."""
-        ...
-
-    async def chat(self, message: str, model: str, temperature: float) -> str:
-        """Answer ``message`` with no system prompt."""
-        ...
 
 
 # ---------------------------------------------------------------------------- results
@@ -279,6 +220,9 @@ def _conversation_key(channel: str, message: ChannelMessage) -> Hashable:
 # ---------------------------------------------------------------------------- configuration
 
 
+# A plain Python class, not a compiled one: a compiled int field would turn True into 1 before
+# the validation could refuse it.
+@mypyc_attr(native_class=False)
 @dataclass
 class MessageProcessorConfig:
     """How a :class:`MessageProcessor` is sized and which stages it runs.
@@ -513,10 +457,40 @@ class _Lane:
         self.state = state
 
 
+class _ResultStream:
+    """An iterator over a processor's results (:attr:`MessageProcessor.responses`).
+
+    A class rather than an async generator: mypyc, which compiles this module, does not compile
+    async generators, and ``__anext__`` returning a result without suspending is the common case.
+    """
+
+    __slots__ = ("_processor",)
+
+    def __init__(self, processor: MessageProcessor) -> None:
+        self._processor = processor
+
+    def __aiter__(self) -> _ResultStream:
+        return self
+
+    async def __anext__(self) -> ProcessedMessage:
+        """The next result; blocks while none is ready. Raises ``StopAsyncIteration`` at the end."""
+        processor = self._processor
+        results = processor._results
+        while not results:
+            if processor._finished():
+                raise StopAsyncIteration
+            waiter = processor._results_waiter
+            if waiter is None or waiter.done():
+                waiter = processor._results_waiter = asyncio.get_running_loop().create_future()
+            await waiter
+        return results.popleft()
+
+
 class _OpenAtStart(Exception):
     """The breaker opened while the message waited: the handler is not called."""
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class MessageProcessor:
     """Admit chat messages and process them concurrently, one at a time per conversation.
 
@@ -858,19 +832,7 @@ class MessageProcessor:
         Ends after :meth:`shutdown` began, once every accepted message's result was delivered.
         Blocks while no result is ready. Each result goes to one reader.
         """
-        return self._iterate_results()
-
-    async def _iterate_results(self) -> AsyncIterator[ProcessedMessage]:
-        results = self._results
-        while True:
-            while results:
-                yield results.popleft()
-            if self._finished():
-                return
-            waiter = self._results_waiter
-            if waiter is None or waiter.done():
-                waiter = self._results_waiter = asyncio.get_running_loop().create_future()
-            await waiter
+        return _ResultStream(self)
 
     def _wake_results(self) -> None:
         """Wake the readers of :attr:`responses`.
@@ -1025,6 +987,7 @@ class Notices:
     cancelled: str | None = None
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class ConcurrentMessageProcessor:
     """Run a :class:`MessageProcessor` between chat channels and an LLM provider.
 
@@ -1211,10 +1174,10 @@ class ConcurrentMessageProcessor:
                     _logger.warning(
                         "message %r names unknown channel %r; dropped", message.id, message.channel
                     )
-                    continue
-                admission = await processor.process_message(channel, message, answer)
-                if admission.kind is AdmissionKind.REJECTED and self.notices.refused:
-                    self._queue_send(channel, self.notices.refused, message)
+                else:
+                    admission = await processor.process_message(channel, message, answer)
+                    if admission.kind is AdmissionKind.REJECTED and self.notices.refused:
+                        self._queue_send(channel, self.notices.refused, message)
             finally:
                 inbox.task_done()
 

@@ -71,6 +71,7 @@ from types import TracebackType
 from typing import Any, Final, ParamSpec, TypeVar
 
 from zeroclaw.concurrency._clock import Clock, resolve_clock, to_seconds
+from zeroclaw.concurrency._mypyc import mypyc_attr
 from zeroclaw.concurrency.errors import CircuitOpenError
 
 __all__ = [
@@ -128,6 +129,9 @@ def _positive_int(value: object, what: str) -> int:
     return value
 
 
+# A plain Python class, not a compiled one: a compiled int field would store True as 1 before the
+# validation could refuse it.
+@mypyc_attr(native_class=False)
 @dataclass(frozen=True, slots=True)
 class CircuitConfig:
     """How a breaker judges its dependency. Immutable; validated on construction.
@@ -169,11 +173,15 @@ class CircuitConfig:
     probe_timeout: float | timedelta | None = None
 
     def __post_init__(self) -> None:
-        _positive_int(self.failure_threshold, "failure_threshold")
-        _positive_int(self.success_threshold, "success_threshold")
-        _positive_int(self.window_size, "window_size")
-        _positive_int(self.min_calls, "min_calls")
-        _positive_int(self.half_open_max_calls, "half_open_max_calls")
+        # getattr, not self.<field>: compiled code reads an int field as an int, True as 1.
+        for name in (
+            "failure_threshold",
+            "success_threshold",
+            "window_size",
+            "min_calls",
+            "half_open_max_calls",
+        ):
+            _positive_int(getattr(self, name), name)
         if self.min_calls > self.window_size:
             raise ValueError(
                 f"min_calls ({self.min_calls}) must not exceed window_size ({self.window_size})"
@@ -275,6 +283,7 @@ class _Frame:
 _TICKETS: ContextVar[_Frame | None] = ContextVar("zeroclaw_circuit_tickets", default=None)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class CircuitBreaker:
     """A circuit breaker (see the module docstring for the state machine).
 
@@ -928,6 +937,7 @@ class CircuitBreaker:
         return ", ".join(parts) + ")"
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class CircuitBreakerGroup:
     """Breakers by name (one per provider, model or tenant), with a bounded number of them.
 

@@ -38,6 +38,7 @@ from enum import Enum, IntEnum
 from typing import Any, Generic, NamedTuple, TypeVar, cast
 
 from zeroclaw.concurrency._clock import Cancellable, Clock, call_later, resolve_clock, to_seconds
+from zeroclaw.concurrency._mypyc import mypyc_attr
 from zeroclaw.concurrency.errors import PoolClosed, QueueFull, TaskCancelled
 
 __all__ = [
@@ -121,6 +122,7 @@ _COMPLETED = TaskStatus.COMPLETED
 TaskFn = Callable[[], Awaitable[T]] | Coroutine[Any, Any, T]
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Task(Generic[T]):
     """A unit of work for a :class:`WorkerPool`.
 
@@ -191,6 +193,8 @@ _PARKED, _QUEUED, _RUNNING, _DONE = -1, 0, 1, 2
 _CANCEL_GRACE = 1.0
 
 
+# Open to subclasses in plain Python too (tests, modules built on the pool), compiled or not.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class _Job:
     """What a :class:`WorkerPool` queues and runs: a :class:`TaskHandle` or an internal item.
 
@@ -415,6 +419,7 @@ class _RoomWaiter:
         self.future = future
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class WorkerPool:
     """Run tasks on ``workers`` workers, most urgent first, with a queue of ``queue_size`` tasks.
 
