@@ -203,6 +203,9 @@ async def test_the_primitives_can_be_subclassed_in_python_compiled_or_not() -> N
         Backpressure,
         CircuitBreaker,
         CircuitBreakerGroup,
+        DedupKey,
+        Deduplicator,
+        DedupStrategy,
         RateLimiter,
         Task,
         WorkerPool,
@@ -241,6 +244,23 @@ async def test_the_primitives_can_be_subclassed_in_python_compiled_or_not() -> N
         (MessageProcessor, ()),
         (ConcurrentMessageProcessor, ()),
         (Task, (lambda: None,)),
+        (Deduplicator, (60.0,)),
+        (DedupKey, ("k",)),
     ]:
         subclass = type(f"My{cls.__name__}", (cls,), {})
         assert isinstance(subclass(*args), cls)
+
+    # Deduplicator(strategy=...) is an instance of a compiled subclass per strategy.
+    for strategy in DedupStrategy:
+        dedup = Deduplicator(60.0, strategy=strategy)
+        assert isinstance(dedup, Deduplicator)
+        assert dedup.strategy is strategy
+        assert dedup.check_and_update("k") is False
+        assert dedup.check_and_update("k") is True
+
+    class MyDedupKey(DedupKey):
+        pass
+
+    composite = MyDedupKey.combine(["a", 1])
+    assert isinstance(composite, MyDedupKey)
+    assert composite == DedupKey.combine(["a", "1"])

@@ -23,6 +23,7 @@ COMPILED = (
     "zeroclaw.concurrency.backpressure",
     "zeroclaw.concurrency.circuit_breaker",
     "zeroclaw.concurrency.channel_integration",
+    "zeroclaw.concurrency.deduplicator",
 )
 
 if TYPE_CHECKING:

@@ -36,13 +36,14 @@ import secrets
 import sys
 from bisect import bisect_right
 from collections import OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from hashlib import blake2b, sha256
 from typing import Any, Final
 
 from zeroclaw.concurrency._clock import Clock, resolve_clock, to_seconds
+from zeroclaw.concurrency._mypyc import mypyc_attr
 
 __all__ = ["DedupKey", "DedupStats", "DedupStrategy", "Deduplicator"]
 
@@ -60,6 +61,7 @@ _COMPOSITE_TAG: Final = b"\xff"
 # --------------------------------------------------------------------------------------------
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class DedupKey:
     """An immutable dedup key: one text (``of``) or an ordered tuple of parts (``combine``).
 
@@ -119,7 +121,9 @@ class DedupKey:
             raw += len(data).to_bytes(8, "big")
             raw += data
             texts.append(text)
-        key = cls.__new__(cls)
+        # Built as the key of the empty text, then given the composite's parts: mypyc compiles no
+        # cls.__new__(cls), and __init__ takes one text.
+        key = cls("")
         key._id = tuple(texts)
         key._raw = bytes(raw)
         return key
@@ -428,6 +432,7 @@ class _Sightings:
         self.folded_last = 0.0
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Deduplicator:
     """Remembers keys for ``ttl`` seconds and reports repeats; see the module docstring.
 
@@ -467,6 +472,19 @@ class Deduplicator:
         "_unique",
     )
 
+    _clock: Clock
+    _dups: int
+    _evicted: int
+    _expired: int
+    _fp_rate: float
+    _max_entries: int
+    _name: str
+    _now: Callable[[], float]
+    _salts: random.Random | None
+    _strategy: DedupStrategy
+    _ttl: float
+    _unique: int
+
     def __new__(
         cls,
         ttl: float | timedelta = 60.0,
@@ -475,12 +493,16 @@ class Deduplicator:
         **kwargs: Any,
     ) -> Deduplicator:
         # One subclass per strategy, so that each hot path is a plain method with no dispatch.
-        impl = cls
-        if cls is Deduplicator:
-            if not isinstance(strategy, DedupStrategy):
-                raise TypeError(f"strategy must be a DedupStrategy, not {type(strategy).__name__}")
-            impl = _IMPLEMENTATIONS[strategy]
-        return object.__new__(impl)
+        if cls is not Deduplicator:
+            return object.__new__(cls)  # a strategy's class, or a subclass defined in Python
+        if not isinstance(strategy, DedupStrategy):
+            raise TypeError(f"strategy must be a DedupStrategy, not {type(strategy).__name__}")
+        impl = _IMPLEMENTATIONS[strategy]
+        self = impl.__new__(impl)
+        # Set up here, not by __init__: where compiled code calls Deduplicator(...), mypyc's
+        # constructor skips __init__ when __new__ returns an instance of a subclass.
+        self._configure(ttl, strategy, kwargs)
+        return self
 
     def __init__(
         self,
@@ -488,12 +510,36 @@ class Deduplicator:
         *,
         strategy: DedupStrategy = DedupStrategy.EXACT,
         max_entries: int = 100_000,
-        false_positive_rate: float = 1e-6,
+        # float | int, not float: mypyc 2.4.1 fails to build a signature that has both a float
+        # parameter with a default and **options. The same values are accepted either way.
+        false_positive_rate: float | int = 1e-6,
         clock: Clock | None = None,
         name: str = "dedup",
         salt_seed: int | None = None,
         **options: Any,
     ) -> None:
+        if type(self) in _SET_UP_BY_NEW:
+            return  # Deduplicator(...) made it in __new__
+        # A subclass defined in Python: set up here, so that its __init__ can take more arguments.
+        options.update(
+            max_entries=max_entries,
+            false_positive_rate=false_positive_rate,
+            clock=clock,
+            name=name,
+            salt_seed=salt_seed,
+        )
+        self._configure(ttl, strategy, options)
+
+    def _configure(
+        self, ttl: float | timedelta, strategy: DedupStrategy, kw: dict[str, Any]
+    ) -> None:
+        # Read from the dict, not through typed parameters: compiled code would take True for an
+        # int (max_entries=True), which the check below refuses in both builds.
+        max_entries = kw.pop("max_entries", 100_000)
+        false_positive_rate = kw.pop("false_positive_rate", 1e-6)
+        clock = kw.pop("clock", None)
+        name = kw.pop("name", "dedup")
+        salt_seed = kw.pop("salt_seed", None)
         who = f"dedup {name!r}"
         seconds = to_seconds(ttl, what=f"{who}: ttl")
         if not seconds > 0.0:
@@ -520,13 +566,14 @@ class Deduplicator:
         self._unique = 0
         self._expired = 0
         self._evicted = 0
-        self._setup(**options)
+        self._setup(kw)
 
     def _new_salt(self) -> int:
         """A bloom filter's salt: secret, or drawn from ``salt_seed``'s generator."""
         return secrets.randbits(128) if self._salts is None else self._salts.getrandbits(128)
 
-    def _setup(self, **options: Any) -> None:
+    def _setup(self, options: dict[str, Any]) -> None:
+        """Set up the strategy's structures from its own ``options`` (popped; none may be left)."""
         if options:
             raise TypeError(f"unexpected options for {self._strategy}: {sorted(options)}")
 
@@ -626,7 +673,8 @@ class Deduplicator:
 
 
 class _ExactCore(Deduplicator):
-    """``COMBINED``'s exact layer: dict key → expiry, and a FIFO of keys in insertion order.
+    """``EXACT``'s and ``COMBINED``'s exact layer: dict key → expiry, and a FIFO of keys in
+    insertion order.
 
     The TTL is constant and the clock monotonic, so first-sighting order is expiry order: expiry
     and eviction pop from the FIFO's front in O(1). (A dict alone cannot do this: deleting from a
@@ -634,14 +682,13 @@ class _ExactCore(Deduplicator):
     leaves the key's FIFO slot behind as *stale*; ``_stale`` counts such slots per key, and since a
     key's stale slots always precede its live slot, a front slot whose key has a stale count is
     stale. ``_horizon`` is a lower bound on the front's expiry, so the hot path tests one float.
-    :class:`_Exact` is the same algorithm written as closures for speed; this method form is
-    the base :class:`_Combined` extends (its subclass supplies the public calls and eviction).
+    :class:`_Exact` and :class:`_Combined` add the public calls (and ``_Combined`` its eviction).
     """
 
     __slots__ = ("_append", "_entries", "_horizon", "_order", "_removed", "_stale")
 
-    def _setup(self, **options: Any) -> None:
-        super()._setup(**options)
+    def _setup(self, options: dict[str, Any]) -> None:
+        super()._setup(options)
         self._removed = 0
         self._entries: dict[str | tuple[str, ...], float] = {}
         self._order: deque[str | tuple[str, ...]] = deque()
@@ -732,186 +779,53 @@ class _ExactCore(Deduplicator):
         )
 
 
-_Ident = str | tuple[str, ...]
+class _Exact(_ExactCore):
+    """``EXACT``: the structures of :class:`_ExactCore`, with its public calls.
 
-
-class _Exact(Deduplicator):
-    """``EXACT``: the algorithm of :class:`_ExactCore`, written as closures over local state.
-
-    Same structures and invariants (dict key → expiry, FIFO of keys in expiry order, stale-slot
-    counts, a horizon below which nothing has expired), but the hot path reads its state from
-    closure cells instead of instance slots and tracks free room in a counter instead of calling
-    ``len()``: about 15 % faster per call, which brings ``check_and_update`` within 1.5 times a
-    bare ``dict`` + ``time.monotonic`` check (see ``benchmarks/bench_deduplicator.py``).
+    The hot path reads a handful of attributes, one ``dict`` lookup and at most one insert. No
+    counter is kept for new keys: every key added is now live, expired, evicted or removed.
     """
 
-    __slots__ = (
-        "_clear_fn",
-        "_counts_fn",
-        "_entries",
-        "_len_fn",
-        "_memory_fn",
-        "_order",
-        "check_and_update",
-        "cleanup",
-        "contains",
-        "remove",
-    )
+    __slots__ = ()
 
-    def _setup(self, **options: Any) -> None:
-        super()._setup(**options)
-        entries: dict[_Ident, float] = {}
-        order: deque[_Ident] = deque()  # never replaced, so `append` stays bound to it
-        append = order.append
-        stale: dict[_Ident, int] = {}  # removed keys -> FIFO slots of theirs still queued
-        ttl = self._ttl
-        max_entries = self._max_entries
-        now_fn = self._now
-        horizon = _NEG_INF  # nothing in `entries` expires before this
-        free = max_entries  # max_entries - len(entries)
-        dups = expired = evicted = removed = 0
-
-        def expire(now: float) -> int:
-            nonlocal horizon, expired, free
-            dropped = 0
-            while order:
-                ident = order[0]
-                if stale and ident in stale:
-                    order.popleft()
-                    left = stale[ident] - 1
-                    if left:
-                        stale[ident] = left
-                    else:
-                        del stale[ident]
-                    continue
-                expiry = entries[ident]
-                if expiry > now:
-                    horizon = expiry
-                    break
-                order.popleft()
-                del entries[ident]
-                dropped += 1
-            else:
-                horizon = _NEG_INF  # empty: recomputed on the call after the next insert
-            expired += dropped
-            free += dropped
-            return dropped
-
-        def evict_one() -> None:
-            nonlocal evicted, free
-            while True:
-                ident = order.popleft()
-                if stale and ident in stale:
-                    left = stale[ident] - 1
-                    if left:
-                        stale[ident] = left
-                    else:
-                        del stale[ident]
-                    continue
-                del entries[ident]
-                evicted += 1
-                free += 1
-                return
-
-        def check_and_update(key: DedupKey | str) -> bool:
-            nonlocal dups, free
-            ident = key if key.__class__ is str else _coerce(key)
-            now = now_fn()
-            if now >= horizon:
-                expire(now)
-            if ident in entries:  # once the horizon is past `now`, every entry is live
-                dups += 1
-                return True
-            if free <= 0:
-                evict_one()
-            free -= 1
-            entries[ident] = now + ttl
-            append(ident)
-            return False
-
-        def contains(key: DedupKey | str) -> bool:
-            ident = key if key.__class__ is str else _coerce(key)
-            now = now_fn()
-            if now >= horizon:
-                expire(now)
-            return ident in entries
-
-        def remove(key: DedupKey | str) -> bool:
-            nonlocal removed, free
-            ident = key if key.__class__ is str else _coerce(key)
-            now = now_fn()
-            if now >= horizon:
-                expire(now)
-            if ident not in entries:
-                return False
-            del entries[ident]
-            removed += 1
-            free += 1
-            stale[ident] = stale.get(ident, 0) + 1
-            # Bound the stale slots (a remove/re-add loop would grow the FIFO for a whole TTL):
-            # the dict's order is insertion order, which is expiry order, so it rebuilds the FIFO.
-            if len(order) > 2 * len(entries) + 64:
-                order.clear()
-                order.extend(entries)
-                stale.clear()
+    def check_and_update(self, key: DedupKey | str) -> bool:
+        ident = key if key.__class__ is str else _coerce(key)
+        now = self._now()
+        if now >= self._horizon:
+            self._expire(now)
+        entries = self._entries
+        if ident in entries:  # once the horizon is past `now`, every entry is live
+            self._dups += 1
             return True
+        if len(entries) >= self._max_entries:
+            self._evicted += 1
+            self._pop_oldest()
+        entries[ident] = now + self._ttl
+        self._append(ident)
+        return False
 
-        def cleanup() -> int:
-            return expire(now_fn())
+    def contains(self, key: DedupKey | str) -> bool:
+        ident = key if key.__class__ is str else _coerce(key)
+        now = self._now()
+        if now >= self._horizon:
+            self._expire(now)
+        return ident in self._entries
 
-        def length() -> int:
-            now = now_fn()
-            if now >= horizon:
-                expire(now)
-            return len(entries)
-
-        def clear() -> None:
-            nonlocal horizon, free, dups, expired, evicted, removed
-            entries.clear()
-            order.clear()
-            stale.clear()
-            horizon = _NEG_INF
-            free = max_entries
-            dups = expired = evicted = removed = 0
-
-        def counts() -> tuple[int, int, int, int]:
-            # Every key added is now live, expired, evicted or removed: no counter on the hot path.
-            return dups, len(entries) + expired + evicted + removed, expired, evicted
-
-        def memory() -> int:
-            n = len(entries)
-            return (
-                sys.getsizeof(entries)
-                + sys.getsizeof(order)
-                + sys.getsizeof(stale)
-                + n * sys.getsizeof(1.0)  # one float object per expiry
-                + _key_bytes(entries, n)
-            )
-
-        for fn in (check_and_update, contains, remove, cleanup):
-            fn.__doc__ = getattr(Deduplicator, fn.__name__).__doc__
-        self._entries = entries
-        self._order = order
-        self.check_and_update = check_and_update  # type: ignore[method-assign]
-        self.contains = contains  # type: ignore[method-assign]
-        self.remove = remove  # type: ignore[method-assign]
-        self.cleanup = cleanup  # type: ignore[method-assign]
-        self._len_fn = length
-        self._clear_fn = clear
-        self._counts_fn = counts
-        self._memory_fn = memory
+    def remove(self, key: DedupKey | str) -> bool:
+        ident = key if key.__class__ is str else _coerce(key)
+        now = self._now()
+        if now >= self._horizon:
+            self._expire(now)
+        return self._forget(ident)
 
     def __len__(self) -> int:
-        return self._len_fn()
+        now = self._now()
+        if now >= self._horizon:
+            self._expire(now)
+        return len(self._entries)
 
-    def _clear(self) -> None:
-        self._clear_fn()
-
-    def _counts(self) -> tuple[int, int, int, int]:
-        return self._counts_fn()
-
-    def _memory(self) -> int:
-        return self._memory_fn()
+    def _unique_added(self) -> int:
+        return len(self._entries) + self._expired + self._evicted + self._removed
 
 
 class _Sliding(Deduplicator):
@@ -926,8 +840,9 @@ class _Sliding(Deduplicator):
 
     __slots__ = ("_budget", "_entries", "_horizon", "_stored")
 
-    def _setup(self, *, max_sightings: int | None = None, **options: Any) -> None:
-        super()._setup(**options)
+    def _setup(self, options: dict[str, Any]) -> None:
+        max_sightings = options.pop("max_sightings", None)
+        super()._setup(options)
         budget = self._max_entries if max_sightings is None else max_sightings
         if not isinstance(budget, int) or budget < 2:
             raise ValueError(f"max_sightings must be an int >= 2, got {max_sightings!r}")
@@ -1098,8 +1013,9 @@ class _Bloom(Deduplicator):
 
     __slots__ = ("_gen_rate", "_generations", "_gens", "_next_event")
 
-    def _setup(self, *, generations: int = 3, **options: Any) -> None:
-        super()._setup(**options)
+    def _setup(self, options: dict[str, Any]) -> None:
+        generations = options.pop("generations", 3)
+        super()._setup(options)
         if not isinstance(generations, int) or generations < 2:
             raise ValueError(f"generations must be an int >= 2, got {generations!r}")
         self._generations = generations
@@ -1217,8 +1133,8 @@ class _Combined(_ExactCore):
 
     __slots__ = ("_overflow",)
 
-    def _setup(self, **options: Any) -> None:
-        super()._setup(**options)
+    def _setup(self, options: dict[str, Any]) -> None:
+        super()._setup(options)
         self._overflow: list[_BloomFilter] = []  # oldest first
 
     def check_and_update(self, key: DedupKey | str) -> bool:
@@ -1318,3 +1234,5 @@ _IMPLEMENTATIONS: Final[dict[DedupStrategy, type[Deduplicator]]] = {
     DedupStrategy.BLOOM: _Bloom,
     DedupStrategy.COMBINED: _Combined,
 }
+# Deduplicator.__init__ leaves these alone: Deduplicator.__new__ set them up.
+_SET_UP_BY_NEW: Final = frozenset(_IMPLEMENTATIONS.values())
