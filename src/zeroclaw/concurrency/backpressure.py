@@ -271,9 +271,7 @@ class Backpressure:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._available += 1
-        if self._waiters:
-            self._wake()
+        self._give_back()
 
     def set_limit(self, max_concurrent: int) -> None:
         """Change the limit now. Never blocks.

@@ -377,17 +377,13 @@ class _Item(_Job):
         return self.handler(self.message)
 
     def _completed(self, value: Any, wait_time: float, run_time: float) -> None:
-        """The handler returned: the per-message hot path, hence all inline."""
+        """The handler returned: record the success, deliver the result, move the lane on."""
         processor = self.processor
         processor._succeeded += 1
         breaker = processor._breaker
         if breaker is not None:
             breaker.record_success()
-        permit = self.permit
-        if permit is True:
-            processor._backpressure._give_back()  # type: ignore[union-attr]
-        elif permit:
-            permit.release()
+        processor._give_permit_back(self.permit)
         processor._in_flight -= 1
         processor._results.append(
             _new_tuple(
@@ -399,11 +395,7 @@ class _Item(_Job):
                 ),
             )
         )
-        waiter = processor._results_waiter
-        if waiter is not None:  # processor._wake_results(), inlined
-            processor._results_waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
+        processor._wake_results()
         lanes = processor._lanes
         key = self.key
         if lanes[key] is self:  # the common case: the conversation has nothing more waiting

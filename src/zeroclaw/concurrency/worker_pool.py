@@ -531,12 +531,7 @@ class WorkerPool:
         """
         if not self._closing and self._queued < self._queue_size:  # fast path: room
             handle = TaskHandle(self, task, self._now())
-            self._queues[task.priority].append(handle)
-            self._queued += 1
-            if self._idle_workers:
-                self._idle_workers.popleft().set_result(None)
-            elif len(self._workers) < self._worker_count:
-                self._start_worker()
+            self._push(handle)
             return handle
         handle = self._offer(task, wait=True)
         if handle._state != _PARKED:
@@ -565,12 +560,7 @@ class WorkerPool:
         """
         if not self._closing and self._queued < self._queue_size:  # fast path: room
             handle = TaskHandle(self, task, self._now())
-            self._queues[task.priority].append(handle)
-            self._queued += 1
-            if self._idle_workers:
-                self._idle_workers.popleft().set_result(None)
-            elif len(self._workers) < self._worker_count:
-                self._start_worker()
+            self._push(handle)
             return handle
         return self._offer(task, wait=False)
 
