@@ -238,6 +238,11 @@ class MessageProcessorConfig:
       run one at a time in arrival order. Default: channel + reply target.
     - ``priority``: ``(channel_name, message) -> TaskPriority``; default :func:`channel_priority`.
     - ``dedup_max_entries``: bound of the dedup memory.
+    - ``max_undelivered_results``: results finished but not yet read from ``responses`` beyond
+      which admission stops, as at the ``max_concurrent_requests`` bound (``admission`` decides:
+      wait for a reader, or refuse with reason ``"results unread"``). The buffer then holds at most
+      this many plus the messages still in flight. ``None`` (the default): no bound, for callers
+      that read ``responses`` (as :class:`ConcurrentMessageProcessor` does).
 
     Raises:
         ValueError: on a size below 1, a negative TTL or timeout, or an unknown ``admission``.
@@ -259,6 +264,7 @@ class MessageProcessorConfig:
     conversation_key: Callable[[str, ChannelMessage], Hashable] = _conversation_key
     priority: Callable[[str, ChannelMessage], TaskPriority] = channel_priority
     dedup_max_entries: int = 100_000
+    max_undelivered_results: int | None = None
 
     def __post_init__(self) -> None:
         for name in (
@@ -272,6 +278,14 @@ class MessageProcessorConfig:
                 raise ValueError(
                     f"MessageProcessorConfig.{name} must be an int >= 1, got {value!r}"
                 )
+        bound = getattr(self, "max_undelivered_results")  # noqa: B009  (compiled: see above)
+        if bound is not None and (
+            not isinstance(bound, int) or isinstance(bound, bool) or bound < 1
+        ):
+            raise ValueError(
+                "MessageProcessorConfig.max_undelivered_results must be None or an int >= 1, "
+                f"got {bound!r}"
+            )
         self.dedup_ttl = to_seconds(self.dedup_ttl, what="MessageProcessorConfig.dedup_ttl")
         if self.processing_timeout is not None:
             self.processing_timeout = to_seconds(
@@ -475,7 +489,10 @@ class _ResultStream:
             if waiter is None or waiter.done():
                 waiter = processor._results_waiter = asyncio.get_running_loop().create_future()
             await waiter
-        return results.popleft()
+        result = results.popleft()
+        if processor._result_room_waiters:
+            processor._wake_result_room()
+        return result
 
 
 class _OpenAtStart(Exception):
@@ -563,6 +580,9 @@ class MessageProcessor:
         self._ready_order = itertools.count()
         self._results: deque[ProcessedMessage] = deque()
         self._results_waiter: asyncio.Future[None] | None = None
+        self._results_limit = config.max_undelivered_results
+        # Admissions waiting for a reader to make room under _results_limit, oldest first.
+        self._result_room_waiters: deque[asyncio.Future[None]] = deque()
         self._closing = False
         self._drain = True
         self._drained: asyncio.Future[None] | None = None
@@ -605,6 +625,11 @@ class MessageProcessor:
         if breaker is not None and not breaker.allow_request():
             self._forget(dedup_key)
             return self._refuse("circuit open", breaker.retry_after)
+        limit = self._results_limit
+        if limit is not None and (self._result_room_waiters or len(self._results) >= limit):
+            refused = await self._wait_for_result_room(dedup_key, limit)
+            if refused is not None:
+                return refused
         permit: Permit | bool = False
         backpressure = self._backpressure
         if backpressure is not None:
@@ -666,6 +691,59 @@ class MessageProcessor:
             _Item(self, channel, message, handler, dedup_key, permit, key, lane.priority)
         )
         return _ACCEPTED
+
+    async def _wait_for_result_room(
+        self, dedup_key: DedupKey | str | None, limit: int
+    ) -> Admission | None:
+        """Hold an admission while ``limit`` results are unread (``None``: go on), or refuse it.
+
+        Waits in arrival order, woken by the reader of :attr:`responses` one result at a time.
+        On refusal, cancellation or shutdown it gives back the dedup claim and the breaker's slot.
+        """
+        if self._reject_at_capacity:
+            self._undo_admission(dedup_key, False)
+            return self._refuse("results unread")
+        loop = asyncio.get_running_loop()
+        waiters = self._result_room_waiters
+        first_wait = True
+        self._admitting += 1
+        try:
+            while not self._closing and (first_wait or len(self._results) >= limit):
+                waiter = loop.create_future()
+                if first_wait:
+                    waiters.append(waiter)
+                    first_wait = False
+                else:  # woken, but new results filled the room before it ran: keep its place
+                    waiters.appendleft(waiter)
+                try:
+                    await waiter
+                except asyncio.CancelledError:
+                    if waiter in waiters:
+                        waiters.remove(waiter)
+                    elif waiter.done() and not waiter.cancelled():
+                        self._wake_result_room()  # pass the room it was given to the next one
+                    raise
+        except BaseException:
+            self._undo_admission(dedup_key, False)
+            raise
+        finally:
+            self._admitting -= 1
+        if self._closing:
+            self._undo_admission(dedup_key, False)
+            self._check_drained()
+            return self._refuse("shutting down")
+        if waiters and len(self._results) < limit:
+            self._wake_result_room()  # more room than this admission needs
+        return None
+
+    def _wake_result_room(self) -> None:
+        """Wake the oldest admission waiting for room among the unread results."""
+        waiters = self._result_room_waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
     def _refuse(self, reason: str, retry_after: float | None = None) -> Admission:
         self._rejected += 1
@@ -855,6 +933,8 @@ class MessageProcessor:
         seconds = to_seconds(timeout, what="timeout")
         self._closing = True
         self._wake_results()
+        while self._result_room_waiters:  # they see the shutdown and refuse
+            self._wake_result_room()
         if not drain and self._drain:
             self._drain = False
             for lane in list(self._lanes.values()):
