@@ -792,6 +792,47 @@ def test_callback_may_call_back_into_the_breaker_in_order() -> None:
     assert states_seen == [OP, CL]
 
 
+def test_on_state_change_returns_a_function_that_unregisters() -> None:
+    breaker, _, _ = make(failure_threshold=1)
+    kept: Transitions = []
+    dropped: Transitions = []
+    twice: Transitions = []
+
+    def record_twice(old: CircuitState, new: CircuitState) -> None:
+        twice.append((old, new))
+
+    breaker.on_state_change(lambda old, new: kept.append((old, new)))
+    unregister = breaker.on_state_change(lambda old, new: dropped.append((old, new)))
+    breaker.on_state_change(record_twice)
+    unregister_second = breaker.on_state_change(record_twice)
+    fail(breaker)
+    assert dropped == [(CL, OP)]
+    assert twice == [(CL, OP), (CL, OP)]  # two registrations, two calls
+    unregister()
+    unregister()  # idempotent: removes nothing else
+    unregister_second()  # the other registration of the same function stays
+    breaker.force_close()
+    assert kept == [(CL, OP), (OP, CL)]
+    assert dropped == [(CL, OP)]
+    assert twice == [(CL, OP), (CL, OP), (OP, CL)]
+
+
+def test_a_callback_that_unregisters_itself_misses_only_later_changes() -> None:
+    breaker, _, _ = make(failure_threshold=1)
+    seen: Transitions = []
+
+    def once(old: CircuitState, new: CircuitState) -> None:
+        seen.append((old, new))
+        stop()
+        if new is OP:
+            breaker.force_close()  # announced after this change: no longer to `once`
+
+    stop = breaker.on_state_change(once)
+    fail(breaker)
+    assert breaker.state is CL
+    assert seen == [(CL, OP)]
+
+
 def test_on_state_change_requires_a_callable() -> None:
     with pytest.raises(TypeError):
         CircuitBreaker().on_state_change(42)  # type: ignore[arg-type]

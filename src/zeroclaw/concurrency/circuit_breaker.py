@@ -258,6 +258,15 @@ class CircuitBreakerStats:
     retry_after: float = 0.0
 
 
+class _Subscription:
+    """One ``on_state_change`` registration; compared by identity, so each is removed alone."""
+
+    __slots__ = ("callback",)
+
+    def __init__(self, callback: StateCallback) -> None:
+        self.callback = callback
+
+
 class _Frame:
     """The ticket of one tracked ``async with`` call, on a per-task stack (see CircuitBreaker).
 
@@ -419,7 +428,7 @@ class CircuitBreaker:
         self._ignored = 0
         self._slow_calls = 0
         self._late = 0
-        self._callbacks: list[StateCallback] = []
+        self._callbacks: list[_Subscription] = []
         self._pending: deque[tuple[CircuitState, CircuitState]] = deque()
         self._notifying = False
 
@@ -646,16 +655,28 @@ class CircuitBreaker:
 
     # ------------------------------------------------------------------ control
 
-    def on_state_change(self, callback: StateCallback) -> None:
+    def on_state_change(self, callback: StateCallback) -> Callable[[], None]:
         """Call ``callback(old, new)`` once per real state change, after the state is consistent.
 
         Callbacks run in registration order; an ``Exception`` from one is logged (logger
         ``zeroclaw.concurrency.circuit_breaker``) and does not stop the others. A callback may call
         the breaker; a change it causes is announced after the current one, in order.
+
+        Returns a function that unregisters this registration (idempotent): the callback is not
+        called for changes announced after it returns. Registering the same callback twice calls it
+        twice; each registration is removed by its own function.
         """
         if not callable(callback):
             raise TypeError("callback must be callable as callback(old, new)")
-        self._callbacks.append(callback)
+        entry = _Subscription(callback)
+        self._callbacks.append(entry)
+        callbacks = self._callbacks
+
+        def unregister() -> None:
+            if entry in callbacks:
+                callbacks.remove(entry)
+
+        return unregister
 
     def force_open(self, *, duration: float | timedelta | None = None) -> None:
         """Open the breaker now, for ``duration`` seconds (default ``timeout_duration``; may be
@@ -899,7 +920,8 @@ class CircuitBreaker:
             pending = self._pending
             while pending:
                 old, new = pending.popleft()
-                for callback in tuple(self._callbacks):
+                for entry in tuple(self._callbacks):
+                    callback = entry.callback
                     try:
                         callback(old, new)
                     except Exception:
