@@ -231,8 +231,8 @@ class Backpressure:
         self._total += 1
         if self._available >= 1 and not self._waiters:
             self._available -= 1
-            return Permit(self, 1, self._now())
-        await self._wait(1, timeout)
+        else:
+            await self._wait(1, timeout)
         return Permit(self, 1, self._now())
 
     async def acquire_many(self, n: int, *, timeout: float | timedelta | None = None) -> Permit:

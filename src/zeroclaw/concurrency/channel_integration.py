@@ -647,10 +647,10 @@ class MessageProcessor:
                     raise
                 finally:
                     self._admitting -= 1
-                if self.closing:  # shutdown began while this call waited
-                    self._undo_admission(dedup_key, permit)
-                    self._check_drained()
-                    return self._refuse("shutting down")
+                # The property, not _closing: mypy would keep the narrowing from the top across
+                # the await. Shutdown may have begun while this call waited.
+                if self.closing:
+                    return self._refuse_after_wait(dedup_key, permit)
         elif self._in_flight >= self._hard_limit:
             self._undo_admission(dedup_key, False)
             return self._refuse("overloaded")
@@ -729,9 +729,7 @@ class MessageProcessor:
         finally:
             self._admitting -= 1
         if self._closing:
-            self._undo_admission(dedup_key, False)
-            self._check_drained()
-            return self._refuse("shutting down")
+            return self._refuse_after_wait(dedup_key, False)
         if waiters and len(self._results) < limit:
             self._wake_result_room()  # more room than this admission needs
         return None
@@ -744,6 +742,14 @@ class MessageProcessor:
             if not waiter.done():
                 waiter.set_result(None)
                 return
+
+    def _refuse_after_wait(
+        self, dedup_key: DedupKey | str | None, permit: Permit | bool
+    ) -> Admission:
+        """Shutdown began while an admission waited: undo it, and let the drain see it gone."""
+        self._undo_admission(dedup_key, permit)
+        self._check_drained()
+        return self._refuse("shutting down")
 
     def _refuse(self, reason: str, retry_after: float | None = None) -> Admission:
         self._rejected += 1

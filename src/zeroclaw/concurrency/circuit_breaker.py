@@ -669,8 +669,8 @@ class CircuitBreaker:
         if not callable(callback):
             raise TypeError("callback must be callable as callback(old, new)")
         entry = _Subscription(callback)
-        self._callbacks.append(entry)
         callbacks = self._callbacks
+        callbacks.append(entry)
 
         def unregister() -> None:
             if entry in callbacks:

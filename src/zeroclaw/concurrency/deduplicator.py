@@ -672,7 +672,33 @@ class Deduplicator:
         )
 
 
-class _ExactCore(Deduplicator):
+class _Expiring(Deduplicator):
+    """A strategy whose entries leave in expiry order: ``_horizon`` is a lower bound on the next
+    expiry, so finding that nothing has expired costs one float comparison.
+
+    The ``check_and_update`` of each subclass inlines :meth:`_expire_due` (the per-call path).
+    """
+
+    __slots__ = ("_horizon",)
+
+    _horizon: float
+
+    def _expire(self, now: float) -> int:
+        """Drop every entry that expired by ``now``, set the horizon; return how many went."""
+        raise NotImplementedError
+
+    def _expire_due(self) -> float:
+        """Drop what has expired (nothing before the horizon) and return the time it checked."""
+        now = self._now()
+        if now >= self._horizon:
+            self._expire(now)
+        return now
+
+    def cleanup(self) -> int:
+        return self._expire(self._now())
+
+
+class _ExactCore(_Expiring):
     """``EXACT``'s and ``COMBINED``'s exact layer: dict key → expiry, and a FIFO of keys in
     insertion order.
 
@@ -685,7 +711,7 @@ class _ExactCore(Deduplicator):
     :class:`_Exact` and :class:`_Combined` add the public calls (and ``_Combined`` its eviction).
     """
 
-    __slots__ = ("_append", "_entries", "_horizon", "_order", "_removed", "_stale")
+    __slots__ = ("_append", "_entries", "_order", "_removed", "_stale")
 
     def _setup(self, options: dict[str, Any]) -> None:
         super()._setup(options)
@@ -757,9 +783,6 @@ class _ExactCore(Deduplicator):
                 continue
             return ident, entries.pop(ident)
 
-    def cleanup(self) -> int:
-        return self._expire(self._now())
-
     def _clear(self) -> None:
         self._removed = 0
         self._entries.clear()
@@ -806,29 +829,23 @@ class _Exact(_ExactCore):
 
     def contains(self, key: DedupKey | str) -> bool:
         ident = key if key.__class__ is str else _coerce(key)
-        now = self._now()
-        if now >= self._horizon:
-            self._expire(now)
+        self._expire_due()
         return ident in self._entries
 
     def remove(self, key: DedupKey | str) -> bool:
         ident = key if key.__class__ is str else _coerce(key)
-        now = self._now()
-        if now >= self._horizon:
-            self._expire(now)
+        self._expire_due()
         return self._forget(ident)
 
     def __len__(self) -> int:
-        now = self._now()
-        if now >= self._horizon:
-            self._expire(now)
+        self._expire_due()
         return len(self._entries)
 
     def _unique_added(self) -> int:
         return len(self._entries) + self._expired + self._evicted + self._removed
 
 
-class _Sliding(Deduplicator):
+class _Sliding(_Expiring):
     """``SLIDING_WINDOW``: an ``OrderedDict`` key → end of window, in last-sighting order.
 
     A key seen once stores one float (the end of its window, ``last_seen + ttl``); a key seen more
@@ -838,7 +855,7 @@ class _Sliding(Deduplicator):
     sightings are folded into an aggregate (the original kept one timestamp per call, forever).
     """
 
-    __slots__ = ("_budget", "_entries", "_horizon", "_stored")
+    __slots__ = ("_budget", "_entries", "_stored")
 
     def _setup(self, options: dict[str, Any]) -> None:
         max_sightings = options.pop("max_sightings", None)
@@ -895,9 +912,7 @@ class _Sliding(Deduplicator):
 
     def contains(self, key: DedupKey | str) -> bool:
         ident = key if key.__class__ is str else _coerce(key)
-        now = self._now()
-        if now >= self._horizon:
-            self._expire(now)
+        self._expire_due()
         return ident in self._entries
 
     def count_in_window(self, key: DedupKey | str) -> int:
@@ -908,9 +923,7 @@ class _Sliding(Deduplicator):
         them leaves the window (so the count may then exceed the true one, never fall below it).
         """
         ident = key if key.__class__ is str else _coerce(key)
-        now = self._now()
-        if now >= self._horizon:
-            self._expire(now)
+        now = self._expire_due()
         seen = self._entries.get(ident)
         if seen is None:
             return 0
@@ -924,9 +937,7 @@ class _Sliding(Deduplicator):
 
     def remove(self, key: DedupKey | str) -> bool:
         ident = key if key.__class__ is str else _coerce(key)
-        now = self._now()
-        if now >= self._horizon:
-            self._expire(now)
+        self._expire_due()
         seen = self._entries.pop(ident, None)
         if seen is None:
             return False
@@ -963,18 +974,13 @@ class _Sliding(Deduplicator):
             self._stored -= len(seen.ends)
         self._evicted += 1
 
-    def cleanup(self) -> int:
-        return self._expire(self._now())
-
     def _clear(self) -> None:
         self._entries.clear()
         self._stored = 0
         self._horizon = _NEG_INF
 
     def __len__(self) -> int:
-        now = self._now()
-        if now >= self._horizon:
-            self._expire(now)
+        self._expire_due()
         return len(self._entries)
 
     def _memory(self) -> int:
@@ -1162,18 +1168,14 @@ class _Combined(_ExactCore):
 
     def contains(self, key: DedupKey | str) -> bool:
         ident = key if key.__class__ is str else _coerce(key)
-        now = self._now()
-        if now >= self._horizon:
-            self._expire(now)
+        self._expire_due()
         if ident in self._entries:
             return True
         return bool(self._overflow) and self._overflow_has(ident)
 
     def remove(self, key: DedupKey | str) -> bool:
         ident = key if key.__class__ is str else _coerce(key)
-        now = self._now()
-        if now >= self._horizon:
-            self._expire(now)
+        self._expire_due()
         removed = self._forget(ident)
         if self._overflow and self._overflow_has(ident):
             return False  # the bloom layer still remembers it and cannot forget one key
@@ -1215,9 +1217,7 @@ class _Combined(_ExactCore):
         self._overflow.clear()
 
     def __len__(self) -> int:
-        now = self._now()
-        if now >= self._horizon:
-            self._expire(now)
+        self._expire_due()
         return len(self._entries) + sum(f.count for f in self._overflow)
 
     def _memory(self) -> int:
