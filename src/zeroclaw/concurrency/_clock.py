@@ -16,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from datetime import timedelta
 from typing import Protocol, runtime_checkable
+
+from zeroclaw.concurrency._validate import to_seconds
 
 __all__ = [
     "Cancellable",
@@ -104,23 +105,3 @@ def call_later(clock: Clock, delay: float, callback: Callable[[], object]) -> Ca
         handle: Cancellable = schedule(delay, callback)
         return handle
     return _SleepingTimer(clock, delay, callback)
-
-
-def to_seconds(value: float | timedelta, *, what: str = "duration") -> float:
-    """Convert seconds (``int``/``float``) or a :class:`~datetime.timedelta` to ``float`` seconds.
-
-    Raises:
-        TypeError: for any other type.
-        ValueError: for a negative or NaN duration.
-    """
-    if isinstance(value, timedelta):
-        seconds = value.total_seconds()
-    elif isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
-    else:
-        raise TypeError(
-            f"{what} must be seconds (float) or a timedelta, not {type(value).__name__}"
-        )
-    if not seconds >= 0.0:  # also catches NaN
-        raise ValueError(f"{what} must be >= 0, got {value!r}")
-    return seconds
