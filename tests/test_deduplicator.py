@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 import hashlib
 import pickle
 import subprocess
@@ -137,6 +138,41 @@ def test_str_and_dedupkey_of_are_the_same_key(strategy: DedupStrategy) -> None:
     assert dedup.check_and_update(DedupKey.of("evt-1")) is True
     assert dedup.check_and_update(DedupKey.combine(["evt-1"])) is False  # a different key
     assert dedup.check_and_update(DedupKey.combine(["evt-1"])) is True
+
+
+class _Kind(str, enum.Enum):  # noqa: UP042 (the mixin is the case under test, not StrEnum)
+    # A str-valued Enum whose str() is "_Kind.EVT_1", not its text.
+    EVT_1 = "evt-1"
+    EVT_2 = "evt-2"
+
+
+class _Tagged(str):
+    def __str__(self) -> str:
+        return "always-the-same"
+
+
+@pytest.mark.parametrize("strategy", ALL)
+def test_str_subclass_keys_are_their_text(strategy: DedupStrategy) -> None:
+    dedup, _ = make(strategy)
+    assert dedup.check_and_update(_Kind.EVT_1) is False
+    assert dedup.check_and_update("evt-1") is True  # equal keys (_Kind.EVT_1 == "evt-1") match
+    assert dedup.contains(_Kind.EVT_1)
+    # Two different keys whose __str__ agree are still two keys.
+    assert dedup.check_and_update(_Tagged("a")) is False
+    assert dedup.check_and_update(_Tagged("b")) is False
+    assert dedup.check_and_update("a") is True
+    assert DedupKey.of(_Kind.EVT_2) == DedupKey.of("evt-2")
+    assert DedupKey.combine([_Kind.EVT_2, "x"]) == DedupKey.combine(["evt-2", "x"])
+
+
+class _MyKey(DedupKey):
+    pass
+
+
+def test_dedupkey_subclass_is_a_key() -> None:
+    dedup, _ = make(EXACT)
+    assert dedup.check_and_update(_MyKey("k")) is False
+    assert dedup.check_and_update("k") is True
 
 
 @pytest.mark.parametrize("strategy", ALL)

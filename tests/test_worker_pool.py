@@ -345,6 +345,130 @@ async def test_a_task_raising_cancelled_error_by_itself_keeps_the_worker() -> No
     await pool.shutdown()
 
 
+class _OwnBaseException(BaseException):
+    """A BaseException meant for the task alone, as some libraries define."""
+
+
+async def _until_done(handle: TaskHandle[Any], steps: int = 100) -> bool:
+    """Let the loop run up to ``steps`` rounds, polling ``handle``; no real time passes."""
+    for _ in range(steps):
+        if handle.done():
+            return True
+        await asyncio.sleep(0)
+    return handle.done()
+
+
+@pytest.mark.parametrize("error", [GeneratorExit, _OwnBaseException])
+async def test_a_task_raising_a_base_exception_fails_and_the_queue_keeps_moving(
+    error: type[BaseException],
+) -> None:
+    pool = WorkerPool(1, 10)
+
+    async def raises() -> None:
+        raise error("from the task")
+
+    first = pool.spawn_nowait(Task(raises))
+    queued = pool.spawn_nowait(Task(lambda: asyncio.sleep(0, "after")))
+    assert await _until_done(queued), "the queued task was stranded behind the dead worker"
+    assert first.result().status is TaskStatus.FAILED
+    assert isinstance(first.result().error, error)
+    assert queued.result().unwrap() == "after"
+    assert pool.stats().failed_tasks == 1
+    await pool.shutdown()
+
+
+async def test_a_task_that_cancels_its_own_worker_is_replaced_at_once() -> None:
+    pool = WorkerPool(1, 10)
+
+    async def cancel_myself() -> None:
+        me = asyncio.current_task()
+        assert me is not None
+        me.cancel()
+        await asyncio.sleep(0)
+
+    first = pool.spawn_nowait(Task(cancel_myself))
+    queued = pool.spawn_nowait(Task(lambda: asyncio.sleep(0, "after")))
+    assert await _until_done(queued), "the queued task was stranded after the worker was lost"
+    assert first.result().status is TaskStatus.CANCELLED
+    assert queued.result().unwrap() == "after"
+    assert pool.stats().worker_count == 1
+    await pool.shutdown()
+
+
+@pytest.mark.parametrize("how", ["spawn_nowait", "spawn", "submit"])
+async def test_a_task_submitted_twice_is_refused_at_the_call(how: str) -> None:
+    pool = WorkerPool(1, 10)
+    task: Task[str] = Task(lambda: asyncio.sleep(0, "once"))
+    assert (await pool.submit(task)).unwrap() == "once"
+
+    async def again() -> object:
+        if how == "spawn_nowait":
+            return pool.spawn_nowait(task)
+        if how == "spawn":
+            return await pool.spawn(task)
+        return await pool.submit(task)
+
+    with pytest.raises(RuntimeError, match="already submitted"):
+        await again()
+    queued: Task[str] = Task(lambda: asyncio.sleep(0, "queued"))
+    handle = pool.spawn_nowait(queued)
+    with pytest.raises(RuntimeError, match="already submitted"):
+        pool.spawn_nowait(queued)  # still queued: it would run twice
+    assert (await handle).unwrap() == "queued"
+    await pool.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"timeout": "soon"}, TypeError),
+        ({"timeout": float("nan")}, ValueError),
+        ({"timeout": -1}, ValueError),
+        ({"priority": True}, TypeError),
+        ({"priority": 7}, ValueError),
+        ({"priority": "HIGH"}, TypeError),
+    ],
+)
+def test_task_arguments_are_checked(kwargs: dict[str, Any], error: type[Exception]) -> None:
+    with pytest.raises(error):
+        Task(lambda: asyncio.sleep(0), **kwargs)
+    task = Task(lambda: asyncio.sleep(0))
+    builder = task.with_timeout if "timeout" in kwargs else task.with_priority
+    with pytest.raises(error):
+        builder(*kwargs.values())
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "error"),
+    [
+        ((True, 10), {}, TypeError),
+        ((4, True), {}, TypeError),
+        ((4.0, 10), {}, TypeError),
+        ((4, 10), {"default_timeout": "soon"}, TypeError),
+        ((4, 10), {"default_timeout": float("nan")}, ValueError),
+    ],
+)
+def test_pool_arguments_are_checked(
+    args: tuple[Any, ...], kwargs: dict[str, Any], error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        WorkerPool(*args, **kwargs)
+
+
+async def test_shutdown_timeout_is_checked() -> None:
+    pool = WorkerPool(1, 1)
+    with pytest.raises(TypeError):
+        await pool.shutdown(timeout="soon")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="timeout"):
+        await pool.shutdown(timeout=float("nan"))
+    await pool.shutdown()
+
+
+def test_status_prints_as_its_value() -> None:
+    assert str(TaskStatus.TIMED_OUT) == "timed_out"
+    assert f"{TaskStatus.COMPLETED}" == "completed"
+
+
 async def test_timeout_runs_from_the_start_of_execution() -> None:
     clock = FakeClock()
     pool = WorkerPool(1, 10, clock=clock)

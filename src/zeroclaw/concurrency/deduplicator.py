@@ -85,7 +85,7 @@ class DedupKey:
             TypeError: for any other type.
         """
         if isinstance(value, str):
-            text = str(value)
+            text = _text(value)
         elif isinstance(value, int) and not isinstance(value, bool):
             text = str(int(value))
         else:
@@ -112,7 +112,7 @@ class DedupKey:
         raw = bytearray(_COMPOSITE_TAG)
         for part in parts:
             if isinstance(part, str):
-                text = str(part)
+                text = _text(part)
             elif isinstance(part, int) and not isinstance(part, bool):
                 text = str(int(part))
             else:
@@ -207,12 +207,21 @@ class DedupKey:
         return (DedupKey, (ident,))
 
 
+def _text(value: str) -> str:
+    """The exact ``str`` holding ``value``'s characters.
+
+    ``str(value)`` is not that for a ``str`` subclass with its own ``__str__``: a ``(str, Enum)``
+    member gives ``"Kind.A"``, so equal keys would miss and unrelated ones could match.
+    """
+    return value if value.__class__ is str else str.__str__(value)
+
+
 def _coerce(key: object) -> str | tuple[str, ...]:
     """The dict key for ``key`` (slow path: anything but an exact ``str``)."""
-    if key.__class__ is DedupKey:
+    if isinstance(key, DedupKey):
         return key._id
     if isinstance(key, str):
-        return str(key)
+        return _text(key)
     raise TypeError(f"a dedup key is a str or DedupKey, not {type(key).__name__}")
 
 
@@ -220,10 +229,10 @@ def _encode(key: object) -> bytes:
     """The bytes a bloom filter hashes for ``key`` (equal keys give equal bytes)."""
     if key.__class__ is str:
         return key.encode("utf-8", "surrogatepass")
-    if key.__class__ is DedupKey:
+    if isinstance(key, DedupKey):
         return key._raw
     if isinstance(key, str):
-        return str(key).encode("utf-8", "surrogatepass")
+        return _text(key).encode("utf-8", "surrogatepass")
     raise TypeError(f"a dedup key is a str or DedupKey, not {type(key).__name__}")
 
 
@@ -239,16 +248,13 @@ def _encode_id(ident: str | tuple[str, ...]) -> bytes:
 # --------------------------------------------------------------------------------------------
 
 
-class DedupStrategy(enum.Enum):
-    """How a :class:`Deduplicator` remembers keys."""
+class DedupStrategy(enum.StrEnum):
+    """How a :class:`Deduplicator` remembers keys; ``str()`` gives the value (``"exact"``)."""
 
     EXACT = "exact"
     SLIDING_WINDOW = "sliding_window"
     BLOOM = "bloom"
     COMBINED = "combined"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True, slots=True)

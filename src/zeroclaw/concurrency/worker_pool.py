@@ -34,11 +34,12 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass
 from datetime import timedelta
-from enum import Enum, IntEnum
+from enum import IntEnum, StrEnum
 from typing import Any, Generic, NamedTuple, TypeVar, cast
 
-from zeroclaw.concurrency._clock import Cancellable, Clock, call_later, resolve_clock, to_seconds
+from zeroclaw.concurrency._clock import Cancellable, Clock, call_later, resolve_clock
 from zeroclaw.concurrency._mypyc import mypyc_attr
+from zeroclaw.concurrency._validate import to_count, to_seconds, to_timeout
 from zeroclaw.concurrency.errors import PoolClosed, QueueFull, TaskCancelled
 
 __all__ = [
@@ -68,20 +69,31 @@ class TaskPriority(IntEnum):
 
 
 _LEVELS = len(TaskPriority)
+
+
+def _to_priority(value: object) -> TaskPriority:
+    """``value`` as a :class:`TaskPriority` (its ``int`` value is accepted, a ``bool`` is not).
+
+    Raises:
+        TypeError: not a TaskPriority or an int.
+        ValueError: an int that is no level.
+    """
+    if isinstance(value, TaskPriority):
+        return value
+    return TaskPriority(to_count(value, what="priority"))
+
+
 _MOST_URGENT_FIRST = tuple(reversed(range(_LEVELS)))
 
 
-class TaskStatus(Enum):
-    """How a task ended."""
+class TaskStatus(StrEnum):
+    """How a task ended; ``str()`` gives the value (``"timed_out"``)."""
 
     COMPLETED = "completed"
     FAILED = "failed"
     TIMED_OUT = "timed_out"
     CANCELLED = "cancelled"
     REJECTED = "rejected"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 class TaskResult(NamedTuple, Generic[T]):
@@ -138,12 +150,16 @@ class Task(Generic[T]):
     The pool reads ``priority`` and ``timeout`` when the task is queued; changing them later
     (``with_priority``, ``with_timeout``) affects only a later submission.
 
+    A task runs once: submitting it again (to any pool) raises ``RuntimeError``; make a new
+    ``Task`` for each run.
+
     Raises:
-        TypeError: ``fn`` is neither callable nor a coroutine object.
-        ValueError: a negative or NaN timeout.
+        TypeError: ``fn`` is neither callable nor a coroutine object; a priority that is not a
+            :class:`TaskPriority` (or its ``int`` value); a timeout that is not seconds.
+        ValueError: a negative or NaN timeout; an ``int`` priority outside the levels.
     """
 
-    __slots__ = ("_fn", "_is_coroutine", "id", "name", "priority", "timeout")
+    __slots__ = ("_fn", "_is_coroutine", "_submitted", "id", "name", "priority", "timeout")
 
     def __init__(
         self,
@@ -157,19 +173,20 @@ class Task(Generic[T]):
         if self._is_coroutine and not isinstance(fn, Coroutine):
             raise TypeError(f"Task needs a callable or a coroutine object, not {type(fn).__name__}")
         self._fn: TaskFn[T] | None = fn
-        self.priority = priority if type(priority) is TaskPriority else TaskPriority(priority)
-        self.timeout = None if timeout is None else to_seconds(timeout, what="timeout")
+        self._submitted = False
+        self.priority = priority if type(priority) is TaskPriority else _to_priority(priority)
+        self.timeout = to_timeout(timeout)
         self.name = name
         self.id: int = next(_task_ids)
 
     def with_priority(self, priority: TaskPriority) -> Task[T]:
         """Set the priority and return this task (a builder, as in the seed)."""
-        self.priority = TaskPriority(priority)
+        self.priority = _to_priority(priority)
         return self
 
     def with_timeout(self, seconds: float | timedelta | None) -> Task[T]:
         """Set the run-time limit and return this task."""
-        self.timeout = None if seconds is None else to_seconds(seconds, what="timeout")
+        self.timeout = to_timeout(seconds)
         return self
 
     def _discard(self) -> None:
@@ -264,6 +281,11 @@ class TaskHandle(_Job, Generic[T]):
     __slots__ = ("_callbacks", "_pool", "_result", "_task", "_waiter")
 
     def __init__(self, pool: WorkerPool, task: Task[T], enqueued_at: float) -> None:
+        if task._submitted:
+            raise RuntimeError(
+                f"{task!r} was already submitted to a pool; a Task runs once, make a new one"
+            )
+        task._submitted = True
         self._pool = pool
         self._task = task
         self._priority = task.priority
@@ -431,7 +453,8 @@ class WorkerPool:
         clock: the time source for timeouts and statistics (see :mod:`zeroclaw.testing`).
 
     Raises:
-        ValueError: ``workers < 1`` or ``queue_size < 1``.
+        TypeError: ``workers`` or ``queue_size`` is not an ``int`` (a ``bool`` is refused).
+        ValueError: ``workers < 1`` or ``queue_size < 1``; a negative or NaN default timeout.
     """
 
     def __init__(
@@ -443,16 +466,10 @@ class WorkerPool:
         name: str = "worker_pool",
         clock: Clock | None = None,
     ) -> None:
-        if workers < 1:
-            raise ValueError(f"WorkerPool {name!r}: workers must be >= 1, got {workers}")
-        if queue_size < 1:
-            raise ValueError(f"WorkerPool {name!r}: queue_size must be >= 1, got {queue_size}")
         self.name = name
-        self._worker_count = workers
-        self._queue_size = queue_size
-        self._default_timeout = (
-            None if default_timeout is None else to_seconds(default_timeout, what="default_timeout")
-        )
+        self._worker_count = to_count(workers, what=f"WorkerPool {name!r}: workers", minimum=1)
+        self._queue_size = to_count(queue_size, what=f"WorkerPool {name!r}: queue_size", minimum=1)
+        self._default_timeout = to_timeout(default_timeout, what="default_timeout")
         self._clock = resolve_clock(clock)
         self._now = self._clock.now
         self._queues: tuple[deque[_Job], ...] = tuple(deque() for _ in range(_LEVELS))
@@ -773,7 +790,19 @@ class WorkerPool:
             return
         worker = loop.create_task(self._work(), name=f"{self.name}-worker")
         self._workers.add(worker)
-        worker.add_done_callback(self._workers.discard)
+        worker.add_done_callback(self._worker_ended)
+
+    def _worker_ended(self, worker: asyncio.Task[None]) -> None:
+        """Forget an ended worker; replace it at once if it was lost with work still queued.
+
+        A worker ends on its own only once the pool is closing. Otherwise it was cancelled from
+        outside (the event loop closing, or a task that cancelled its own worker with
+        ``asyncio.current_task().cancel()``) or a KeyboardInterrupt/SystemExit went through it;
+        without a replacement the queued tasks would wait for the next submission to start one.
+        """
+        self._workers.discard(worker)
+        if self._queued and not self._closing and len(self._workers) < self._worker_count:
+            self._start_worker()
 
     async def _work(self) -> None:
         # The task runs inline in this coroutine rather than in a coroutine or Task of its own:
@@ -923,10 +952,11 @@ class WorkerPool:
                 )
             if status is TaskStatus.CANCELLED and not isinstance(exc, asyncio.CancelledError):
                 error = exc
-        elif isinstance(exc, Exception):
-            status, error = TaskStatus.FAILED, exc
-        else:  # KeyboardInterrupt, SystemExit: resolve the task, then let it stop the worker
+        elif isinstance(exc, KeyboardInterrupt | SystemExit):
+            # The process is asked to stop: resolve the task, then let it through the worker.
             status, error, reraise = TaskStatus.FAILED, exc, exc
+        else:  # any Exception, and BaseExceptions meant for the task alone (GeneratorExit...)
+            status, error = TaskStatus.FAILED, exc
         if handle._state == _DONE:  # abandoned by a shutdown that stopped waiting
             return reraise
         ended = self._now()
