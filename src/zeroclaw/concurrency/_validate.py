@@ -11,6 +11,7 @@ package refuse the same arguments with the same messages.
 from __future__ import annotations
 
 import math
+import operator
 from datetime import timedelta
 
 __all__ = ["to_count", "to_fraction", "to_positive_number", "to_seconds", "to_timeout"]
@@ -61,17 +62,26 @@ def to_timeout(value: float | timedelta | None, *, what: str = "timeout") -> flo
 
 
 def to_count(value: object, *, what: str, minimum: int = 0) -> int:
-    """An ``int`` (not a ``bool``) of at least ``minimum``.
+    """An integer (an ``int``, or anything with ``__index__`` such as a numpy integer; never a
+    ``bool``) of at least ``minimum``, as an ``int``.
+
+    Compiled code converts ``True`` to ``1`` at a parameter annotated ``int`` before any check can
+    see it, so compiled modules annotate such parameters ``SupportsIndex`` (which mypyc passes as
+    the object itself) and call this.
 
     Raises:
-        TypeError: not an ``int``, or a ``bool``.
+        TypeError: not an integer, or a ``bool``.
         ValueError: below ``minimum``.
     """
-    if value.__class__ is not int and (not isinstance(value, int) or isinstance(value, bool)):
+    if value.__class__ is int:
+        number: int = value
+    elif isinstance(value, bool) or not hasattr(type(value), "__index__"):
         raise TypeError(f"{what} must be an int, not {type(value).__name__}")
-    if value < minimum:
+    else:
+        number = operator.index(value)  # type: ignore[arg-type]
+    if number < minimum:
         raise ValueError(f"{what} must be >= {minimum}, got {value!r}")
-    return int(value)
+    return number
 
 
 def to_positive_number(value: object, *, what: str, allow_zero: bool = False) -> float:

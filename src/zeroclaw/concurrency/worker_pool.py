@@ -35,7 +35,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import IntEnum, StrEnum
-from typing import Any, Generic, NamedTuple, TypeVar, cast
+from typing import Any, Generic, NamedTuple, SupportsIndex, TypeVar, cast
 
 from zeroclaw.concurrency._clock import Cancellable, Clock, call_later, resolve_clock
 from zeroclaw.concurrency._mypyc import mypyc_attr
@@ -459,8 +459,8 @@ class WorkerPool:
 
     def __init__(
         self,
-        workers: int,
-        queue_size: int,
+        workers: SupportsIndex,
+        queue_size: SupportsIndex,
         *,
         default_timeout: float | timedelta | None = None,
         name: str = "worker_pool",
