@@ -42,8 +42,9 @@ from datetime import timedelta
 from hashlib import blake2b, sha256
 from typing import Any, Final
 
-from zeroclaw.concurrency._clock import Clock, resolve_clock, to_seconds
+from zeroclaw.concurrency._clock import Clock, resolve_clock
 from zeroclaw.concurrency._mypyc import mypyc_attr
+from zeroclaw.concurrency._validate import to_count, to_fraction, to_seconds
 
 __all__ = ["DedupKey", "DedupStats", "DedupStrategy", "Deduplicator"]
 
@@ -547,19 +548,17 @@ class Deduplicator:
         name = kw.pop("name", "dedup")
         salt_seed = kw.pop("salt_seed", None)
         who = f"dedup {name!r}"
-        seconds = to_seconds(ttl, what=f"{who}: ttl")
+        # An infinite TTL would never rotate a bloom generation (its false-positive rate would
+        # climb without bound); max_entries already bounds what EXACT remembers.
+        seconds = to_seconds(ttl, what=f"{who}: ttl", allow_infinite=False)
         if not seconds > 0.0:
             raise ValueError(f"{who}: ttl must be > 0, got {ttl!r}")
-        if not isinstance(max_entries, int) or isinstance(max_entries, bool):
-            raise TypeError(f"{who}: max_entries must be an int, not {type(max_entries).__name__}")
-        if max_entries < 1:
-            raise ValueError(f"{who}: max_entries must be >= 1, got {max_entries}")
-        if not isinstance(false_positive_rate, float | int) or not (
-            0.0 < false_positive_rate < 1.0
-        ):
-            raise ValueError(
-                f"{who}: false_positive_rate must be in (0, 1), got {false_positive_rate!r}"
-            )
+        max_entries = to_count(max_entries, what=f"{who}: max_entries", minimum=1)
+        false_positive_rate = to_fraction(
+            false_positive_rate, what=f"{who}: false_positive_rate", low_open=True
+        )
+        if false_positive_rate == 1.0:
+            raise ValueError(f"{who}: false_positive_rate must be < 1, got 1.0")
         self._strategy = strategy
         self._ttl = seconds
         self._max_entries = max_entries
