@@ -165,7 +165,7 @@ class Task(Generic[T]):
         self,
         fn: TaskFn[T],
         *,
-        priority: TaskPriority = TaskPriority.NORMAL,
+        priority: TaskPriority | int = TaskPriority.NORMAL,
         timeout: float | timedelta | None = None,
         name: str | None = None,
     ) -> None:
@@ -179,7 +179,7 @@ class Task(Generic[T]):
         self.name = name
         self.id: int = next(_task_ids)
 
-    def with_priority(self, priority: TaskPriority) -> Task[T]:
+    def with_priority(self, priority: TaskPriority | int) -> Task[T]:
         """Set the priority and return this task (a builder, as in the seed)."""
         self.priority = _to_priority(priority)
         return self
