@@ -9,11 +9,11 @@ import statistics
 
 import pytest
 
+from zeroclaw.concurrency._limit_rules import adaptive_next_limit
 from zeroclaw.concurrency.backpressure import (
     AdaptiveLimiter,
     AdaptiveLimiterStats,
     AdaptivePermit,
-    adaptive_next_limit,
 )
 from zeroclaw.concurrency.errors import Overloaded
 from zeroclaw.testing import FakeClock, settle
