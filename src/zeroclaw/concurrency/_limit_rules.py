@@ -93,7 +93,7 @@ def adaptive_next_limit(
     return min(float(max_limit), max(float(min_limit), limit))
 
 
-def learn_baseline(baseline: Baseline | None, mean_ms: float, load: int) -> Baseline:
+def learn_baseline(baseline: Baseline | None, mean_ms: float, load: int) -> Baseline | None:
     """Fold one window (mean latency ``mean_ms``, peak ``load`` in flight) into the baseline.
 
     * The first window, or one run with fewer requests in flight than the baseline's, replaces
@@ -107,7 +107,11 @@ def learn_baseline(baseline: Baseline | None, mean_ms: float, load: int) -> Base
       A busier window that is slower says nothing about the no-load latency, so the baseline
       never creeps up with our own queueing (the drift of Gradient2's long-term average,
       Netflix/concurrency-limits#134).
+    * A window whose mean is 0 measured nothing (answers from a cache, a test double): it is
+      not learned from, or every later window would look infinitely slower.
     """
+    if not mean_ms > 0.0:
+        return baseline
     if baseline is None or load < baseline.load:
         return Baseline(mean_ms, load)
     if load == baseline.load:
@@ -139,13 +143,14 @@ def next_limit(
     tolerance: float,
     min_limit: int,
     max_limit: int,
-) -> tuple[float, Baseline | None, float]:
+) -> tuple[float, Baseline | None, float | None]:
     """One complete window's decision: ``(next limit, next baseline, the latency aimed at)``.
 
     ``mean_ms`` is the window's mean latency, ``load`` the peak in flight during it, ``used``
     whether the limit was used (see :func:`adaptive_next_limit`). In target mode the baseline is
     passed through untouched; in gradient mode it is learned first, then the target rule runs
-    against :func:`gradient_target`.
+    against :func:`gradient_target`; until there is a baseline the limit is kept and the aim is
+    ``None``.
 
     Raises:
         ValueError: in target mode without a ``target_latency_ms``.
@@ -156,5 +161,7 @@ def next_limit(
         aim = target_latency_ms
     else:
         baseline = learn_baseline(baseline, mean_ms, load)
+        if baseline is None:
+            return min(float(max_limit), max(float(min_limit), limit)), None, None
         aim = gradient_target(baseline.latency_ms, tolerance, target_latency_ms)
     return adaptive_next_limit(limit, mean_ms, aim, used, min_limit, max_limit), baseline, aim

@@ -36,7 +36,7 @@ from zeroclaw.concurrency._limit_rules import (
     next_limit,
 )
 from zeroclaw.concurrency._mypyc import mypyc_attr
-from zeroclaw.concurrency._validate import to_positive_number
+from zeroclaw.concurrency._validate import to_measurement, to_positive_number
 from zeroclaw.concurrency.errors import Rejected
 
 __all__ = [
@@ -860,8 +860,10 @@ def _limit_mode(mode: object) -> LimitMode:
 
 
 def _target_ms(target_latency_ms: object, mode: LimitMode) -> float | None:
-    if target_latency_ms is None and mode is LimitMode.GRADIENT:
-        return None
+    if target_latency_ms is None:
+        if mode is LimitMode.GRADIENT:
+            return None
+        raise ValueError("target_latency_ms=None needs mode='gradient' (target mode steers to it)")
     return to_positive_number(target_latency_ms, what="target_latency_ms")
 
 
@@ -873,7 +875,7 @@ def _tolerance(tolerance: object) -> float:
 
 
 def _latency_ms(latency_ms: object) -> float:
-    return to_positive_number(latency_ms, what="latency_ms", allow_zero=True)
+    return to_measurement(latency_ms, what="latency_ms")
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)
