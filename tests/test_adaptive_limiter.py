@@ -828,3 +828,33 @@ def test_a_bad_latency_is_refused_and_the_permit_still_given_back(bad: object) -
         limiter.report_latency(bad)  # type: ignore[arg-type]
     stats = limiter.stats()
     assert (stats.samples, stats.ignored_samples) == (0, 1)
+
+
+@pytest.mark.parametrize("mode", ["target", "gradient"])
+async def test_a_release_that_shrinks_the_limit_wakes_no_one_under_the_old_limit(mode: str) -> None:
+    """The release that decides a decrease must not first hand its slot to a waiter: that waiter
+    would run over the new limit with the new generation, so its 503 would count as a second,
+    fresh drop (measured: one overshoot of a provider's quota quartered the limit)."""
+    clock = FakeClock()
+    target = 100.0 if mode == "target" else None
+    limiter = AdaptiveLimiter(4, 1, 8, None, target, clock=clock, mode=mode)
+    held = [limiter.try_acquire() for _ in range(4)]
+    waiter = asyncio.create_task(limiter.acquire())
+    await settle()
+    assert not waiter.done()
+    first = held.pop()
+    assert first is not None
+    first.release(dropped=True)
+    await settle()
+    assert limiter.current_limit == 2
+    assert not waiter.done()  # 3 still held against a limit of 2
+    assert limiter.inflight == 3
+    for p in held[:2]:
+        assert p is not None
+        p.release(dropped=True)  # granted before the decrease: ignored
+    await settle()
+    assert waiter.done()
+    late = await waiter
+    late.release(dropped=True)  # granted after the decrease: counts
+    assert limiter.current_limit == 1
+    assert limiter.stats().drops == 2

@@ -1175,19 +1175,20 @@ class AdaptiveLimiter:
         now = permit._released_at = self._now()
         if latency_ms is None:
             latency_ms = (now - permit._started_at) * 1000.0
+        self._inflight -= 1
+        if ignore or permit._generation != self._generation:
+            self._ignored += 1
+        elif dropped:
+            self._drops += 1
+            self._set(self._limit * DROP_BACKOFF)
+        else:
+            self._sample(latency_ms)
+        # The slot goes back only after the decision: handed to a waiter first, it would run
+        # over a limit this release just lowered, stamped with the new generation.
         bp = self._bp
         bp._available += 1
         if bp._waiters:
             bp._wake()
-        self._inflight -= 1
-        if ignore or permit._generation != self._generation:
-            self._ignored += 1
-            return
-        if dropped:
-            self._drops += 1
-            self._set(self._limit * DROP_BACKOFF)
-            return
-        self._sample(latency_ms)
 
     def _sample(self, latency_ms: float) -> None:
         self._samples += 1
