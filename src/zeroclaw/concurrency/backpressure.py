@@ -9,8 +9,9 @@
   and fractional, waiters sleep exactly as long as needed behind one timer for all of them (the
   fix of aiolimiter#290, without aiolimiter's smallest-request-first heap), and for every window
   of length ``W`` at most ``burst + rate * W`` tokens are granted.
-* :class:`AdaptiveLimiter` moves a concurrency limit towards a latency target and enforces it
-  with the same FIFO queue as :class:`Backpressure`; it can be combined with a rate limit.
+* :class:`AdaptiveLimiter` moves a concurrency limit towards a latency target (or, in gradient
+  mode, towards a tolerance over the provider's learned no-load latency) and enforces it with
+  the same FIFO queue as :class:`Backpressure`; it can be combined with a rate limit.
 
 Like asyncio's own primitives, an instance belongs to one event loop (one thread). Constructors
 and the synchronous methods (``try_acquire``, ``release``, ``stats``…) work without a running loop.
@@ -909,11 +910,11 @@ class AdaptiveLimiter:
         and Vegas's no-load minimum; research: flow_dedup.md), and never below
         ``target_latency_ms`` when one is given (``None`` is allowed: no floor). The baseline
         is replaced by a window run with fewer requests in flight than it was measured with,
-        averaged with a window at the same load, and only *lowered* (halfway) by a busier
-        window: latency that rises with our own load is queueing, latency that is high at any
-        load (an LLM writing long answers) is the baseline. So a provider slow at any load
-        keeps its limit (it grows to ``max_limit`` when used), and one that queues beyond C
-        settles near ``tolerance x C``.
+        averaged with a window at the same load, and only *lowered* by busier windows (when
+        three in a row were all faster): latency that rises with our own load is queueing,
+        latency that is high at any load (an LLM writing long answers) is the baseline. So a
+        provider slow at any load keeps its limit (it grows to ``max_limit`` when used), and
+        one that queues beyond C settles near ``tolerance x C``.
 
     * A drop (``dropped=True``, or a ``TimeoutError``/``Rejected`` from the body of ``async
       with``) halves the limit at once, so a run of drops brings it to ``min_limit`` within a few
