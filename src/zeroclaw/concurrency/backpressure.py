@@ -808,13 +808,14 @@ class AdaptivePermit:
         nothing about load).
 
         Raises:
-            TypeError, ValueError: unless ``latency_ms`` is ``None`` or a finite number >= 0;
-                the permit is given back all the same, without a sample.
+            ValueError: for a NaN, infinite or negative ``latency_ms``; the permit is given back
+                all the same, without a sample.
+            TypeError: for a ``latency_ms`` that is not a number (``bool`` included).
         """
         if latency_ms is not None:
             try:
                 latency_ms = _latency_ms(latency_ms)
-            except (TypeError, ValueError):
+            except ValueError:
                 if self._released_at is None:
                     self._limiter._finish(self, None, False, True)
                 raise
