@@ -20,7 +20,7 @@ import asyncio
 import json
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -171,9 +171,11 @@ def raw(body: bytes | str, *, content_type: str = "application/json", status: in
 class FakeOpenAI:
     """The server. ``await start()`` binds 127.0.0.1 on a free port (or use ``async with``);
     :attr:`base_url` is then ``http://127.0.0.1:<port>/v1``. ``await stop()`` ends it, hung
-    requests included."""
+    requests included. ``now`` stamps each request's ``received_at`` (pass a ``FakeClock``'s
+    ``now`` to see when, in fake time, each attempt arrived)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, now: Callable[[], float] = time.monotonic) -> None:
+        self._now = now
         self.requests: list[RecordedRequest] = []
         self._script: deque[Respond] = deque()
         self._runner: web.AppRunner | None = None
@@ -279,7 +281,7 @@ class FakeOpenAI:
                 body=body,
                 json=parsed,
                 peer=(str(peer[0]), int(peer[1])) if peer else ("?", 0),
-                received_at=time.monotonic(),
+                received_at=self._now(),
             )
         )
         async with self._arrived:
