@@ -357,18 +357,22 @@ async def test_a_retry_after_pauses_every_call_not_only_the_one_that_got_it() ->
     async with FakeOpenAI(now=clock.now) as fake:
         provider = ManagedProvider(OpenAIBackend(fake.base_url), clock=clock)
         fake.script(rate_limited(retry_after="2"), completion("a"), completion("b"))
-        first = asyncio.create_task(ask(provider))
-        # Real I/O: wait (bounded) until the 429 came back and its retry waits in the limiter.
-        await asyncio.wait_for(clock.armed.wait(), 5)
-        assert provider.rate_limiter.stats().waiting_count == 1
-        assert provider.stats().paused_for == 2.0
-        second = asyncio.create_task(ask(provider))
-        await settle()
-        assert provider.rate_limiter.stats().waiting_count == 2  # the newcomer waits too
-        assert len(fake.requests) == 1
-        clock.advance(2.001)
-        assert sorted(await asyncio.gather(first, second)) == ["a", "b"]
-        await provider.aclose()
+        calls = [asyncio.create_task(ask(provider))]
+        try:
+            # Real I/O: wait (bounded) until the 429 came back and its retry waits in the limiter.
+            await asyncio.wait_for(clock.armed.wait(), 5)
+            assert provider.rate_limiter.stats().waiting_count == 1
+            assert provider.stats().paused_for == 2.0
+            calls.append(asyncio.create_task(ask(provider)))
+            await settle()
+            assert provider.rate_limiter.stats().waiting_count == 2  # the newcomer waits too
+            assert len(fake.requests) == 1
+            clock.advance(2.001)
+            assert sorted(await asyncio.gather(*calls)) == ["a", "b"]
+        finally:
+            for call in calls:
+                call.cancel()
+            await provider.aclose()
     assert len(fake.requests) == 3
     assert all(at >= 2.0 for at in arrivals(fake)[1:])
     assert dict(provider.stats().requests_by_status) == {"429": 1, "200": 2}
