@@ -388,6 +388,41 @@ async def test_the_pause_also_holds_a_configured_rate_limit() -> None:
     assert backend.called_at == near(0.0, 3.1)
 
 
+async def test_a_pause_holds_later_calls_even_when_its_call_gives_up() -> None:
+    clock = SteppingClock()
+    backend = Scripted(clock, ProviderError(429, "rate_limit_exceeded", "slow", retry_after=5.0))
+    provider = ManagedProvider(backend, max_retries=0, clock=clock)
+    with pytest.raises(ProviderError):
+        await ask(provider)
+    assert await ask(provider) == "hello"
+    assert backend.called_at == near(0.0, 5.0 + AFTER_PAUSE)
+
+
+async def test_the_rate_token_is_taken_right_before_the_request() -> None:
+    """Calls queued for a permit take no token while they queue: when three permits come back
+    at once, the queued calls still go one per second, not in a burst."""
+    clock = FakeClock()
+    sent: list[float] = []
+
+    class SlowFirst(Scripted):
+        async def complete(
+            self, messages: Sequence[ChatMessage], *, model: str, temperature: float
+        ) -> str:
+            sent.append(clock.now())
+            if len(sent) <= 3:
+                await clock.sleep(10.0 - clock.now())  # the first three all end at t=10
+            return "ok"
+
+    provider = ManagedProvider(
+        SlowFirst(clock), requests_per_second=1, max_concurrency=3, clock=clock
+    )
+    assert provider.rate_limiter.burst == 1
+    calls = asyncio.gather(*(ask(provider) for _ in range(6)))
+    await clock.run_for(20.0)
+    assert await calls == ["ok"] * 6
+    assert sent == near(0.0, 1.0, 2.0, 10.0, 11.0, 12.0)
+
+
 async def test_requests_per_second_spaces_the_calls(clock: SteppingClock) -> None:
     backend = Scripted(clock)
     provider = ManagedProvider(backend, requests_per_second=2, clock=clock)

@@ -1,18 +1,25 @@
 """ManagedProvider: retries, a provider-wide rate limit and pause, and an adaptive concurrency limit
 around any :class:`~zeroclaw.providers.base.ChatBackend` (DESIGN §4.6).
 
-One call goes::
+Each attempt of a call goes::
 
-    RateLimiter (rate, and every Retry-After pause) → AdaptiveLimiter (concurrency) → backend
+    AdaptiveLimiter (concurrency) → RateLimiter (rate, and every Retry-After pause) → backend
         ↺ retried on 408, 409, 429, >= 500, connection errors and timeouts, up to max_retries
+
+The concurrency permit comes first and the rate token right before the request, as inside the
+core's ``AdaptiveLimiter``: a token taken while queueing for a permit would let the queued calls
+burst past the rate when permits free up.
 
 The backoff before retry ``n`` (0-based) is full jitter over ``[0, min(8, 0.5 * 2**n)]`` seconds
 ("Exponential Backoff And Jitter", AWS architecture blog: full jitter spreads retries of many
-clients best). A ``retry-after-ms``/``retry-after`` header replaces the backoff, up to 60 s, and is
-handed to the rate limiter's :meth:`~zeroclaw.concurrency.RateLimiter.pause`: a provider that
-says "wait" means every caller, so every call waits, the retrying one included (it waits in the
-limiter, like the others). With ``requests_per_second = 0`` the limiter still exists, at a rate no
-provider reaches (:data:`PAUSE_ONLY_RATE`), so that it has something to pause.
+clients best). A ``retry-after-ms``/``retry-after`` header on a retryable answer replaces the
+backoff, cut to 60 s, and is handed to the rate limiter's
+:meth:`~zeroclaw.concurrency.RateLimiter.pause`: a provider that says "wait" means every caller,
+so every call waits, the retrying one included (it waits in the limiter, like the others), and
+also when the call that got it has no retry left. When the pause ends the bucket is empty and
+refills at the configured rate (the limiter's rule). With ``requests_per_second = 0`` the
+limiter still exists, at a rate no provider reaches (:data:`PAUSE_ONLY_RATE`, burst as large):
+it limits nothing and is there to be paused.
 
 The adaptive limiter sees each attempt: its latency as the signal, a 429 (not quota), a 503 or a
 timeout as a drop (the limit halves); other failures and cancellations tell nothing about load and
@@ -78,8 +85,10 @@ class ProviderStats:
     (:class:`~zeroclaw.providers.base.ErrorClass` values); ``cancelled`` those cancelled by their
     caller. ``retries`` counts attempts after the first. ``requests_by_status`` counts attempts by
     outcome: the HTTP status as a string (``"200"`` for every success, any backend), else the error
-    code (``timeout``, ``connection_error``). ``concurrency_limit`` and ``in_flight`` are the
-    adaptive limiter's; ``paused_for`` the seconds left of a ``Retry-After`` pause.
+    code (``timeout``, ``connection_error``). ``concurrency_limit`` is the adaptive limiter's
+    current limit; ``in_flight`` counts attempts at the backend now (not those waiting for a
+    permit or a token); ``paused_for`` is the seconds left of a ``Retry-After`` pause;
+    ``limiter`` the adaptive limiter's own stats.
     """
 
     calls: int
@@ -118,6 +127,7 @@ class ManagedProvider:
         "_cancelled",
         "_clock",
         "_failures",
+        "_in_flight",
         "_limiter",
         "_rate",
         "_retries",
@@ -170,6 +180,7 @@ class ManagedProvider:
         self._failures = 0
         self._cancelled = 0
         self._retries = 0
+        self._in_flight = 0
         self._by_class: Counter[str] = Counter()
         self._by_status: Counter[str] = Counter()
 
@@ -238,8 +249,15 @@ class ManagedProvider:
     async def _attempt(
         self, messages: Sequence[ChatMessage], model: str, temperature: float
     ) -> str:
-        await self._rate.acquire()
+        # The permit first, then the token, right before the request: a token taken while
+        # queueing for a permit would let queued calls burst past the rate once permits free up.
         permit = await self._limiter.acquire()
+        try:
+            await self._rate.acquire()
+        except BaseException:
+            permit.release(ignore=True)
+            raise
+        self._in_flight += 1
         started = self._clock.now()
         try:
             reply = await self._backend.complete(messages, model=model, temperature=temperature)
@@ -247,24 +265,27 @@ class ManagedProvider:
             self._by_status[
                 str(error.status) if error.status is not None else _no_status(error)
             ] += 1
-            permit.release(dropped=_is_drop(error), ignore=not _is_drop(error))
+            dropped = _is_drop(error)
+            permit.release(dropped=dropped, ignore=not dropped)
+            if error.retry_after is not None and error.retryable:
+                # The provider said when to come back: every call waits that long (in the
+                # limiter), whether or not this one retries.
+                self._rate.pause(min(error.retry_after, MAX_RETRY_AFTER))
             raise
         except BaseException:
             # A cancellation or a foreign exception says nothing about the provider's load.
             permit.release(ignore=True)
             raise
+        finally:
+            self._in_flight -= 1
         self._by_status["200"] += 1
         permit.release((self._clock.now() - started) * 1000.0)
         return reply
 
     async def _wait_before_retry(self, retry: int, error: ProviderError) -> None:
         if error.retry_after is not None:
-            wait = min(error.retry_after, MAX_RETRY_AFTER)
-            # Everyone waits, this call too: it waits in the limiter's acquire on its next attempt.
-            self._rate.pause(wait)
-            return
-        wait = backoff_ceiling(retry) * self._rng.random()
-        await self._clock.sleep(wait)
+            return  # the limiter is paused for it: the next attempt's acquire waits
+        await self._clock.sleep(backoff_ceiling(retry) * self._rng.random())
 
     def _fail(self, error_class: str) -> None:
         self._failures += 1
@@ -295,7 +316,7 @@ class ManagedProvider:
             retries=self._retries,
             requests_by_status=MappingProxyType(dict(self._by_status)),
             concurrency_limit=limiter.current_limit,
-            in_flight=limiter.inflight,
+            in_flight=self._in_flight,
             failures=self._failures,
             cancelled=self._cancelled,
             paused_for=self._rate.stats().paused_for,
