@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import pathlib
+import signal
 import socket
 import subprocess
 import sys
@@ -99,6 +101,22 @@ async def test_extra_headers_are_sent(fake: FakeOpenAI) -> None:
     finally:
         await client.aclose()
     assert fake.requests[0].headers["http-referer"] == "https://example.org"
+
+
+@pytest.mark.parametrize("trust_env", [False, True])
+async def test_proxies_from_the_environment_only_with_trust_env(
+    fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch, trust_env: bool
+) -> None:
+    async with FakeOpenAI() as proxy:  # it answers the proxied request as if it were the target
+        for name in ("NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.port}")
+        client = OpenAIBackend(fake.base_url, trust_env=trust_env)
+        try:
+            await client.complete(USER, model="m", temperature=0.0)
+        finally:
+            await client.aclose()
+        assert (len(proxy.requests), len(fake.requests)) == ((1, 0) if trust_env else (0, 1))
 
 
 async def test_one_session_and_one_connection_serve_every_call(
@@ -328,6 +346,8 @@ def test_constructor_validation() -> None:
             OpenAIBackend("http://x", request_timeout=bad)
     with pytest.raises(TypeError, match="request_timeout"):
         OpenAIBackend("http://x", request_timeout=True)
+    with pytest.raises(TypeError, match="trust_env"):
+        OpenAIBackend("http://x", trust_env=1)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="headers"):
         OpenAIBackend("http://x", headers={"X": 1})  # type: ignore[dict-item]
     assert OpenAIBackend("https://api.openai.com/v1/").base_url == "https://api.openai.com/v1"
@@ -354,3 +374,30 @@ def test_importing_the_providers_package_does_not_load_aiohttp() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+async def test_the_fake_server_runs_standalone() -> None:
+    root = pathlib.Path(__file__).parents[1]
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.fakes.openai_server",
+        cwd=root,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None
+        line = await asyncio.wait_for(process.stdout.readline(), 30)
+        base_url = line.decode().strip()
+        assert base_url.startswith("http://127.0.0.1:")
+        client = OpenAIBackend(base_url)
+        try:
+            assert await client.complete(USER, model="m", temperature=0.0) == "echo: hello"
+        finally:
+            await client.aclose()
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 30) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

@@ -232,12 +232,16 @@ class FakeOpenAI:
         return f"http://127.0.0.1:{self.port}/v1"
 
     async def start(self) -> str:
-        """Bind and serve; returns :attr:`base_url`."""
+        """Bind a free port on 127.0.0.1 and serve; returns :attr:`base_url`."""
+        return await self.start_on(0)
+
+    async def start_on(self, port: int) -> str:
+        """Bind ``port`` on 127.0.0.1 (0: a free one) and serve; returns :attr:`base_url`."""
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._handle)
         runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1.0)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = web.TCPSite(runner, "127.0.0.1", port)
         await site.start()
         server = site._server
         assert isinstance(server, asyncio.base_events.Server)
@@ -305,3 +309,36 @@ class FakeOpenAI:
             content_type=respond.content_type,
             headers=respond.headers,
         )
+
+
+async def _serve_forever(host_port: int) -> None:
+    import signal
+
+    server = FakeOpenAI()
+    app_url = await server.start_on(host_port)
+    print(app_url, flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tests.fakes.openai_server [--port N]``: serve the fake (every request gets the
+    default echo completion), print its base URL, run until SIGINT/SIGTERM. For trying a gateway
+    by hand against an OpenAI-compatible endpoint without a network."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m tests.fakes.openai_server")
+    parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: any free one)")
+    args = parser.parse_args(argv)
+    asyncio.run(_serve_forever(args.port))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -42,12 +42,14 @@ class OpenAIBackend:
     """An OpenAI-compatible chat-completions client.
 
     ``OpenAIBackend(base_url, api_key="", *, request_timeout=60.0, headers=None,
-    wall_clock=time.time)``. ``base_url`` is the API root (``https://api.openai.com/v1``);
-    the request goes to ``{base_url}/chat/completions``. ``Authorization: Bearer <api_key>`` is
-    sent only when ``api_key`` is not empty (Ollama and local vLLM need none). ``headers`` are
-    extra request headers (OpenRouter's ``HTTP-Referer``/``X-Title``). ``request_timeout`` bounds
-    each request as a whole, connect to last byte. ``wall_clock`` (Unix seconds) is what an
-    HTTP-date ``Retry-After`` is compared with.
+    trust_env=False, wall_clock=time.time)``. ``base_url`` is the API root
+    (``https://api.openai.com/v1``); the request goes to ``{base_url}/chat/completions``.
+    ``Authorization: Bearer <api_key>`` is sent only when ``api_key`` is not empty (Ollama and a
+    local vLLM need none). ``headers`` are extra request headers (OpenRouter's
+    ``HTTP-Referer``/``X-Title``). ``request_timeout`` bounds each request as a whole, connect to
+    last byte. ``trust_env=True`` makes aiohttp use the ``HTTP(S)_PROXY``/``NO_PROXY``
+    environment variables (and ``~/.netrc`` credentials); off by default, as in aiohttp.
+    ``wall_clock`` (Unix seconds) is what an HTTP-date ``Retry-After`` is compared with.
 
     The session's connection pool is not limited here: the concurrency limit is the
     :class:`~zeroclaw.providers.managed.ManagedProvider`'s ``AdaptiveLimiter``. Like asyncio's
@@ -64,6 +66,7 @@ class OpenAIBackend:
         "_loop",
         "_session",
         "_timeout",
+        "_trust_env",
         "_url",
         "_wall_clock",
         "base_url",
@@ -77,6 +80,7 @@ class OpenAIBackend:
         *,
         request_timeout: float = 60.0,
         headers: Mapping[str, str] | None = None,
+        trust_env: bool = False,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         if not isinstance(base_url, str):
@@ -85,6 +89,8 @@ class OpenAIBackend:
             raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
         if not isinstance(api_key, str):
             raise TypeError(f"api_key must be a str, not {type(api_key).__name__}")
+        if not isinstance(trust_env, bool):
+            raise TypeError(f"trust_env must be a bool, not {type(trust_env).__name__}")
         timeout = to_seconds(request_timeout, what="request_timeout", allow_infinite=False)
         if timeout == 0:
             raise ValueError("request_timeout must be > 0 seconds, got 0")
@@ -100,6 +106,7 @@ class OpenAIBackend:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._wall_clock = wall_clock
+        self._trust_env = trust_env
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
@@ -119,7 +126,10 @@ class OpenAIBackend:
             # would queue requests inside aiohttp, where the request timeout already runs.
             connector = aiohttp.TCPConnector(limit=0)
             session = aiohttp.ClientSession(
-                connector=connector, timeout=self._timeout, headers=self._headers
+                connector=connector,
+                timeout=self._timeout,
+                headers=self._headers,
+                trust_env=self._trust_env,
             )
             self._session, self._loop = session, loop
         elif self._loop is not loop:
