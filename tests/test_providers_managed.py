@@ -13,6 +13,8 @@ import random
 from collections.abc import AsyncIterator, Callable, Sequence
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.fakes.openai_server import (
     FakeOpenAI,
@@ -579,3 +581,67 @@ def test_constructor_validation() -> None:
             ManagedProvider(backend, requests_per_second=bad)
     with pytest.raises(ValueError, match="target_latency_ms"):
         ManagedProvider(backend, target_latency_ms=0)
+
+
+# -- the rule as a property ---------------------------------------------------------------------
+
+# One scripted attempt: an HTTP status, "quota" (429 insufficient_quota), "conn" (no answer),
+# or "ok".
+OUTCOMES = ["ok", "conn", "quota", 400, 401, 403, 404, 408, 409, 429, 500, 503]
+
+
+def scripted_error(outcome: int | str, retry_after: float | None) -> ProviderError:
+    if outcome == "conn":
+        return ProviderError(None, "connection_error", "reset")
+    if outcome == "quota":
+        return ProviderError(429, "insufficient_quota", "quota", retry_after=retry_after)
+    assert isinstance(outcome, int)
+    return ProviderError(outcome, None, "err", retry_after=retry_after if outcome >= 429 else None)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    script=st.lists(st.sampled_from(OUTCOMES), max_size=8),
+    max_retries=st.integers(0, 5),
+    retry_after=st.one_of(st.none(), st.floats(0, 120, allow_nan=False)),
+    fraction=st.floats(0, 1, exclude_max=True),
+)
+def test_attempts_and_waits_follow_the_rule(
+    script: list[int | str], max_retries: int, retry_after: float | None, fraction: float
+) -> None:
+    # The model: walk the script as DESIGN §4.6 says.
+    retryable = {"conn", 408, 409, 429, 500, 503}
+    expected_at = [0.0]
+    expect_success = True
+    for retry, outcome in enumerate([*script, "ok"]):
+        if outcome == "ok":
+            break
+        error = scripted_error(outcome, retry_after)
+        if outcome not in retryable or retry == max_retries:
+            expect_success = False
+            break
+        if error.retry_after is not None:
+            wait = min(error.retry_after, 60.0) + AFTER_PAUSE
+        else:
+            wait = backoff_ceiling(retry) * fraction
+        expected_at.append(expected_at[-1] + wait)
+
+    async def run() -> tuple[list[float], bool]:
+        clock = SteppingClock()
+        errors = [scripted_error(o, retry_after) for o in script if o != "ok"]
+        # "ok" in the middle of the script ends it: keep only the errors before the first one.
+        if "ok" in script:
+            errors = errors[: script.index("ok")]
+        backend = Scripted(clock, *errors)
+        provider = ManagedProvider(
+            backend, max_retries=max_retries, clock=clock, rng=FixedRandom(fraction)
+        )
+        try:
+            await ask(provider)
+        except ProviderError:
+            return backend.called_at, False
+        return backend.called_at, True
+
+    called_at, succeeded = asyncio.run(run())
+    assert succeeded is expect_success
+    assert called_at == pytest.approx(expected_at, abs=1e-5)
