@@ -4,6 +4,7 @@ parsing, the echo backend, and build_backend's errors."""
 from __future__ import annotations
 
 import email.utils
+import pickle
 
 import pytest
 
@@ -74,6 +75,12 @@ def test_provider_error_fields_and_text() -> None:
     )
     # An explicit retryable wins over the rule (a backend that knows better).
     assert ProviderError(500, None, "x", retryable=False).retryable is False
+
+
+def test_provider_error_pickles_with_every_field() -> None:
+    error = ProviderError(503, "server_error", "busy", False, 2.5)
+    copy = pickle.loads(pickle.dumps(error))
+    assert repr(copy) == repr(error)
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import pathlib
 import signal
 import socket
@@ -311,6 +312,38 @@ async def test_a_2xx_that_is_not_a_completion_is_not_retryable(
     assert reason in err.message
 
 
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_a_reply_larger_than_the_bound_is_not_read(fake: FakeOpenAI, chunked: bool) -> None:
+    client = OpenAIBackend(fake.base_url, max_response_bytes=4096)
+    big = json.dumps({"choices": [{"message": {"content": "x" * 10_000}}]})
+    small = json.dumps({"choices": [{"message": {"content": "x" * 100}}]})
+    fake.script(raw(big, chunked=chunked), raw(small, chunked=chunked))
+    try:
+        err = await failure(client)
+        assert await client.complete(USER, model="m", temperature=0.0) == "x" * 100
+    finally:
+        await client.aclose()
+    assert (err.status, err.code, err.retryable) == (200, "invalid_response", False)
+    assert "max_response_bytes=4096" in err.message
+
+
+async def test_a_long_error_body_keeps_its_status(fake: FakeOpenAI) -> None:
+    client = OpenAIBackend(fake.base_url, max_response_bytes=4096)
+    fake.script(raw("<html>" + "busy " * 5000, content_type="text/html", status=503, chunked=True))
+    try:
+        err = await failure(client)
+    finally:
+        await client.aclose()
+    assert (err.status, err.retryable) == (503, True)
+    assert err.message.startswith("<html>busy")
+    assert len(err.message) == 500
+
+
+async def test_the_user_agent_names_zeroclaw(fake: FakeOpenAI, backend: OpenAIBackend) -> None:
+    await backend.complete(USER, model="m", temperature=0.0)
+    assert fake.requests[0].headers["user-agent"].startswith("zeroclaw/")
+
+
 async def test_a_refused_connection_is_retryable() -> None:
     with socket.socket() as probe:  # a port nobody listens on: bound, never listening
         probe.bind(("127.0.0.1", 0))
@@ -348,6 +381,8 @@ def test_constructor_validation() -> None:
         OpenAIBackend("http://x", request_timeout=True)
     with pytest.raises(TypeError, match="trust_env"):
         OpenAIBackend("http://x", trust_env=1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_response_bytes"):
+        OpenAIBackend("http://x", max_response_bytes=0)
     with pytest.raises(TypeError, match="headers"):
         OpenAIBackend("http://x", headers={"X": 1})  # type: ignore[dict-item]
     assert OpenAIBackend("https://api.openai.com/v1/").base_url == "https://api.openai.com/v1"

@@ -49,7 +49,8 @@ class Respond:
 
     ``body`` is sent as is with ``content_type``; ``hang`` never answers (until the client goes
     away or the server stops); ``truncate`` announces ``Content-Length`` for the whole body, sends
-    half of it and drops the connection.
+    half of it and drops the connection; ``chunked`` sends the body in 1 KiB chunks with no
+    ``Content-Length``.
     """
 
     status: int = 200
@@ -58,6 +59,7 @@ class Respond:
     headers: Mapping[str, str] = field(default_factory=dict)
     hang: bool = False
     truncate: bool = False
+    chunked: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,10 +164,16 @@ def truncated() -> Respond:
     return Respond(200, _completion_body("this reply is cut short"), truncate=True)
 
 
-def raw(body: bytes | str, *, content_type: str = "application/json", status: int = 200) -> Respond:
+def raw(
+    body: bytes | str,
+    *,
+    content_type: str = "application/json",
+    status: int = 200,
+    chunked: bool = False,
+) -> Respond:
     """Any body with any content type (malformed JSON, HTML from a proxy...)."""
     data = body.encode() if isinstance(body, str) else body
-    return Respond(status, data, content_type=content_type)
+    return Respond(status, data, content_type=content_type, chunked=chunked)
 
 
 class FakeOpenAI:
@@ -294,6 +302,15 @@ class FakeOpenAI:
         if respond.hang:
             await self._stopping.wait()
             return web.json_response({"error": {"message": "server stopping"}}, status=503)
+        if respond.chunked:
+            response = web.StreamResponse(status=respond.status, headers=respond.headers)
+            response.content_type = respond.content_type
+            response.enable_chunked_encoding()
+            await response.prepare(request)
+            for start in range(0, len(respond.body), 1024):
+                await response.write(respond.body[start : start + 1024])
+            await response.write_eof()
+            return response
         if respond.truncate:
             response = web.StreamResponse(status=respond.status, headers=respond.headers)
             response.content_type = respond.content_type
