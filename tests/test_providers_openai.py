@@ -255,11 +255,18 @@ async def test_error_bodies_that_are_not_openai_shaped(
 ) -> None:
     fake.script(
         raw('{"error": "model \\"llama9\\" not found"}', status=404),  # Ollama's shape
+        raw('{"error": {"code": 502, "message": "upstream failed"}}', status=502),  # OpenRouter
         raw("<html>Bad Gateway</html>", content_type="text/html", status=502),
         raw(b"", status=500),
     )
     ollama = await failure(backend)
     assert (ollama.status, ollama.code, ollama.message) == (404, None, 'model "llama9" not found')
+    openrouter = await failure(backend)
+    assert (openrouter.status, openrouter.code, openrouter.message) == (
+        502,
+        "502",
+        "upstream failed",
+    )
     proxy = await failure(backend)
     assert (proxy.status, proxy.code, proxy.retryable) == (502, None, True)
     assert proxy.message == "<html>Bad Gateway</html>"

@@ -19,7 +19,7 @@ from typing import Any
 
 try:
     import aiohttp
-except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
+except ImportError as exc:  # exercised in a subprocess by the tests
     raise ImportError(
         "zeroclaw.providers.openai needs aiohttp: pip install 'zeroclaw[gateway]'"
     ) from exc
@@ -271,6 +271,8 @@ def _error_details(raw: bytes) -> tuple[str | None, str]:
         return None, error[:_MAX_ERROR_TEXT]
     if isinstance(error, dict):
         code = error.get("code")
+        if isinstance(code, int) and not isinstance(code, bool):
+            code = str(code)  # OpenRouter sends the HTTP status as a number
         kind = error.get("type")
         # Some proxies put OpenAI's quota code in ``type`` only; it decides the retry, so keep it.
         if not isinstance(code, str) or not code or kind == ErrorCode.INSUFFICIENT_QUOTA:
