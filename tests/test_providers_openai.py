@@ -42,7 +42,7 @@ async def fake() -> AsyncIterator[FakeOpenAI]:
 
 @pytest.fixture
 async def backend(fake: FakeOpenAI) -> AsyncIterator[OpenAIBackend]:
-    client = OpenAIBackend(fake.base_url, "sk-test", request_timeout=0.3)
+    client = OpenAIBackend(fake.base_url, "sk-test", request_timeout=10.0)
     yield client
     await client.aclose()
 
@@ -275,9 +275,13 @@ async def test_error_bodies_that_are_not_openai_shaped(
     assert empty.message.startswith("HTTP 500 from http://127.0.0.1:")
 
 
-async def test_a_hang_is_a_retryable_timeout(fake: FakeOpenAI, backend: OpenAIBackend) -> None:
+async def test_a_hang_is_a_retryable_timeout(fake: FakeOpenAI) -> None:
     fake.script(hang())
-    err = await failure(backend)
+    client = OpenAIBackend(fake.base_url, request_timeout=0.3)
+    try:
+        err = await failure(client)
+    finally:
+        await client.aclose()
     assert (err.status, err.code, err.retryable) == (None, ErrorCode.TIMEOUT, True)
     assert err.error_class is ErrorClass.TIMEOUT
     assert "0.3s" in err.message
