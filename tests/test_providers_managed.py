@@ -8,6 +8,7 @@ only the request timeout (real I/O) takes real time, 0.3 s.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -165,6 +166,7 @@ async def test_429_with_retry_after_waits_exactly_that_then_succeeds(
     assert (stats.calls, stats.successes, stats.failures, stats.retries) == (1, 1, 0, 1)
     assert dict(stats.requests_by_status) == {"429": 1, "200": 1}
     assert dict(stats.errors_by_class) == {}
+    assert json.loads(json.dumps(stats.requests_by_status)) == {"429": 1, "200": 1}  # for /status
     # The wait was a pause of the provider-wide limiter, not a private sleep.
     assert provider.rate_limiter.stats().granted_count == 2
 

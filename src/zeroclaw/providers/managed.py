@@ -34,7 +34,6 @@ import random
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from types import MappingProxyType
 
 from zeroclaw.concurrency import AdaptiveLimiter, AdaptiveLimiterStats, RateLimiter
 from zeroclaw.concurrency._clock import Clock, resolve_clock
@@ -88,7 +87,8 @@ class ProviderStats:
     code (``timeout``, ``connection_error``). ``concurrency_limit`` is the adaptive limiter's
     current limit; ``in_flight`` counts attempts at the backend now (not those waiting for a
     permit or a token); ``paused_for`` is the seconds left of a ``Retry-After`` pause;
-    ``limiter`` the adaptive limiter's own stats.
+    ``limiter`` the adaptive limiter's own stats. The mappings are plain ``dict`` copies (a
+    snapshot, ready for ``json.dumps``).
     """
 
     calls: int
@@ -312,9 +312,9 @@ class ManagedProvider:
         return ProviderStats(
             calls=self._calls,
             successes=self._successes,
-            errors_by_class=MappingProxyType(dict(self._by_class)),
+            errors_by_class=dict(self._by_class),
             retries=self._retries,
-            requests_by_status=MappingProxyType(dict(self._by_status)),
+            requests_by_status=dict(self._by_status),
             concurrency_limit=limiter.current_limit,
             in_flight=self._in_flight,
             failures=self._failures,
