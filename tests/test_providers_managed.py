@@ -251,8 +251,8 @@ async def test_hangs_until_the_retries_are_spent(fake: FakeOpenAI, clock: Steppi
     assert dict(stats.errors_by_class) == {"timeout": 1}
     assert dict(stats.requests_by_status) == {"timeout": 2}
     assert stats.limiter is not None
-    assert stats.limiter.drops == 2  # timeouts are drops: 16 -> 8 -> 4
-    assert stats.concurrency_limit == 4
+    assert stats.limiter.drops == 2  # timeouts are drops: 4 -> 2 -> 1
+    assert stats.concurrency_limit == 1
 
 
 async def test_a_body_cut_short_is_retried(fake: FakeOpenAI, provider: ManagedProvider) -> None:
@@ -328,7 +328,7 @@ async def test_a_foreign_exception_is_raised_at_once_and_counted_as_other(
     assert dict(provider.stats().errors_by_class) == {"other": 1}
     assert "KeyError" in caplog.text
     assert provider.stats().limiter is not None
-    assert provider.stats().concurrency_limit == 16  # says nothing about load
+    assert provider.stats().concurrency_limit == 4  # as it started: says nothing about load
 
 
 # -- the backoff ----------------------------------------------------------------------------------
@@ -455,18 +455,74 @@ async def test_without_a_rate_the_limiter_is_pause_only(clock: SteppingClock) ->
 
 
 async def test_503s_and_429s_are_drops_for_the_adaptive_limiter(
+    fake: FakeOpenAI, clock: SteppingClock
+) -> None:
+    # Target mode starts at max_concurrency, so each halving shows.
+    provider = ManagedProvider(OpenAIBackend(fake.base_url), clock=clock, limiter_mode="target")
+    fake.script(unavailable(), unavailable(), unavailable())
+    try:
+        with pytest.raises(ProviderError):
+            await ask(provider)
+        stats = provider.stats()
+        assert stats.limiter is not None
+        assert stats.limiter.drops == 3
+        assert stats.concurrency_limit == 2  # 16 -> 8 -> 4 -> 2
+        fake.script(rate_limited(retry_after="0"))
+        assert await ask(provider) == "echo: hello"
+        assert provider.stats().concurrency_limit == 1
+    finally:
+        await provider.aclose()
+
+
+async def test_the_default_gradient_mode_starts_low_and_halves_on_a_drop(
     fake: FakeOpenAI, provider: ManagedProvider
 ) -> None:
-    fake.script(unavailable(), unavailable(), unavailable())
-    with pytest.raises(ProviderError):
-        await ask(provider)
-    stats = provider.stats()
-    assert stats.limiter is not None
-    assert stats.limiter.drops == 3
-    assert stats.concurrency_limit == 2  # 16 -> 8 -> 4 -> 2
-    fake.script(rate_limited(retry_after="0"))
+    stats = provider.limiter.stats()
+    assert (str(stats.mode), stats.current_limit, stats.max_limit) == ("gradient", 4, 16)
+    assert stats.target_latency_ms is None
+    fake.script(unavailable())
     assert await ask(provider) == "echo: hello"
-    assert provider.stats().concurrency_limit == 1
+    assert provider.stats().concurrency_limit == 2
+
+
+def test_limiter_modes() -> None:
+    target = ManagedProvider(EchoBackend(), limiter_mode="target", max_concurrency=8)
+    stats = target.limiter.stats()
+    assert (str(stats.mode), stats.current_limit, stats.target_latency_ms) == ("target", 8, 10_000)
+    floor = ManagedProvider(EchoBackend(), target_latency_ms=2_000, max_concurrency=2)
+    stats = floor.limiter.stats()
+    assert (str(stats.mode), stats.current_limit, stats.target_latency_ms) == ("gradient", 2, 2_000)
+    with pytest.raises(ValueError, match="mode"):
+        ManagedProvider(EchoBackend(), limiter_mode="vegas")
+
+
+async def test_gradient_mode_finds_the_knee_of_the_simulated_provider() -> None:
+    """64 callers against a provider that serves 8 at once: the limit settles near the knee
+    (1.5 x capacity), not at the 64 allowed, so latency stays near the no-load latency instead of
+    growing 8-fold; throughput is the provider's either way (8 / 0.5 s)."""
+    clock = FakeClock()
+    backend = SimulatedBackend(seed=1, base_latency=0.5, latency_sigma=0.3, capacity=8, clock=clock)
+    provider = ManagedProvider(backend, max_concurrency=64, clock=clock)
+    done = 0
+
+    async def caller() -> None:
+        nonlocal done
+        while True:
+            await ask(provider)
+            done += 1
+
+    callers = [asyncio.ensure_future(caller()) for _ in range(64)]
+    limits = []
+    for _ in range(40):
+        await clock.run_for(5.0)
+        limits.append(provider.stats().concurrency_limit)
+    for task in callers:
+        task.cancel()
+    await asyncio.gather(*callers, return_exceptions=True)
+    settled = limits[10:]
+    assert all(8 <= limit <= 24 for limit in settled), limits
+    assert backend.peak_in_flight <= 32
+    assert done / 200.0 == pytest.approx(16.0, rel=0.1)
 
 
 @pytest.mark.parametrize("respond", [bad_request(), insufficient_quota(), error(500, "bug")])
@@ -481,7 +537,7 @@ async def test_errors_that_say_nothing_about_load_are_not_drops(
     finally:
         await provider.aclose()
     limiter = provider.limiter.stats()
-    assert (limiter.drops, limiter.current_limit, limiter.ignored_samples) == (0, 16, 1)
+    assert (limiter.drops, limiter.current_limit, limiter.ignored_samples) == (0, 4, 1)
 
 
 async def test_successes_feed_the_limiter_their_latency(clock: SteppingClock) -> None:

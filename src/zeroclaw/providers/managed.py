@@ -10,16 +10,19 @@ The concurrency permit comes first and the rate token right before the request, 
 core's ``AdaptiveLimiter``: a token taken while queueing for a permit would let the queued calls
 burst past the rate when permits free up.
 
-The backoff before retry ``n`` (0-based) is full jitter over ``[0, min(8, 0.5 * 2**n)]`` seconds
-("Exponential Backoff And Jitter", AWS architecture blog: full jitter spreads retries of many
-clients best). A ``retry-after-ms``/``retry-after`` header on a retryable answer replaces the
-backoff, cut to 60 s, and is handed to the rate limiter's
-:meth:`~zeroclaw.concurrency.RateLimiter.pause`: a provider that says "wait" means every caller,
-so every call waits, the retrying one included (it waits in the limiter, like the others), and
-also when the call that got it has no retry left. When the pause ends the bucket is empty and
-refills at the configured rate (the limiter's rule). With ``requests_per_second = 0`` the
-limiter still exists, at a rate no provider reaches (:data:`PAUSE_ONLY_RATE`, burst as large):
-it limits nothing and is there to be paused.
+Which answers are retried, ``max_retries=2`` and the 0.5 s x 2^n backoff capped at 8 s mirror the
+official OpenAI SDK's policy (research: processing.md). The backoff before retry ``n`` (0-based)
+is full jitter over ``[0, min(8, 0.5 * 2**n)]`` seconds (tenacity's ``wait_random_exponential``,
+research: resilience.md): it spreads the retries of many callers best.
+
+A ``retry-after-ms``/``retry-after`` header on a retryable answer replaces the backoff, cut to
+60 s, and is handed to the rate limiter's :meth:`~zeroclaw.concurrency.RateLimiter.pause`: a
+provider that says "wait" means every caller, so every call waits, the retrying one included (it
+waits in the limiter, like the others), and also when the call that got it has no retry left
+(the global pause of PTB's AIORateLimiter and discord.py, research: processing.md). When the
+pause ends the bucket is empty and refills at the configured rate (the limiter's rule). With
+``requests_per_second = 0`` the limiter still exists, at a rate no provider reaches
+(:data:`PAUSE_ONLY_RATE`, burst as large): it limits nothing and is there to be paused.
 
 The adaptive limiter sees each attempt: its latency as the signal, a 429 (not quota), a 503 or a
 timeout as a drop (the limit halves); other failures and cancellations tell nothing about load and
@@ -64,8 +67,12 @@ BACKOFF_BASE = 0.5
 BACKOFF_CAP = 8.0
 #: The rate of the limiter kept when ``requests_per_second = 0``: there only to be paused.
 PAUSE_ONLY_RATE = 1e6
-#: The latency target of the adaptive limiter's default (target-gradient) mode: LLM answers take
-#: seconds; above this the limit shrinks.
+#: The adaptive limiter's first limit in gradient mode (at most ``max_concurrency``): its first
+#: window is its first measurement of the provider's no-load latency, so it starts low and grows
+#: (doubling per window at most) while the latency stays near that baseline.
+GRADIENT_INITIAL_LIMIT = 4
+#: The latency target of ``limiter_mode="target"`` when none is given: LLM answers take seconds;
+#: above this the limit shrinks.
 DEFAULT_TARGET_LATENCY_MS = 10_000.0
 
 
@@ -108,15 +115,23 @@ class ManagedProvider:
     """Retries, rate limit, pause and adaptive concurrency around a chat backend.
 
     ``ManagedProvider(backend, *, max_retries=2, requests_per_second=0.0, max_concurrency=16,
-    clock=None, rng=None, target_latency_ms=10000.0, name=None)``. ``clock`` drives the backoff
-    sleeps, the rate limiter and the adaptive limiter (pass a
+    clock=None, rng=None, limiter_mode="gradient", target_latency_ms=None, name=None)``.
+
+    The adaptive limiter runs in ``limiter_mode``: ``"gradient"`` (the default) starts at
+    ``min(4, max_concurrency)`` and steers to 1.5 x the provider's learned no-load latency
+    (``target_latency_ms``, if given, is a floor: the limit never shrinks for a latency below
+    it); ``"target"`` starts at ``max_concurrency`` and steers to ``target_latency_ms`` (default
+    10 s). Either way the limit stays in ``[1, max_concurrency]`` and a drop halves it.
+
+    ``clock`` drives the backoff sleeps, the rate limiter and the adaptive limiter (pass a
     :class:`~zeroclaw.testing.FakeClock` in tests); ``rng`` (a :class:`random.Random`) draws the
     jitter. Implements the core's ``Provider`` protocol (``chat_with_system``, ``chat``) for
     :class:`~zeroclaw.concurrency.channel_integration.ConcurrentMessageProcessor`.
 
     Raises:
         TypeError, ValueError: for a bad argument (negative ``max_retries``,
-            ``max_concurrency < 1``, a negative or NaN rate).
+            ``max_concurrency < 1``, a negative or NaN rate, a ``limiter_mode`` other than
+            ``"gradient"`` or ``"target"``).
     """
 
     __slots__ = (
@@ -148,7 +163,8 @@ class ManagedProvider:
         max_concurrency: int = 16,
         clock: Clock | None = None,
         rng: random.Random | None = None,
-        target_latency_ms: float = DEFAULT_TARGET_LATENCY_MS,
+        limiter_mode: str = "gradient",
+        target_latency_ms: float | None = None,
         name: str | None = None,
     ) -> None:
         self._backend = backend
@@ -157,23 +173,34 @@ class ManagedProvider:
             requests_per_second, what="requests_per_second", allow_zero=True
         )
         self.max_concurrency = to_count(max_concurrency, what="max_concurrency", minimum=1)
-        target = to_positive_number(target_latency_ms, what="target_latency_ms")
+        target = (
+            None
+            if target_latency_ms is None
+            else to_positive_number(target_latency_ms, what="target_latency_ms")
+        )
+        if limiter_mode == "target":
+            initial = self.max_concurrency
+            if target is None:
+                target = DEFAULT_TARGET_LATENCY_MS
+        else:
+            initial = min(GRADIENT_INITIAL_LIMIT, self.max_concurrency)
         self.name = backend.name if name is None else name
         self._clock = resolve_clock(clock)
         self._rng = random.Random() if rng is None else rng
         rate = self.requests_per_second or PAUSE_ONLY_RATE
         self._rate = RateLimiter(rate, clock=self._clock, name=f"provider {self.name}")
-        # TODO(gradient): when AdaptiveLimiter(mode="gradient") lands (branch ``adaptive``), pass
-        # mode="gradient" here: it follows the provider's no-load latency instead of a fixed
-        # target, which suits LLM latencies that vary with the model and the prompt.
+        # Gradient mode (Netflix Gradient2's idea, research: flow_dedup.md): it steers to
+        # ``tolerance`` x the provider's learned no-load latency, so an LLM slow at any load (long
+        # answers, a big model) keeps its limit, where an absolute target would collapse it to 1.
         self._limiter = AdaptiveLimiter(
-            self.max_concurrency,
+            initial,
             1,
             self.max_concurrency,
             None,
             target,
             clock=self._clock,
             name=f"provider {self.name}",
+            mode=limiter_mode,
         )
         self._calls = 0
         self._successes = 0
