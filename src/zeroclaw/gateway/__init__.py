@@ -1,0 +1,1 @@
+"""The gateway: config loading, the HTTP server, wiring, conversation history and metrics."""
