@@ -437,3 +437,22 @@ def test_real_command_missing_file(tmp_path: pathlib.Path) -> None:
     done = run("check", "--config", "absent.toml", cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.splitlines()[0] == "absent.toml: no such file"
+
+
+def test_serve_logs_to_stderr_one_line_per_event(
+    tmp_path: pathlib.Path,
+    app: FakeApp,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.delenv("ZEROCLAW_LOG_LEVEL", raising=False)
+    path = write(tmp_path, STARTER_CONFIG)
+    assert main(["serve", "--config", path]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    first, second = captured.err.splitlines()
+    assert first.endswith(
+        f" INFO zeroclaw.cli: zeroclaw {zeroclaw.__version__}: config {path}, "
+        "provider echo (model echo), channels web (webhook)"
+    )
+    assert second.endswith(" INFO zeroclaw.test: serving")

@@ -11,6 +11,8 @@ import tomllib
 from collections.abc import Mapping
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from zeroclaw.cli import STARTER_CONFIG
 from zeroclaw.concurrency.channel_integration import MessageProcessorConfig
@@ -838,6 +840,21 @@ def test_malformed_reference(written: str) -> None:
         "channels.web.token: malformed environment reference: write ${NAME}, or $${ for a"
         " literal ${"
     )
+
+
+@given(
+    text=st.text(alphabet="${}AB_ x", max_size=30),
+    environ=st.dictionaries(st.sampled_from(["A", "B", "A_B"]), st.text(max_size=5)),
+)
+def test_escaping_every_reference_gives_the_text_back(text: str, environ: dict[str, str]) -> None:
+    """Writing each ``${`` as ``$${`` makes any text literal, whatever the environment holds."""
+    escaped = text.replace("${", "$${")
+    document = {
+        "provider": {"kind": "echo", "system_prompt": escaped},
+        "channels": {"web": {"kind": "webhook", "allowed_users": "*"}},
+    }
+    config = parse_config(document, environ=environ)
+    assert config.provider.system_prompt == (text or None)
 
 
 def test_environment_values_are_not_expanded_again() -> None:

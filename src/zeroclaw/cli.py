@@ -229,6 +229,14 @@ def _serve(args: argparse.Namespace) -> int:
     if isinstance(app, int):
         return app
     setup_logging(level)
+    logging.getLogger("zeroclaw.cli").info(
+        "zeroclaw %s: config %s, provider %s (model %s), channels %s",
+        __version__,
+        config.source,
+        config.provider.kind,
+        config.provider.model,
+        ", ".join(f"{channel.name} ({channel.kind})" for channel in config.channels),
+    )
     code: int = app.serve(config)
     return code
 
