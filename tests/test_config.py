@@ -305,7 +305,10 @@ BAD: list[tuple[str, str]] = [
     ),
     ("[processor]\ndedup_ttl = -1\n", "processor.dedup_ttl: must be >= 0 seconds, got -1"),
     ("[processor]\ndedup_ttl = inf\n", "processor.dedup_ttl: must be a finite number, got inf"),
-    ("[processor]\nprocessing_timeout = 0\n", "processor.processing_timeout: must be > 0, got 0"),
+    (
+        "[processor]\nprocessing_timeout = 0\n",
+        "processor.processing_timeout: must be > 0 (inf: no limit), got 0",
+    ),
     (
         "[processor]\nprocessing_timeout = -inf\n",
         "processor.processing_timeout: must be a finite number, got -inf",

@@ -335,7 +335,10 @@ def _boolean(value: Any) -> bool:
 
 
 def _processing_timeout(value: Any) -> float | None:
-    seconds = _number(0.0, above=True, allow_inf=True)(value)
+    """Seconds > 0, or ``inf``: no limit (``None`` for the core)."""
+    seconds = _number(allow_inf=True)(value)
+    if seconds <= 0:
+        raise _Invalid(f"must be > 0 (inf: no limit), got {_show(value)}")
     return None if math.isinf(seconds) else seconds
 
 
