@@ -288,6 +288,9 @@ class FakeApp:
 def app(monkeypatch: pytest.MonkeyPatch) -> FakeApp:
     fake = FakeApp()
     monkeypatch.setitem(sys.modules, "zeroclaw.gateway.app", fake.module)
+    # The extra's modules are checked by test_serve_missing_extra_names_it; here they need not
+    # be installed.
+    monkeypatch.setattr(cli, "GATEWAY_EXTRA", ())
     return fake
 
 
@@ -327,6 +330,7 @@ def test_serve_missing_extra_names_it(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    monkeypatch.setattr(cli, "GATEWAY_EXTRA", ("aiohttp", "prometheus_client"))
     monkeypatch.setitem(sys.modules, "aiohttp", None)  # what an uninstalled module looks like
     path = write(tmp_path, STARTER_CONFIG)
     assert main(["serve", "--config", path]) == 2
@@ -341,6 +345,7 @@ def test_serve_without_the_server_module(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setitem(sys.modules, "zeroclaw.gateway.app", None)
+    monkeypatch.setattr(cli, "GATEWAY_EXTRA", ())
     path = write(tmp_path, STARTER_CONFIG)
     assert main(["serve", "--config", path]) == 2
     assert capsys.readouterr().err == (

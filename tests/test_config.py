@@ -378,7 +378,7 @@ BAD: list[tuple[str, str]] = [
     ),
     (
         "[processor.circuit]\nslow_call_duration = 0\n",
-        "processor.circuit.slow_call_duration: must be > 0, got 0.0",
+        "processor.circuit.slow_call_duration: must be > 0, got 0",
     ),
     (
         "[processor.circuit]\nopen_jitter = 2\n",

@@ -407,9 +407,9 @@ _SECONDS: Final = _number(0.0)
 
 
 def _finite(value: Any) -> float:
-    """A finite int or float, returned as written: the core's own check judges its range."""
-    _number()(value)
-    return value  # type: ignore[no-any-return]
+    """A finite int or float, as a float (what a compiled core stores in a float field anyway):
+    the core's own check judges its range."""
+    return _number()(value)
 
 
 _SECONDS_POSITIVE: Final = _number(0.0, above=True)
@@ -831,7 +831,11 @@ class _Loader:
             try:
                 dataclasses.replace(base, **{name: value})
             except (TypeError, ValueError) as error:
-                self.problem((*path, name), _core_message(error, name))
+                text = _core_message(error, name)
+                if isinstance(value, float) and value.is_integer():
+                    # "got -1.0" for a file that says -1: name the value as a person wrote it
+                    text = text.removesuffix(f"got {value!r}") + f"got {int(value)}"
+                self.problem((*path, name), text)
             else:
                 good[name] = value
         return good
