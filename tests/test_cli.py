@@ -6,12 +6,14 @@ Most cases call :func:`zeroclaw.cli.main` in-process for speed; a few run the re
 
 from __future__ import annotations
 
+import importlib
 import io
 import logging
 import os
 import pathlib
 import subprocess
 import sys
+import tomllib
 import types
 from collections.abc import Iterator
 
@@ -406,6 +408,15 @@ def test_log_lines_are_one_line_per_event() -> None:
 
 
 # ---------------------------------------------------------------------------- the real command
+
+
+def test_console_script_is_main() -> None:
+    """``pip install`` makes a ``zeroclaw`` script that calls :func:`zeroclaw.cli.main`."""
+    pyproject = pathlib.Path(__file__).resolve().parents[1] / "pyproject.toml"
+    scripts = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["scripts"]
+    assert scripts == {"zeroclaw": "zeroclaw.cli:main"}
+    module, _, name = scripts["zeroclaw"].partition(":")
+    assert getattr(importlib.import_module(module), name) is main
 
 
 def test_real_command_version() -> None:
