@@ -472,3 +472,37 @@ def test_serve_logs_to_stderr_one_line_per_event(
         "provider echo (model echo), channels web (webhook)"
     )
     assert second.endswith(" INFO zeroclaw.test: serving")
+
+
+def test_check_shows_disabled_stages_and_simulated_options(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(
+        tmp_path,
+        """
+[processor]
+enable_dedup = false
+enable_circuit_breaker = false
+enable_backpressure = false
+processing_timeout = inf
+[provider]
+kind = "simulated"
+seed = 5
+outages = [[10, 2]]
+requests_per_second = 2.5
+[channels.terminal]
+""",
+    )
+    assert main(["check", "--config", path]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2:6] == [
+        "provider   simulated  model simulated",
+        "           temperature 0.7  max_retries 2  requests_per_second 2.5  max_concurrency 16"
+        "  history_turns 10",
+        "           seed 5  base_latency 0.2  latency_sigma 0.3  capacity 8  error_rate 0.0"
+        "  outages [[10.0, 2.0]]",
+        "processor  worker_pool_size 4  task_queue_size 100  max_concurrent_requests 10"
+        "  processing_timeout none  admission wait",
+    ]
+    assert lines[6] == "           dedup off, breaker off, backpressure off"
+    assert lines[7] == "channels   terminal  terminal  stdin/stdout  allowed_users *"
