@@ -11,6 +11,7 @@ from datetime import timedelta
 import pytest
 
 from zeroclaw.concurrency.circuit_breaker import (
+    CallTicket,
     CircuitBreaker,
     CircuitBreakerGroup,
     CircuitBreakerStats,
@@ -42,16 +43,20 @@ def make(
     return breaker, clock, changes
 
 
+def admit(breaker: CircuitBreaker) -> CallTicket:
+    ticket = breaker.allow_request()
+    assert ticket is not None
+    return ticket
+
+
 def fail(breaker: CircuitBreaker, times: int = 1) -> None:
     for _ in range(times):
-        assert breaker.allow_request()
-        breaker.record_failure()
+        breaker.record_failure(admit(breaker))
 
 
 def succeed(breaker: CircuitBreaker, times: int = 1) -> None:
     for _ in range(times):
-        assert breaker.allow_request()
-        breaker.record_success()
+        breaker.record_success(admit(breaker))
 
 
 def trip(breaker: CircuitBreaker) -> None:
@@ -423,12 +428,28 @@ def test_probe_deadline_defaults_to_timeout_duration() -> None:
     assert breaker.allow_request()
 
 
-def test_manual_result_in_half_open_without_a_probe_in_flight_is_inert() -> None:
-    breaker, _, _ = half_open(success_threshold=1)
-    breaker.record_success()  # from a call admitted long ago, not a probe
-    breaker.record_failure()
+def test_a_ticketless_result_in_half_open_counts_even_without_a_probe_out() -> None:
+    breaker, _, changes = half_open(success_threshold=1)
+    breaker.record_success()  # no ticket, no probe out: it counts all the same
+    assert breaker.state is CL
+    breaker.record_failure()  # and so does a ticketless failure (failure_threshold 1)
+    assert breaker.state is OP
+    assert breaker.stats().late_results == 0
+    assert changes == [(CL, OP), (OP, HO), (HO, CL), (CL, OP)]
+
+
+def test_a_closed_period_ticket_reporting_in_half_open_is_late_and_frees_no_probe() -> None:
+    breaker, clock, _ = make(failure_threshold=1, timeout_duration=10, success_threshold=1)
+    old = admit(breaker)  # admitted while CLOSED
+    fail(breaker)
+    clock.advance(10)
+    probe = admit(breaker)
+    breaker.record_failure(old)  # from before the breaker opened: neither re-opens nor frees
     assert breaker.state is HO
-    assert breaker.stats().late_results == 2
+    assert breaker.stats().late_results == 1
+    assert breaker.allow_request() is None  # the probe's slot is still taken
+    breaker.record_success(probe)
+    assert breaker.state is CL
 
 
 async def test_late_guarded_result_from_the_closed_period_does_not_free_the_probe_slot() -> None:
@@ -1016,11 +1037,11 @@ async def test_probe_still_out_when_the_breaker_closes_reports_late() -> None:
 
 async def test_manual_probe_reporting_after_the_breaker_closed_is_late_and_frees_no_call() -> None:
     # Regression (found by the state machine): a manual probe still out when another probe closes
-    # the breaker reports in the new CLOSED period. It has no ticket, and the breaker used to take
-    # its result for a call of the new period: it released the in-flight count of a guarded call
-    # still out (which then read 0, and -1 once that call reported) and counted its outcome.
+    # the breaker reports in the new CLOSED period. Its ticket is from before: its result must not
+    # release the in-flight count of a guarded call still out (which then read 0, and -1 once that
+    # call reported) nor count.
     breaker, _, changes = half_open(half_open_max_calls=2, success_threshold=1)
-    assert breaker.allow_request()  # a manual probe
+    probe = admit(breaker)  # a manual probe
     await breaker.call(asyncio.sleep, 0)  # the other probe succeeds and closes the breaker
     assert breaker.state is CL
     release = asyncio.Event()
@@ -1035,7 +1056,7 @@ async def test_manual_probe_reporting_after_the_breaker_closed_is_late_and_frees
     ]
     await settle()
     assert breaker.stats().in_flight == 2
-    breaker.record_success()  # the manual probe's result, from before the breaker closed
+    breaker.record_success(probe)  # the manual probe's result, from before the breaker closed
     stats = breaker.stats()
     assert (stats.in_flight, stats.late_results, stats.successful_calls) == (2, 1, 1)
     assert stats.consecutive_successes == 0
@@ -1047,12 +1068,13 @@ async def test_manual_probe_reporting_after_the_breaker_closed_is_late_and_frees
 
 
 def test_manual_probe_failing_after_the_breaker_closed_does_not_reopen_it() -> None:
+    # The processor's case: a stale probe's failure re-opened a breaker that had just recovered.
     breaker, _, changes = half_open(half_open_max_calls=2, success_threshold=1)
-    assert breaker.allow_request()
-    assert breaker.allow_request()
-    breaker.record_success()  # one probe closes it
+    stale = admit(breaker)
+    fresh = admit(breaker)
+    breaker.record_success(fresh)  # one probe closes it
     assert breaker.state is CL
-    breaker.record_failure()  # the other one's failure is from before: late, not a trip
+    breaker.record_failure(stale)  # the other one's failure is from before: late, not a trip
     assert breaker.state is CL
     stats = breaker.stats()
     assert (stats.late_results, stats.failed_calls, stats.in_flight) == (1, 1, 0)
@@ -1064,15 +1086,138 @@ def test_manual_probe_failing_after_the_breaker_closed_does_not_reopen_it() -> N
 
 def test_manual_result_of_a_call_in_flight_across_reset_is_late() -> None:
     breaker, _, _ = make(failure_threshold=1)
-    assert breaker.allow_request()  # in flight across the reset
+    old = admit(breaker)  # in flight across the reset
     breaker.reset()
-    assert breaker.allow_request()  # a call of the new period
-    breaker.record_success()  # matched to the new period's manual call
-    breaker.record_failure()  # nothing of this period is left out: late
+    new = admit(breaker)  # a call of the new period
+    breaker.record_success(new)
+    breaker.record_failure(old)  # from before the reset: late
     stats = breaker.stats()
     assert breaker.state is CL
     assert (stats.successful_calls, stats.failed_calls, stats.late_results) == (1, 0, 1)
     assert stats.in_flight == 0
+
+
+# --------------------------------------------------------------------------- the manual protocol
+
+
+def test_record_failure_without_allow_request_counts_and_trips() -> None:
+    # Regression: results without a preceding allow_request() were taken for late ones, so 20
+    # record_failure() calls left a default breaker CLOSED.
+    breaker, _, changes = make()  # failure_threshold 5
+    for _ in range(4):
+        breaker.record_failure()
+    assert breaker.state is CL
+    assert breaker.stats().consecutive_failures == 4
+    breaker.record_failure()
+    assert breaker.state is OP
+    for _ in range(15):
+        breaker.record_failure()  # while OPEN no call is admitted: these change nothing
+    stats = breaker.stats()
+    assert (stats.failed_calls, stats.late_results) == (5, 15)
+    assert changes == [(CL, OP)]
+
+
+def test_record_success_and_ignored_without_allow_request_count() -> None:
+    breaker, _, _ = make(failure_threshold=2)
+    breaker.record_failure()
+    breaker.record_success()  # resets the consecutive failures
+    breaker.record_failure()
+    breaker.record_ignored()
+    stats = breaker.stats()
+    assert breaker.state is CL
+    assert (stats.successful_calls, stats.failed_calls, stats.ignored_calls) == (1, 2, 1)
+    assert (stats.consecutive_failures, stats.late_results, stats.in_flight) == (1, 0, 0)
+
+
+def test_a_ticketless_result_after_a_transition_counts() -> None:
+    breaker, _, _ = make(failure_threshold=1)
+    assert breaker.allow_request()  # out across the reset, reported without its ticket
+    breaker.reset()
+    breaker.record_failure()  # cannot be told from a call of the new period: it counts
+    assert breaker.state is OP
+
+
+def test_allow_request_returns_a_truthy_ticket_or_none() -> None:
+    breaker, clock, _ = make(failure_threshold=1, timeout_duration=10)
+    ticket = breaker.allow_request()
+    assert isinstance(ticket, CallTicket)
+    assert ticket  # `if breaker.allow_request():` keeps working
+    assert ticket.breaker is breaker
+    assert "svc" in repr(ticket)
+    assert "recorded" not in repr(ticket)
+    breaker.record_failure(ticket)
+    assert ticket.recorded
+    assert "recorded" in repr(ticket)
+    assert breaker.allow_request() is None  # refused
+    clock.advance(10)
+    assert isinstance(breaker.allow_request(), CallTicket)  # a probe
+
+
+def test_a_ticket_releases_exactly_its_own_probe_slot() -> None:
+    breaker, _, _ = half_open(half_open_max_calls=2, success_threshold=2)
+    first, second = admit(breaker), admit(breaker)
+    assert breaker.allow_request() is None
+    breaker.record_success(second)  # frees the second slot, not the oldest one
+    assert breaker.stats().in_flight == 1
+    third = admit(breaker)
+    assert breaker.allow_request() is None
+    breaker.record_ignored(first)
+    breaker.record_success(third)  # two consecutive successes: closed
+    assert breaker.state is CL
+    assert breaker.stats().late_results == 0
+
+
+def test_a_reclaimed_manual_probe_reporting_with_its_ticket_is_late() -> None:
+    breaker, clock, _ = half_open(success_threshold=1, probe_timeout=2)
+    lost = admit(breaker)
+    clock.advance(2)
+    retry = admit(breaker)  # reclaims the lost probe's slot
+    breaker.record_failure(lost)  # its slot was reclaimed: late, does not re-open
+    assert breaker.state is HO
+    assert breaker.stats().late_results == 1
+    breaker.record_success(retry)
+    assert breaker.state is CL
+
+
+async def test_a_ticketless_result_frees_the_oldest_manual_probe_not_a_guarded_one() -> None:
+    breaker, _, _ = half_open(half_open_max_calls=2, success_threshold=3)
+    gate = asyncio.Event()
+    guarded = asyncio.create_task(breaker.call(gate.wait))  # a guarded probe, first
+    await settle()
+    admit(breaker)  # a manual probe
+    assert breaker.allow_request() is None
+    breaker.record_success()  # no ticket: the manual probe's slot, not the guarded one's
+    assert breaker.stats().in_flight == 1
+    gate.set()
+    await guarded  # the guarded probe still owns its slot: its success counts
+    stats = breaker.stats()
+    assert (stats.in_flight, stats.consecutive_successes, stats.late_results) == (0, 2, 0)
+
+
+def test_recording_a_ticket_twice_raises_and_changes_nothing() -> None:
+    breaker, _, _ = make(failure_threshold=2)
+    ticket = admit(breaker)
+    breaker.record_failure(ticket)
+    before = breaker.stats()
+    for record in (breaker.record_success, breaker.record_failure, breaker.record_ignored):
+        with pytest.raises(ValueError, match="already recorded"):
+            record(ticket)
+    assert breaker.stats() == before
+    assert breaker.state is CL
+
+
+def test_a_ticket_of_another_breaker_or_not_a_ticket_is_refused() -> None:
+    breaker, _, _ = make(name="a")
+    other, _, _ = make(name="b")
+    ticket = admit(other)
+    with pytest.raises(ValueError, match="'b'"):
+        breaker.record_success(ticket)
+    assert not ticket.recorded
+    other.record_success(ticket)
+    for wrong in (True, 1, "ticket"):
+        with pytest.raises(TypeError):
+            breaker.record_failure(wrong)  # type: ignore[arg-type]
+    assert breaker.stats().failed_calls == 0
 
 
 def stream_guarded_by(breaker: CircuitBreaker) -> Callable[[], asyncio.Task[int | None]]:

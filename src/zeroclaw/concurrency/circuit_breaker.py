@@ -9,13 +9,13 @@ A :class:`CircuitBreaker` guards calls to one dependency (an LLM provider, say):
 
     reply = await breaker.call(provider.complete, prompt)    # the same, as a call
 
-    if breaker.allow_request():         # the manual protocol
+    if ticket := breaker.allow_request():   # the manual protocol
         try:
             reply = await provider.complete(prompt)
         except Exception:
-            breaker.record_failure()
+            breaker.record_failure(ticket)
             raise
-        breaker.record_success()
+        breaker.record_success(ticket)
 
 States (DESIGN §3.4):
 
@@ -38,15 +38,14 @@ Outcomes are four-valued (research/resilience.md §2 item 1): success, failure, 
 *slow* (a success that took too long: it counts toward the failure rate, and re-opens a half-open
 breaker, but does not count as a consecutive failure). ``CancelledError`` is never a failure.
 
-Every admitted call carries a ticket internally: the generation of the CLOSED period it was
-admitted in, or the id of its HALF_OPEN probe slot. A result is applied only if its ticket is still
-current, which makes results from before a transition inert and lets a probe's result release
-exactly its own slot. The guarded forms (``async with``, ``call``, the decorator) carry the ticket
-for you. The manual protocol (``allow_request`` / ``record_*``) has no ticket, so a manual result is
-matched to the oldest probe in flight while HALF_OPEN, and to one of the manual calls admitted in
-the current period while CLOSED (they are counted apart from the ticketed calls); if there is none
-to match, the call was admitted before a transition and its result is inert (late), as a ticketed
-one's would be.
+Every admitted call carries a ticket: the generation of the CLOSED period it was admitted in, or
+the id of its HALF_OPEN probe slot. A result is applied only if its ticket is still current, which
+makes results from before a transition inert (*late*) and lets a probe's result release exactly
+its own slot. The guarded forms (``async with``, ``call``, the decorator) carry the ticket for you;
+the manual protocol hands it out: ``allow_request()`` returns a :class:`CallTicket` that
+``record_*`` takes. A manual result recorded without its ticket still counts (as in every breaker
+users know: ``record_failure()`` five times trips a default breaker); it frees the slot of the
+oldest manual call still out, if any, and only while OPEN is it late (no call is admitted then).
 
 The decisions are synchronous and read ``now`` from the clock only when they need it (never on the
 closed fast path); nothing here needs a running event loop except awaiting the guarded call itself.
@@ -75,6 +74,7 @@ from zeroclaw.concurrency._mypyc import mypyc_attr
 from zeroclaw.concurrency.errors import CircuitOpenError
 
 __all__ = [
+    "CallTicket",
     "CircuitBreaker",
     "CircuitBreakerGroup",
     "CircuitBreakerStats",
@@ -258,6 +258,37 @@ class CircuitBreakerStats:
     retry_after: float = 0.0
 
 
+class CallTicket:
+    """The admission of one manual call: what :meth:`CircuitBreaker.allow_request` returns.
+
+    Always truthy. Pass it to the ``record_*`` call that reports the call: the result is then
+    matched to this call and no other (a result whose ticket predates a state change is *late*
+    and changes nothing), and each ticket can be recorded once (a second ``record_*`` raises
+    ``ValueError``). Made only by the breaker.
+    """
+
+    __slots__ = ("_breaker", "_ident", "_recorded")
+
+    def __init__(self, breaker: CircuitBreaker, ident: int) -> None:
+        self._breaker = breaker
+        self._ident = ident  # the internal ticket: the CLOSED period's, or the probe slot's
+        self._recorded = False
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        """The breaker that admitted the call."""
+        return self._breaker
+
+    @property
+    def recorded(self) -> bool:
+        """Whether a ``record_*`` call has reported this call."""
+        return self._recorded
+
+    def __repr__(self) -> str:
+        done = ", recorded" if self._recorded else ""
+        return f"<CallTicket {self._ident} of circuit {self._breaker.name!r}{done}>"
+
+
 class _Subscription:
     """One ``on_state_change`` registration; compared by identity, so each is removed alone."""
 
@@ -326,6 +357,7 @@ class CircuitBreaker:
         "_jitter",
         "_late",
         "_manual",
+        "_manual_probes",
         "_min_calls",
         "_next_id",
         "_notifying",
@@ -420,6 +452,7 @@ class CircuitBreaker:
         self._entered: Awaitable[CircuitBreaker] | None = None
         self._exited: Awaitable[None] | None = None
         self._probes: dict[int, float] = {}  # probe ticket -> deadline, oldest first
+        self._manual_probes: dict[int, None] = {}  # those admitted by allow_request, oldest first
         self._consec_fail = 0
         self._consec_succ = 0
         self._successes = 0
@@ -499,33 +532,90 @@ class CircuitBreaker:
 
     # ------------------------------------------------------------------ manual protocol
 
-    def allow_request(self) -> bool:
-        """Ask to make one call. ``True``: make it, then report exactly one of
-        :meth:`record_success`, :meth:`record_failure`, :meth:`record_ignored`. ``False``: the
-        call is refused (counted in ``rejected_calls``). Does not block; never raises.
+    def allow_request(self) -> CallTicket | None:
+        """Ask to make one call. Does not block; never raises.
+
+        Returns a :class:`CallTicket` (truthy) when the call is admitted: make it, then report it
+        with exactly one of :meth:`record_success`, :meth:`record_failure`,
+        :meth:`record_ignored`, passing the ticket. ``None`` when the call is refused (counted in
+        ``rejected_calls``), so ``if breaker.allow_request():`` reads as before.
         """
         if self._state is _CLOSED:
             self._manual += 1
-            return True
-        return self._admit_slow() != _ANONYMOUS
+            return CallTicket(self, self._gen)
+        ticket = self._admit_slow()
+        if ticket == _ANONYMOUS:
+            return None
+        self._manual_probes[ticket] = None
+        return CallTicket(self, ticket)
 
-    def record_success(self) -> None:
-        """Report that an admitted call succeeded. Does not block."""
-        if self._state is _CLOSED and self._manual:
-            self._manual -= 1
+    def record_success(self, ticket: CallTicket | None = None) -> None:
+        """Report that a call succeeded. Does not block.
+
+        With the ``ticket`` from :meth:`allow_request`, the result is that call's: it releases
+        its own slot, and changes nothing but ``late_results`` if the breaker changed state
+        since the call was admitted. Without one, the result counts all the same (it frees the
+        oldest manual call's slot, if one is out); only while OPEN is it late.
+
+        Raises:
+            ValueError: the ticket was already recorded, or belongs to another breaker.
+            TypeError: ``ticket`` is neither a ``CallTicket`` nor ``None``.
+        """
+        if ticket is None:
+            if self._state is _CLOSED:  # the closed fast path: one increment
+                if self._manual:
+                    self._manual -= 1
+                self._seq += 1
+                return
+            self._record(_ANONYMOUS, _SUCCESS)
+            return
+        ident = self._redeem(ticket)
+        if self._state is _CLOSED and ident == self._gen:
+            if self._manual:
+                self._manual -= 1
             self._seq += 1
             return
-        self._record(_ANONYMOUS, _SUCCESS)
+        self._record(ident, _SUCCESS, manual=True)
 
-    def record_failure(self) -> None:
-        """Report that an admitted call failed; may trip the breaker. Does not block."""
-        self._record(_ANONYMOUS, _FAILURE)
+    def record_failure(self, ticket: CallTicket | None = None) -> None:
+        """Report that a call failed; may trip the breaker. Does not block.
 
-    def record_ignored(self) -> None:
-        """Report that an admitted call ended without a verdict (neither success nor failure):
-        it frees the call's slot and changes no counter but ``ignored_calls``. Does not block.
+        ``ticket`` as for :meth:`record_success` (a failure from before a transition trips
+        nothing). Raises as :meth:`record_success`.
         """
-        self._record(_ANONYMOUS, _IGNORED)
+        if ticket is None:
+            self._record(_ANONYMOUS, _FAILURE)
+        else:
+            self._record(self._redeem(ticket), _FAILURE, manual=True)
+
+    def record_ignored(self, ticket: CallTicket | None = None) -> None:
+        """Report that a call ended without a verdict (neither success nor failure): it frees
+        the call's slot and changes no counter but ``ignored_calls``. Does not block.
+
+        ``ticket`` as for :meth:`record_success`. Raises as :meth:`record_success`.
+        """
+        if ticket is None:
+            self._record(_ANONYMOUS, _IGNORED)
+        else:
+            self._record(self._redeem(ticket), _IGNORED, manual=True)
+
+    def _redeem(self, ticket: object) -> int:
+        """Check a manual call's ticket and spend it: its internal ticket, once."""
+        if not isinstance(ticket, CallTicket):
+            raise TypeError(
+                f"ticket must be the CallTicket allow_request() returned, or None, "
+                f"not {type(ticket).__name__}"
+            )
+        if ticket._breaker is not self:
+            raise ValueError(
+                f"{ticket!r} was issued by circuit {ticket._breaker.name!r}, not {self.name!r}"
+            )
+        if ticket._recorded:
+            raise ValueError(
+                f"{ticket!r} was already recorded: report each admitted call exactly once"
+            )
+        ticket._recorded = True
+        return ticket._ident
 
     # ------------------------------------------------------------------ guarded forms
 
@@ -728,6 +818,7 @@ class CircuitBreaker:
                 if probes[oldest] > now:
                     break
                 del probes[oldest]
+                self._manual_probes.pop(oldest, None)
             if len(probes) < self._ho_max:
                 ticket = self._next_id
                 self._next_id = ticket + 1
@@ -789,18 +880,26 @@ class CircuitBreaker:
             )
         return self._consec_fail, self._consec_succ, self._successes
 
-    def _record(self, ticket: int, outcome: int) -> None:
-        """Apply one result (pure in state and ``now``), then announce any transition."""
+    def _record(self, ticket: int, outcome: int, manual: bool = False) -> None:
+        """Apply one result (pure in state and ``now``), then announce any transition.
+
+        ``manual``: the ticket is a :class:`CallTicket`'s (its slot is counted in ``_manual``).
+        """
         state = self._state
         if state is _CLOSED:
             if ticket == _ANONYMOUS:
-                if not self._manual:  # no manual call of this period is out: from before it
-                    self._late += 1
-                    return
-                self._manual -= 1
+                # No ticket: it counts, and frees a manual call's slot if one is out (it cannot be
+                # told from a call admitted before the breaker closed, so it is taken for current).
+                if self._manual:
+                    self._manual -= 1
             elif ticket == _CURRENT:
                 pass
-            elif ticket == self._gen or (ticket == _FOREIGN and self._in_flight):
+            elif ticket == self._gen:
+                if not manual:
+                    self._in_flight -= 1
+                elif self._manual:  # 0 only if ticketless results took this call's slot
+                    self._manual -= 1
+            elif ticket == _FOREIGN and self._in_flight:
                 self._in_flight -= 1
             else:
                 self._late += 1
@@ -834,13 +933,24 @@ class CircuitBreaker:
             self._late += 1  # admitted before it opened: changes nothing
             return
         probes = self._probes
-        if ticket in (_ANONYMOUS, _FOREIGN):
+        manual_probes = self._manual_probes
+        if ticket == _ANONYMOUS:
+            # No ticket: it counts, and frees the oldest manual probe's slot if one is out.
+            if manual_probes:
+                oldest = next(iter(manual_probes))
+                del manual_probes[oldest]
+                del probes[oldest]
+        elif ticket == _FOREIGN:  # a guarded call whose ticket stayed in another context
             if not probes:
                 self._late += 1
                 return
-            del probes[next(iter(probes))]
+            oldest = next(iter(probes))
+            del probes[oldest]
+            manual_probes.pop(oldest, None)
         elif ticket in probes:
             del probes[ticket]
+            if manual:
+                manual_probes.pop(ticket, None)
         else:
             self._late += 1  # a CLOSED-period call, or a probe whose slot was reclaimed
             return
@@ -885,6 +995,7 @@ class CircuitBreaker:
         self._next_id += 1
         self._in_flight = self._manual = 0
         self._probes.clear()
+        self._manual_probes.clear()
 
     def _transition(self, new: CircuitState, now: float) -> None:
         """Move to ``new`` (a real change) and queue its announcement; callbacks run later."""
@@ -903,10 +1014,12 @@ class CircuitBreaker:
             self._open_until = now + duration
             self._consec_succ = 0
             self._probes.clear()
+            self._manual_probes.clear()
             self._in_flight = self._manual = 0
         else:
             self._consec_succ = 0
             self._probes.clear()
+            self._manual_probes.clear()
         self._update_fast()
         _log.info("circuit %r: %s -> %s", self.name, old, new)
         self._pending.append((old, new))
