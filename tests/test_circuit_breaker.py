@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import enum
+import functools
+import gc
 import logging
 import math
+import warnings
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 
@@ -72,6 +76,13 @@ CL, OP, HO = CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN
 
 def test_state_display_strings() -> None:
     assert [str(s) for s in (CL, OP, HO)] == ["Closed", "Open", "HalfOpen"]
+    assert [f"{s}" for s in (CL, OP, HO)] == ["Closed", "Open", "HalfOpen"]
+
+
+def test_state_is_a_str_enum() -> None:
+    # StrEnum rather than a hand-written __str__ (one rule for every enum of the package).
+    assert issubclass(CircuitState, enum.StrEnum)
+    assert CircuitState("HalfOpen") is HO
 
 
 def test_config_defaults() -> None:
@@ -122,22 +133,55 @@ def test_config_accepts_timedelta() -> None:
         ({"window_size": 0}, "window_size"),
         ({"min_calls": 0}, "min_calls"),
         ({"half_open_max_calls": 0}, "half_open_max_calls"),
-        ({"failure_threshold": True}, "failure_threshold"),
-        ({"failure_threshold": 2.5}, "failure_threshold"),
         ({"min_calls": 11, "window_size": 10}, "must not exceed window_size"),
         ({"failure_rate_threshold": 0.0}, "failure_rate_threshold"),
         ({"failure_rate_threshold": 1.5}, "failure_rate_threshold"),
         ({"failure_rate_threshold": math.nan}, "failure_rate_threshold"),
+        ({"failure_rate_threshold": math.inf}, "failure_rate_threshold"),
         ({"timeout_duration": -1}, "timeout_duration"),
+        ({"timeout_duration": math.nan}, "timeout_duration"),
         ({"slow_call_duration": 0}, "slow_call_duration"),
+        ({"slow_call_duration": math.nan}, "slow_call_duration"),
         ({"probe_timeout": 0}, "probe_timeout"),
+        ({"probe_timeout": math.nan}, "probe_timeout"),
         ({"open_jitter": 2}, "open_jitter"),
-        ({"is_failure": 3}, "is_failure"),
+        ({"open_jitter": math.nan}, "open_jitter"),
     ],
 )
 def test_config_validation(overrides: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         CircuitConfig(**overrides)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        # bool is never a count nor a number (regression: True was accepted as a rate of 1)
+        ("failure_threshold", True),
+        ("success_threshold", False),
+        ("window_size", True),
+        ("min_calls", True),
+        ("half_open_max_calls", True),
+        ("failure_threshold", 2.5),
+        ("failure_threshold", "5"),
+        ("failure_rate_threshold", True),
+        ("failure_rate_threshold", "0.5"),
+        ("open_jitter", True),
+        ("timeout_duration", True),
+        ("slow_call_duration", True),
+        ("probe_timeout", True),
+        ("is_failure", 3),
+    ],
+)
+def test_config_refuses_a_wrong_type_with_type_error(field: str, value: object) -> None:
+    with pytest.raises(TypeError, match=field):
+        CircuitConfig(**{field: value})  # type: ignore[arg-type]
+
+
+def test_config_stores_converted_values() -> None:
+    config = CircuitConfig(failure_rate_threshold=1, open_jitter=0)
+    assert type(config.failure_rate_threshold) is float
+    assert type(config.open_jitter) is float
 
 
 def test_config_rejects_a_bad_duration_type() -> None:
@@ -741,6 +785,18 @@ def test_force_open_close_and_callbacks_once_per_real_change() -> None:
     assert changes == [(CL, OP), (OP, HO), (HO, CL)]
 
 
+@pytest.mark.parametrize(
+    ("duration", "error"),
+    [(True, TypeError), ("3", TypeError), (math.nan, ValueError), (-1.0, ValueError)],
+)
+def test_force_open_validates_its_duration(duration: object, error: type[Exception]) -> None:
+    breaker, _, changes = make()
+    with pytest.raises(error, match="duration"):
+        breaker.force_open(duration=duration)  # type: ignore[arg-type]
+    assert breaker.state is CL
+    assert changes == []
+
+
 def test_force_open_for_a_duration() -> None:
     breaker, clock, _ = make(timeout_duration=10)
     breaker.force_open(duration=timedelta(seconds=3))
@@ -859,6 +915,43 @@ def test_on_state_change_requires_a_callable() -> None:
         CircuitBreaker().on_state_change(42)  # type: ignore[arg-type]
 
 
+def test_on_state_change_refuses_an_async_callback() -> None:
+    # Regression: an async callback was accepted, and its coroutine never ran.
+    breaker = CircuitBreaker(CircuitConfig(failure_threshold=1))
+
+    async def announce(old: CircuitState, new: CircuitState) -> None:
+        raise AssertionError("never runs")
+
+    class AsyncCallable:
+        async def __call__(self, old: CircuitState, new: CircuitState) -> None:
+            raise AssertionError("never runs")
+
+    for callback in (announce, functools.partial(announce), AsyncCallable()):
+        with pytest.raises(TypeError, match="async"):
+            breaker.on_state_change(callback)
+    breaker.record_failure()
+    assert breaker.state is OP
+
+
+def test_a_callback_returning_a_coroutine_is_reported_not_left_unawaited(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    breaker = CircuitBreaker(CircuitConfig(failure_threshold=1), name="svc")
+    ran: list[str] = []
+
+    async def later(old: CircuitState, new: CircuitState) -> None:
+        ran.append("ran")
+
+    breaker.on_state_change(lambda old, new: later(old, new))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "coroutine ... was never awaited" would fail the test
+        breaker.record_failure()
+        gc.collect()
+    assert breaker.state is OP
+    assert ran == []
+    assert "returned an awaitable" in caplog.text
+
+
 def test_stats_and_repr() -> None:
     breaker, clock, _ = make(name="openai", failure_threshold=2, timeout_duration=10)
     succeed(breaker)
@@ -968,9 +1061,14 @@ def test_group_never_evicts_open_half_open_or_busy_and_goes_over_the_bound() -> 
     assert {"open", "half", "five"} == set(group.names())
 
 
-def test_group_validates_max_breakers() -> None:
+def test_group_validates_max_breakers_and_default_config() -> None:
     with pytest.raises(ValueError, match="max_breakers"):
         CircuitBreakerGroup(max_breakers=0)
+    for wrong in (True, 2.0, "10"):
+        with pytest.raises(TypeError, match="max_breakers"):
+            CircuitBreakerGroup(max_breakers=wrong)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="CircuitConfig"):
+        CircuitBreakerGroup({"failure_threshold": 1})  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- async with bookkeeping

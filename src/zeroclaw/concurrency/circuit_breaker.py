@@ -69,8 +69,9 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any, Final, ParamSpec, TypeVar
 
-from zeroclaw.concurrency._clock import Clock, resolve_clock, to_seconds
+from zeroclaw.concurrency._clock import Clock, resolve_clock
 from zeroclaw.concurrency._mypyc import mypyc_attr
+from zeroclaw.concurrency._validate import to_count, to_fraction, to_seconds
 from zeroclaw.concurrency.errors import CircuitOpenError
 
 __all__ = [
@@ -90,15 +91,12 @@ T = TypeVar("T")
 StateCallback = Callable[["CircuitState", "CircuitState"], object]
 
 
-class CircuitState(enum.Enum):
-    """The state of a breaker. ``str()`` gives the original's display names."""
+class CircuitState(enum.StrEnum):
+    """The state of a breaker. ``str()`` gives the original's display names (its value)."""
 
     CLOSED = "Closed"
     OPEN = "Open"
     HALF_OPEN = "HalfOpen"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 _CLOSED: Final = CircuitState.CLOSED
@@ -123,10 +121,10 @@ async def _resolved(value: T) -> T:
     return value
 
 
-def _positive_int(value: object, what: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{what} must be an integer >= 1, got {value!r}")
-    return value
+def _discard(awaitable: object) -> None:
+    """Close a coroutine nobody will await, so it is not reported as "never awaited"."""
+    if inspect.iscoroutine(awaitable):
+        awaitable.close()
 
 
 # A plain Python class, not a compiled one: a compiled int field would store True as 1 before the
@@ -173,7 +171,10 @@ class CircuitConfig:
     probe_timeout: float | timedelta | None = None
 
     def __post_init__(self) -> None:
+        # Every check is zeroclaw.concurrency._validate's, so both builds refuse the same values
+        # with the same words; values are stored converted (int counts, float rates and seconds).
         # getattr, not self.<field>: compiled code reads an int field as an int, True as 1.
+        set_ = object.__setattr__
         for name in (
             "failure_threshold",
             "success_threshold",
@@ -181,21 +182,25 @@ class CircuitConfig:
             "min_calls",
             "half_open_max_calls",
         ):
-            _positive_int(getattr(self, name), name)
+            set_(self, name, to_count(getattr(self, name), what=name, minimum=1))
         if self.min_calls > self.window_size:
             raise ValueError(
                 f"min_calls ({self.min_calls}) must not exceed window_size ({self.window_size})"
             )
-        rate = self.failure_rate_threshold
-        if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0.0 < rate <= 1.0:
-            raise ValueError(f"failure_rate_threshold must be in (0, 1], got {rate!r}")
-        jitter = self.open_jitter
-        if isinstance(jitter, bool) or not isinstance(jitter, int | float) or not 0 <= jitter <= 1:
-            raise ValueError(f"open_jitter must be in [0, 1], got {jitter!r}")
+        rate = getattr(self, "failure_rate_threshold")  # noqa: B009 - see above
+        set_(
+            self,
+            "failure_rate_threshold",
+            to_fraction(rate, what="failure_rate_threshold", low_open=True),
+        )
+        jitter = getattr(self, "open_jitter")  # noqa: B009 - see above
+        set_(self, "open_jitter", to_fraction(jitter, what="open_jitter"))
         if self.is_failure is not None and not callable(self.is_failure):
-            raise ValueError("is_failure must be a callable taking the exception, or None")
+            raise TypeError(
+                "is_failure must be a callable taking the exception, or None, "
+                f"not {type(self.is_failure).__name__}"
+            )
         # Durations are stored as float seconds, whatever was passed.
-        set_ = object.__setattr__
         set_(self, "timeout_duration", to_seconds(self.timeout_duration, what="timeout_duration"))
         if self.slow_call_duration is not None:
             slow = to_seconds(self.slow_call_duration, what="slow_call_duration")
@@ -755,9 +760,22 @@ class CircuitBreaker:
         Returns a function that unregisters this registration (idempotent): the callback is not
         called for changes announced after it returns. Registering the same callback twice calls it
         twice; each registration is removed by its own function.
+
+        Raises:
+            TypeError: ``callback`` is not callable, or is an ``async`` function: callbacks run
+                synchronously, inside the call that changed the state, so a coroutine would never
+                run. To do async work, start a task from a plain callback.
         """
         if not callable(callback):
             raise TypeError("callback must be callable as callback(old, new)")
+        if inspect.iscoroutinefunction(callback) or inspect.iscoroutinefunction(
+            type(callback).__call__  # an object whose __call__ is async
+        ):
+            raise TypeError(
+                f"on_state_change takes a plain function, not the async function {callback!r}: "
+                "it is called synchronously and a coroutine would never run (start a task "
+                "from a plain callback instead)"
+            )
         entry = _Subscription(callback)
         callbacks = self._callbacks
         callbacks.append(entry)
@@ -1036,7 +1054,17 @@ class CircuitBreaker:
                 for entry in tuple(self._callbacks):
                     callback = entry.callback
                     try:
-                        callback(old, new)
+                        returned = callback(old, new)
+                        if inspect.isawaitable(returned):
+                            _discard(returned)
+                            _log.error(
+                                "circuit %r: on_state_change callback %r returned an awaitable, "
+                                "which is never awaited (%s -> %s); start a task instead",
+                                self.name,
+                                callback,
+                                old,
+                                new,
+                            )
                     except Exception:
                         _log.exception(
                             "circuit %r: on_state_change callback %r failed (%s -> %s)",
@@ -1102,7 +1130,11 @@ class CircuitBreakerGroup:
         clock: Clock | None = None,
     ) -> None:
         self._default = CircuitConfig() if default_config is None else default_config
-        self.max_breakers = _positive_int(max_breakers, "max_breakers")
+        if not isinstance(self._default, CircuitConfig):
+            raise TypeError(
+                f"default_config must be a CircuitConfig, not {type(default_config).__name__}"
+            )
+        self.max_breakers = to_count(max_breakers, what="max_breakers", minimum=1)
         self._clock = clock
         self._breakers: OrderedDict[str, CircuitBreaker] = OrderedDict()
         self.evictions = 0
