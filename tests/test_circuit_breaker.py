@@ -1061,6 +1061,83 @@ def test_group_never_evicts_open_half_open_or_busy_and_goes_over_the_bound() -> 
     assert {"open", "half", "five"} == set(group.names())
 
 
+def test_group_eviction_work_is_o1_amortised_with_many_open_breakers() -> None:
+    # Regression: every new name scanned every OPEN breaker at the front of the LRU order
+    # (~1 ms per new name with 10 000 of them). Counted in breakers judged, not in time.
+    size = 2_000
+    group = CircuitBreakerGroup(
+        CircuitConfig(failure_threshold=1), max_breakers=size, clock=FakeClock()
+    )
+    for i in range(size):
+        group.get_or_create(f"open-{i}").force_open(duration=math.inf)
+    before = group._examined
+    for i in range(size):
+        group.get_or_create(f"new-{i}")
+    work = group._examined - before
+    assert work <= 8 * size  # the old scan judged size * size = 4 000 000
+    assert all(f"open-{i}" in group for i in range(size))  # none evicted
+    assert len(group) == size + 1  # only the newest name is kept over the bound
+    assert group.evictions == size - 1
+
+
+def test_group_finds_a_set_aside_breaker_that_became_evictable_unused() -> None:
+    group = CircuitBreakerGroup(CircuitConfig(), max_breakers=4, clock=FakeClock())
+    busy = group.get_or_create("busy")
+    ticket = admit(busy)  # a call in flight: not evictable
+    for name in ("a", "b", "c"):
+        group.get_or_create(name)
+    group.get_or_create("d")  # over the bound: "busy" is set aside, "a" goes
+    assert "busy" in group
+    assert "a" not in group
+    busy.record_success(ticket)  # idle now, without being used through the group
+    group.get_or_create("e")  # looked at again: evicted before any younger breaker
+    assert "busy" not in group
+    assert group.names() == ["b", "c", "d", "e"]
+
+
+def test_group_a_set_aside_breaker_used_again_is_a_candidate_again() -> None:
+    clock = FakeClock()
+    group = CircuitBreakerGroup(
+        CircuitConfig(failure_threshold=1, timeout_duration=10), max_breakers=2, clock=clock
+    )
+    flaky = group.get_or_create("flaky")
+    fail(flaky)
+    group.get_or_create("a")
+    group.get_or_create("b")  # over the bound: "flaky" is set aside, "a" goes
+    assert group.names() == ["flaky", "b"]
+    clock.advance(10)
+    assert group.get("flaky") is flaky  # used: most recently used now
+    assert group.names() == ["b", "flaky"]
+    succeed(flaky, 3)  # recovered: closed, clean, idle
+    assert flaky.state is CL
+    assert group.get_or_create("b") is not None  # "flaky" is least recently used again
+    group.get_or_create("c")
+    assert group.names() == ["b", "c"]
+    assert group.remove("c") is not None
+    assert "flaky" not in group
+
+
+def test_group_lookups_see_set_aside_breakers() -> None:
+    group = CircuitBreakerGroup(CircuitConfig(), max_breakers=1, clock=FakeClock())
+    stuck = group.get_or_create("stuck")
+    stuck.force_open()
+    group.get_or_create("x")  # "stuck" set aside, "x" over the bound
+    assert "stuck" in group
+    assert len(group) == 2
+    assert list(group) == group.names() == ["stuck", "x"]
+    assert set(group.all_stats()) == {"stuck", "x"}
+    assert group.get_or_create("stuck") is stuck
+    group.get_or_create("y")  # sets "stuck" aside again, evicts "x"
+    group.reset_all()
+    assert stuck.state is CL
+    replaced = group.create("stuck")
+    assert replaced is not stuck
+    assert group.get("stuck") is replaced
+    assert group.remove("stuck") is replaced
+    assert group.remove("stuck") is None
+    assert "not_closed=0" in repr(group)
+
+
 def test_group_validates_max_breakers_and_default_config() -> None:
     with pytest.raises(ValueError, match="max_breakers"):
         CircuitBreakerGroup(max_breakers=0)

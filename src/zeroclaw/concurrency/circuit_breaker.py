@@ -116,6 +116,9 @@ _CURRENT: Final = -1
 # A ticketed ``async with`` call that exits in a context other than its own, so its ticket is lost.
 _FOREIGN: Final = -2
 
+# Set-aside breakers a CircuitBreakerGroup looks at again per new name while over its bound.
+_RECHECK: Final = 4
+
 
 async def _resolved(value: T) -> T:
     return value
@@ -1115,12 +1118,31 @@ class CircuitBreakerGroup:
             ``len()`` show it.
         clock: passed to every breaker the group makes.
 
+    Raises:
+        TypeError: ``default_config`` is not a ``CircuitConfig``; ``max_breakers`` not an ``int``.
+        ValueError: ``max_breakers`` < 1.
+
     "Used" means returned by :meth:`get_or_create` or :meth:`get`. A breaker used through the manual
     protocol whose ``allow_request`` is never followed by a ``record_*`` stays "in flight" and so
     is never evicted.
+
+    Eviction costs O(1) amortised per new name, however many breakers cannot be evicted: a breaker
+    the eviction scan finds not evictable (OPEN, say) is set aside instead of being judged again
+    for every new name. It is a candidate again once it is used. While the group is over its bound,
+    each new name also looks again at a few set-aside breakers (4, oldest first), so one that became
+    evictable unused (its calls ended) is evicted after at most a quarter as many new names as are
+    set aside; until then the group may exceed its bound by that much.
     """
 
-    __slots__ = ("_breakers", "_clock", "_default", "evictions", "max_breakers")
+    __slots__ = (
+        "_breakers",
+        "_clock",
+        "_default",
+        "_examined",
+        "_held",
+        "evictions",
+        "max_breakers",
+    )
 
     def __init__(
         self,
@@ -1136,7 +1158,12 @@ class CircuitBreakerGroup:
             )
         self.max_breakers = to_count(max_breakers, what="max_breakers", minimum=1)
         self._clock = clock
+        # Eviction candidates, least recently used first.
         self._breakers: OrderedDict[str, CircuitBreaker] = OrderedDict()
+        # Breakers an eviction scan found not evictable, in the order it found them; they were the
+        # least recently used then, and none has been used since (use moves it back).
+        self._held: OrderedDict[str, CircuitBreaker] = OrderedDict()
+        self._examined = 0  # breakers judged by eviction scans: the work they did (tests read it)
         self.evictions = 0
 
     @property
@@ -1146,25 +1173,37 @@ class CircuitBreakerGroup:
 
     def get_or_create(self, name: str) -> CircuitBreaker:
         """The breaker called ``name``, made with the default config if there is none.
-        The same object is returned for the same name while it is in the group."""
+        The same object is returned for the same name while it is in the group. Does not block;
+        may evict (see the class)."""
         breakers = self._breakers
         breaker = breakers.get(name)
         if breaker is not None:
             breakers.move_to_end(name)
             return breaker
+        if self._held:
+            breaker = self._held.pop(name, None)
+            if breaker is not None:
+                breakers[name] = breaker  # used again: a candidate, most recently used
+                return breaker
         return self._add(name, CircuitBreaker(self._default, name=name, clock=self._clock))
 
     def get(self, name: str) -> CircuitBreaker | None:
-        """The breaker called ``name``, or ``None``."""
-        breaker = self._breakers.get(name)
+        """The breaker called ``name``, or ``None``. Does not block."""
+        breakers = self._breakers
+        breaker = breakers.get(name)
         if breaker is not None:
-            self._breakers.move_to_end(name)
+            breakers.move_to_end(name)
+        elif self._held:
+            breaker = self._held.pop(name, None)
+            if breaker is not None:
+                breakers[name] = breaker
         return breaker
 
     def create(self, name: str, config: CircuitConfig | None = None) -> CircuitBreaker:
         """Make a breaker called ``name`` with ``config`` (default: the group's), replacing any
         breaker of that name (holders of the old object keep using it, unlinked)."""
         self._breakers.pop(name, None)
+        self._held.pop(name, None)
         breaker = CircuitBreaker(
             self._default if config is None else config, name=name, clock=self._clock
         )
@@ -1172,49 +1211,69 @@ class CircuitBreakerGroup:
 
     def remove(self, name: str) -> CircuitBreaker | None:
         """Forget the breaker called ``name``; return it, or ``None`` if there was none."""
-        return self._breakers.pop(name, None)
+        breaker = self._breakers.pop(name, None)
+        return self._held.pop(name, None) if breaker is None else breaker
 
     def all_stats(self) -> dict[str, CircuitBreakerStats]:
-        """``stats()`` of every breaker, by name."""
-        return {name: breaker.stats() for name, breaker in self._breakers.items()}
+        """``stats()`` of every breaker, by name (in the order of :meth:`names`)."""
+        return {name: self._find(name).stats() for name in self.names()}
 
     def reset_all(self) -> None:
         """``reset()`` every breaker."""
-        for breaker in tuple(self._breakers.values()):
-            breaker.reset()
+        for name in self.names():
+            self._find(name).reset()
 
     def names(self) -> list[str]:
-        """The names, least recently used first."""
-        return list(self._breakers)
+        """The names, least recently used first (the breakers an eviction scan set aside come
+        first, in the order it found them)."""
+        return [*self._held, *self._breakers]
 
     def __len__(self) -> int:
-        return len(self._breakers)
+        return len(self._breakers) + len(self._held)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._breakers
+        return name in self._breakers or name in self._held
 
     def __iter__(self) -> Iterator[str]:
-        return iter(list(self._breakers))
+        return iter(self.names())
+
+    def _find(self, name: str) -> CircuitBreaker:
+        breaker = self._breakers.get(name)
+        return self._held[name] if breaker is None else breaker
 
     def _add(self, name: str, breaker: CircuitBreaker) -> CircuitBreaker:
         breakers = self._breakers
+        held = self._held
         breakers[name] = breaker
-        excess = len(breakers) - self.max_breakers
-        if excess > 0:
-            victims: list[str] = []
-            for key, candidate in breakers.items():  # least recently used first
-                if key != name and candidate._evictable():
-                    victims.append(key)
-                    if len(victims) == excess:
-                        break
-            for key in victims:
-                del breakers[key]
-            self.evictions += len(victims)
+        excess = len(breakers) + len(held) - self.max_breakers
+        if excess <= 0:
+            return breaker
+        evicted = 0
+        # The set-aside breakers are the oldest: look again at a few of them first.
+        budget = _RECHECK if len(held) > _RECHECK else len(held)
+        while budget and evicted < excess:
+            budget -= 1
+            key, candidate = held.popitem(last=False)
+            self._examined += 1
+            if candidate._evictable():
+                evicted += 1
+            else:
+                held[key] = candidate  # to the back: the next look starts with another one
+        # Then the candidates, least recently used first, never the new one (it is the last). Each
+        # is judged once here: evicted, or set aside until it is used again.
+        while evicted < excess and len(breakers) > 1:
+            key, candidate = breakers.popitem(last=False)
+            self._examined += 1
+            if candidate._evictable():
+                evicted += 1
+            else:
+                held[key] = candidate
+        self.evictions += evicted
         return breaker
 
     def __repr__(self) -> str:
-        open_ = sum(1 for b in self._breakers.values() if b._state is not _CLOSED)
+        open_ = sum(1 for name in self.names() if self._find(name)._state is not _CLOSED)
         return (
-            f"CircuitBreakerGroup(breakers={len(self._breakers)}/{self.max_breakers}, "
+            f"CircuitBreakerGroup(breakers={len(self)}/{self.max_breakers}, "
             f"not_closed={open_}, evictions={self.evictions})"
         )
