@@ -1514,3 +1514,54 @@ async def test_a_call_exiting_in_another_task_does_not_keep_the_fast_path_off() 
     await holder
     assert breaker.stats().in_flight == 0
     assert breaker._fast  # nothing outstanding: back on the fast path
+
+
+# --------------------------------------------------------------------------- the transition rule
+
+
+def test_the_transition_rule_is_one_pure_function() -> None:
+    """Every transition is decided by ``_next_state`` alone (issue 16: one source of truth)."""
+    import zeroclaw.concurrency.circuit_breaker as cb
+
+    config = CircuitConfig(failure_threshold=3, success_threshold=2, window_size=4, min_calls=4)
+
+    def step(state: CircuitState, event: int, **counts: float) -> CircuitState:
+        args = {"now": 0.0, "open_until": 0.0, "fails": 0, "succs": 0, "bad": 0, "n": 0}
+        args.update(counts)
+        return cb._next_state(
+            state,
+            event,
+            args["now"],
+            args["open_until"],
+            int(args["fails"]),
+            int(args["succs"]),
+            int(args["bad"]),
+            int(args["n"]),
+            config,
+        )
+
+    success, failure, slow, ignored = cb._SUCCESS, cb._FAILURE, cb._SLOW, cb._IGNORED
+    admit_, force_open, force_close, reset = cb._ADMIT, cb._FORCE_OPEN, cb._FORCE_CLOSE, cb._RESET
+    # CLOSED: successes never trip; failures trip on a run or on the window's rate.
+    assert step(CL, success, bad=4, n=4) is CL
+    assert step(CL, failure, fails=2, bad=1, n=4) is CL  # 1/4 < 0.5
+    assert step(CL, failure, fails=3, bad=3, n=3) is OP
+    assert step(CL, failure, fails=1, bad=2, n=3) is CL  # the rate needs min_calls outcomes
+    assert step(CL, slow, bad=2, n=4) is OP  # 2/4 >= 0.5
+    assert step(CL, ignored, fails=9, bad=4, n=4) is CL
+    # OPEN: nothing happens until its time is up, then a look half-opens it.
+    assert step(OP, admit_, now=9.9, open_until=10.0) is OP
+    assert step(OP, admit_, now=10.0, open_until=10.0) is HO
+    assert step(OP, failure, now=99.0, open_until=10.0, fails=9) is OP
+    # HALF_OPEN: success_threshold successes in a row close it; any bad probe re-opens it.
+    assert step(HO, success, succs=1) is HO
+    assert step(HO, success, succs=2) is CL
+    assert step(HO, failure, fails=1) is OP
+    assert step(HO, slow) is OP
+    assert step(HO, ignored) is HO
+    assert step(HO, admit_) is HO
+    # Forced moves, from anywhere.
+    for state in (CL, OP, HO):
+        assert step(state, force_open) is OP
+        assert step(state, force_close) is CL
+        assert step(state, reset) is CL

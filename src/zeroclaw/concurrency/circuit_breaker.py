@@ -47,8 +47,12 @@ the manual protocol hands it out: ``allow_request()`` returns a :class:`CallTick
 users know: ``record_failure()`` five times trips a default breaker); it frees the slot of the
 oldest manual call still out, if any, and only while OPEN is it late (no call is admitted then).
 
-The decisions are synchronous and read ``now`` from the clock only when they need it (never on the
-closed fast path); nothing here needs a running event loop except awaiting the guarded call itself.
+Which state an event takes the breaker to is decided by one pure function, ``_next_state(state,
+event, now, ..., config)``; the breaker is its shell, which keeps the counts, applies the entry of
+each state, and announces the change. The one rule the shell knows by heart is that a CLOSED
+success changes nothing (the hot path, which therefore asks nothing). The decisions are
+synchronous and read ``now`` from the clock only when they need it (never on the closed fast
+path); nothing here needs a running event loop except awaiting the guarded call itself.
 Like asyncio's primitives, a breaker belongs to one event loop (one thread); it takes no locks.
 """
 
@@ -103,11 +107,16 @@ _CLOSED: Final = CircuitState.CLOSED
 _OPEN: Final = CircuitState.OPEN
 _HALF_OPEN: Final = CircuitState.HALF_OPEN
 
-# Outcome codes (ints, so recording allocates nothing).
+# Outcome codes (ints, so recording allocates nothing); they are also the events of _next_state,
+# with the other events below.
 _SUCCESS: Final = 0
 _FAILURE: Final = 1
 _SLOW: Final = 2
 _IGNORED: Final = 3
+_ADMIT: Final = 4  # a request, or a look at the state: an OPEN breaker's time may be up
+_FORCE_OPEN: Final = 5
+_FORCE_CLOSE: Final = 6
+_RESET: Final = 7
 
 # Ticket 0 means "no ticket": the manual protocol's results, and a refused admission.
 _ANONYMOUS: Final = 0
@@ -266,6 +275,47 @@ class CircuitBreakerStats:
     retry_after: float = 0.0
 
 
+def _next_state(
+    state: CircuitState,
+    event: int,
+    now: float,
+    open_until: float,
+    failures_in_a_row: int,
+    successes_in_a_row: int,
+    window_bad: int,
+    window_n: int,
+    config: CircuitConfig,
+) -> CircuitState:
+    """The breaker's transition rule (DESIGN §3.4): the state ``event`` takes ``state`` to.
+
+    Every transition of :class:`CircuitBreaker` is decided here, and nowhere else. Pure: a function
+    of its arguments only. For an outcome (``_SUCCESS``, ``_FAILURE``, ``_SLOW``, ``_IGNORED``) the
+    counts are the breaker's once the outcome is counted: failures and successes in a row, and the
+    window's bad outcomes among its ``window_n`` outcomes; other events ignore them. What entering a
+    state does (start the open period, clear the window, free the probe slots) is the shell's
+    (``CircuitBreaker._transition``). A result that is late never gets here.
+    """
+    if event == _FORCE_OPEN:
+        return _OPEN
+    if event in (_FORCE_CLOSE, _RESET):
+        return _CLOSED
+    if state is _OPEN:  # refuses everything until its period is over; then the next look probes
+        return _HALF_OPEN if event == _ADMIT and now >= open_until else _OPEN
+    if event == _SUCCESS:  # never trips; enough successes in a row close a probing breaker
+        if state is _HALF_OPEN and successes_in_a_row >= config.success_threshold:
+            return _CLOSED
+        return state
+    if event in (_FAILURE, _SLOW):
+        if state is _HALF_OPEN:  # a bad probe re-opens it
+            return _OPEN
+        if failures_in_a_row >= config.failure_threshold:
+            return _OPEN
+        if window_n >= config.min_calls and window_bad / window_n >= config.failure_rate_threshold:
+            return _OPEN
+        return _CLOSED
+    return state  # ignored outcomes and admissions change nothing else
+
+
 class CallTicket:
     """The admission of one manual call: what :meth:`CircuitBreaker.allow_request` returns.
 
@@ -354,7 +404,6 @@ class CircuitBreaker:
         "_entered",
         "_exited",
         "_fail_mark",
-        "_fail_thr",
         "_failures",
         "_fast",
         "_gen",
@@ -366,7 +415,6 @@ class CircuitBreaker:
         "_late",
         "_manual",
         "_manual_probes",
-        "_min_calls",
         "_next_id",
         "_notifying",
         "_now",
@@ -375,7 +423,6 @@ class CircuitBreaker:
         "_period_fail",
         "_probe_timeout",
         "_probes",
-        "_rate_thr",
         "_registered",
         "_rejected",
         "_seq",
@@ -384,7 +431,6 @@ class CircuitBreaker:
         "_stale",
         "_state",
         "_streak",
-        "_succ_thr",
         "_successes",
         "_timeout",
         "_untracked",
@@ -407,11 +453,7 @@ class CircuitBreaker:
         self._clock = resolve_clock(clock)
         self._now = self._clock.now
         # Config copied into slots: the hot path reads no attribute chains.
-        self._fail_thr = config.failure_threshold
-        self._succ_thr = config.success_threshold
         self._timeout = to_seconds(config.timeout_duration)
-        self._rate_thr = float(config.failure_rate_threshold)
-        self._min_calls = config.min_calls
         self._ho_max = config.half_open_max_calls
         self._is_failure = config.is_failure
         slow = config.slow_call_duration
@@ -483,11 +525,8 @@ class CircuitBreaker:
     @property
     def state(self) -> CircuitState:
         """The current state. Reading it moves an OPEN breaker whose time is up to HALF_OPEN."""
-        if self._state is _OPEN:
-            now = self._now()
-            if now >= self._open_until:
-                self._transition(_HALF_OPEN, now)
-                self._notify()
+        if self._state is _OPEN and self._step(_ADMIT, self._now()) is not _OPEN:
+            self._notify()
         return self._state
 
     @property
@@ -795,26 +834,24 @@ class CircuitBreaker:
         """
         seconds = self._timeout if duration is None else to_seconds(duration, what="duration")
         now = self._now()
-        if self._state is not _OPEN:
-            self._transition(_OPEN, now)
+        self._step(_FORCE_OPEN, now)
         self._open_until = now + seconds
         self._notify()
 
     def force_close(self) -> None:
         """Close the breaker now (window and consecutive counters cleared). Does not block."""
-        if self._state is not _CLOSED:
-            self._transition(_CLOSED, self._now())
-            self._notify()
+        self._step(_FORCE_CLOSE, self._now())
+        self._notify()
 
     def reset(self) -> None:
         """Back to a fresh CLOSED breaker: every counter zeroed; results of calls in flight become
         inert. Fires ``on_state_change`` only if the state changes. Does not block.
         """
         now = self._now()
-        if self._state is not _CLOSED:
-            self._transition(_CLOSED, now)
+        if self._state is _CLOSED:
+            self._enter_closed()  # a new period all the same: calls in flight become late
         else:
-            self._enter_closed()
+            self._step(_RESET, now)
         self._successes = self._failures = self._rejected = 0
         self._ignored = self._slow_calls = self._late = 0
         self._changed_at = now
@@ -826,11 +863,9 @@ class CircuitBreaker:
     def _admit_slow(self) -> int:
         """Admission when not CLOSED: a ticket, or ``_ANONYMOUS`` (0) when refused."""
         now = self._now()
-        if self._state is _OPEN:
-            if now < self._open_until:
-                self._rejected += 1
-                return _ANONYMOUS
-            self._transition(_HALF_OPEN, now)
+        if self._state is _OPEN and self._step(_ADMIT, now) is _OPEN:
+            self._rejected += 1
+            return _ANONYMOUS
         if self._state is _HALF_OPEN:
             probes = self._probes
             # Deadlines are in admission order, so expired probes are at the front.
@@ -926,7 +961,7 @@ class CircuitBreaker:
                 self._late += 1
                 return
             seq = self._seq
-            if outcome == _SUCCESS:
+            if outcome == _SUCCESS:  # a CLOSED success never trips (_next_state): not asked
                 self._seq = seq + 1
                 return
             if outcome == _IGNORED:
@@ -936,18 +971,12 @@ class CircuitBreaker:
             if outcome == _FAILURE:
                 self._failures += 1
                 self._period_fail += 1
-                streak = self._streak + 1 if self._fail_mark == seq else 1
-                self._streak = streak
+                self._streak = self._streak + 1 if self._fail_mark == seq else 1
                 self._fail_mark = seq + 1
-            else:  # slow success: counts toward the rate, not as a consecutive failure
+            else:  # slow success: counts toward the rate, and ends a run of failures
                 self._slow_calls += 1
-                streak = 0
             self._seq = seq + 1
-            n = min(seq + 1, self._win_size)
-            if streak >= self._fail_thr or (
-                n >= self._min_calls and self._window_failures() / n >= self._rate_thr
-            ):
-                self._transition(_OPEN, self._now())
+            if self._step(outcome, self._now()) is not _CLOSED:
                 self._notify()
             return
         if state is _OPEN:
@@ -979,11 +1008,9 @@ class CircuitBreaker:
             self._successes += 1
             self._consec_fail = 0
             self._consec_succ += 1
-            if self._consec_succ >= self._succ_thr:
-                self._transition(_CLOSED, self._now())
-                self._notify()
         elif outcome == _IGNORED:
             self._ignored += 1
+            return
         else:
             if outcome == _FAILURE:
                 self._failures += 1
@@ -992,8 +1019,28 @@ class CircuitBreaker:
                 self._successes += 1
                 self._slow_calls += 1
             self._consec_succ = 0
-            self._transition(_OPEN, self._now())
+        if self._step(outcome, self._now()) is not _HALF_OPEN:
             self._notify()
+
+    def _step(self, event: int, now: float) -> CircuitState:
+        """Go where :func:`_next_state` says ``event`` takes the breaker; return that state.
+
+        Only an outcome is judged on the counts, so only then are they gathered. The caller
+        announces the change (``_notify``) when its own bookkeeping is done.
+        """
+        state = self._state
+        if event <= _IGNORED:
+            failures, successes, _ = self._counts()
+            n = min(self._seq, self._win_size)
+            bad = self._window_failures() if n else 0
+        else:
+            failures = successes = bad = n = 0
+        new = _next_state(
+            state, event, now, self._open_until, failures, successes, bad, n, self._config
+        )
+        if new is not state:
+            self._transition(new, now)
+        return new
 
     def _retire_untracked(self) -> None:
         self._stale += self._untracked
@@ -1093,7 +1140,7 @@ class CircuitBreaker:
         state = self._state
         parts = [
             f"CircuitBreaker({self.name!r}, state={state}",
-            f"consecutive_failures={self._counts()[0]}/{self._fail_thr}",
+            f"consecutive_failures={self._counts()[0]}/{self._config.failure_threshold}",
             f"window={self._window_failures()}/{min(self._seq, self._win_size)}",
         ]
         if state is _OPEN:
