@@ -1381,6 +1381,19 @@ def test_recording_a_ticket_twice_raises_and_changes_nothing() -> None:
     assert breaker.state is CL
 
 
+def test_a_closed_period_ticket_takes_one_result_per_call_it_admitted() -> None:
+    breaker, _, _ = make(failure_threshold=3)
+    first, second = admit(breaker), admit(breaker)
+    breaker.record_failure(first)
+    assert not second.recorded  # (the same ticket, while CLOSED: one call is still out)
+    breaker.record_failure(second)
+    with pytest.raises(ValueError, match="already recorded"):
+        breaker.record_failure(first)  # a third result for two calls
+    stats = breaker.stats()
+    assert breaker.state is CL
+    assert (stats.failed_calls, stats.in_flight) == (2, 0)
+
+
 def test_a_ticket_of_another_breaker_or_not_a_ticket_is_refused() -> None:
     breaker, _, _ = make(name="a")
     other, _, _ = make(name="b")

@@ -325,8 +325,7 @@ class BreakerMachine(RuleBasedStateMachine):
         ticket, model_ticket = self.manual_calls.pop(index)
         self._recorder(outcome)(ticket if keep else None)
         self.model.record(model_ticket if keep else None, outcome, self.clock.now(), manual=True)
-        if keep:
-            assert ticket.recorded
+        if keep and ticket.recorded:  # (a CLOSED period's ticket is shared by its calls)
             self.recorded = [ticket, *self.recorded[:2]]
 
     @rule(outcome=st.sampled_from([SUCCESS, FAILURE, IGNORED]))
@@ -335,11 +334,14 @@ class BreakerMachine(RuleBasedStateMachine):
         self._recorder(outcome)(None)
         self.model.record(None, outcome, self.clock.now(), manual=True)
 
-    @precondition(lambda self: self.recorded)
+    @precondition(lambda self: any(ticket.recorded for ticket in self.recorded))
     @rule(outcome=st.sampled_from([SUCCESS, FAILURE, IGNORED]))
     def record_a_ticket_twice(self, outcome: str) -> None:
+        # One result more than the ticket admitted calls: refused, and nothing changes (the
+        # invariants check the latter against the model, which is not told).
+        spent = next(ticket for ticket in self.recorded if ticket.recorded)
         with pytest.raises(ValueError, match="already recorded"):
-            self._recorder(outcome)(self.recorded[0])
+            self._recorder(outcome)(spent)
 
     @rule(form=st.sampled_from(["call", "async_with"]))
     def guarded_start(self, form: str) -> None:

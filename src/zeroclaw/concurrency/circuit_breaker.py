@@ -317,20 +317,23 @@ def _next_state(
 
 
 class CallTicket:
-    """The admission of one manual call: what :meth:`CircuitBreaker.allow_request` returns.
+    """The admission of a manual call: what :meth:`CircuitBreaker.allow_request` returns.
 
     Always truthy. Pass it to the ``record_*`` call that reports the call: the result is then
-    matched to this call and no other (a result whose ticket predates a state change is *late*
-    and changes nothing), and each ticket can be recorded once (a second ``record_*`` raises
-    ``ValueError``). Made only by the breaker.
+    matched to the call's own slot (a result whose ticket predates a state change is *late* and
+    changes nothing). A HALF_OPEN probe gets a ticket of its own. The calls of one CLOSED period
+    share one: the period is all a result needs to name there (their slots are alike), and
+    sharing keeps the closed admission free of any allocation. A ticket takes as many results as
+    calls were admitted with it; one more (recording a call twice) raises ``ValueError`` and
+    changes nothing. Made only by the breaker.
     """
 
-    __slots__ = ("_breaker", "_ident", "_recorded")
+    __slots__ = ("_breaker", "_ident", "_outstanding")
 
     def __init__(self, breaker: CircuitBreaker, ident: int) -> None:
         self._breaker = breaker
         self._ident = ident  # the internal ticket: the CLOSED period's, or the probe slot's
-        self._recorded = False
+        self._outstanding = 0  # calls admitted with this ticket and not recorded yet
 
     @property
     def breaker(self) -> CircuitBreaker:
@@ -339,12 +342,12 @@ class CallTicket:
 
     @property
     def recorded(self) -> bool:
-        """Whether a ``record_*`` call has reported this call."""
-        return self._recorded
+        """Whether every call admitted with this ticket has been reported by a ``record_*``."""
+        return self._outstanding == 0
 
     def __repr__(self) -> str:
-        done = ", recorded" if self._recorded else ""
-        return f"<CallTicket {self._ident} of circuit {self._breaker.name!r}{done}>"
+        done = f"{self._outstanding} out" if self._outstanding else "recorded"
+        return f"<CallTicket {self._ident} of circuit {self._breaker.name!r}: {done}>"
 
 
 class _Subscription:
@@ -421,6 +424,7 @@ class CircuitBreaker:
         "_open_until",
         "_pending",
         "_period_fail",
+        "_period_ticket",
         "_probe_timeout",
         "_probes",
         "_registered",
@@ -483,6 +487,7 @@ class CircuitBreaker:
         self._open_until = 0.0
         self._next_id = 2
         self._gen = 1  # ticket of calls admitted in the current CLOSED period
+        self._period_ticket = CallTicket(self, 1)  # the manual calls' (allow_request) form of it
         self._in_flight = 0  # those calls not yet reported (call(), tracked async with)
         # Manual calls (``allow_request``) admitted in the current CLOSED period, not yet reported.
         # Counted apart: a manual result carries no ticket, so while CLOSED it can only be matched
@@ -589,12 +594,16 @@ class CircuitBreaker:
         """
         if self._state is _CLOSED:
             self._manual += 1
-            return CallTicket(self, self._gen)
-        ticket = self._admit_slow()
-        if ticket == _ANONYMOUS:
+            shared = self._period_ticket
+            shared._outstanding += 1
+            return shared
+        ident = self._admit_slow()
+        if ident == _ANONYMOUS:
             return None
-        self._manual_probes[ticket] = None
-        return CallTicket(self, ticket)
+        self._manual_probes[ident] = None
+        probe = CallTicket(self, ident)
+        probe._outstanding = 1
+        return probe
 
     def record_success(self, ticket: CallTicket | None = None) -> None:
         """Report that a call succeeded. Does not block.
@@ -657,11 +666,12 @@ class CircuitBreaker:
             raise ValueError(
                 f"{ticket!r} was issued by circuit {ticket._breaker.name!r}, not {self.name!r}"
             )
-        if ticket._recorded:
+        if not ticket._outstanding:
             raise ValueError(
-                f"{ticket!r} was already recorded: report each admitted call exactly once"
+                f"{ticket!r} was already recorded for every call it admitted: report each "
+                "admitted call exactly once"
             )
-        ticket._recorded = True
+        ticket._outstanding -= 1
         return ticket._ident
 
     # ------------------------------------------------------------------ guarded forms
@@ -1061,6 +1071,7 @@ class CircuitBreaker:
         self._consec_fail = self._consec_succ = 0
         self._gen = self._next_id
         self._next_id += 1
+        self._period_ticket = CallTicket(self, self._gen)
         self._in_flight = self._manual = 0
         self._probes.clear()
         self._manual_probes.clear()
