@@ -1,0 +1,305 @@
+"""A fake OpenAI-compatible chat-completions server for tests: aiohttp on 127.0.0.1, a free port.
+
+It speaks the real wire format (``POST /v1/chat/completions``, OpenAI's completion and error
+bodies, ``retry-after``/``retry-after-ms`` headers), answers from a script, and records every
+request it got::
+
+    async with FakeOpenAI() as fake:
+        fake.script(rate_limited(retry_after="2"), completion("hello"))
+        backend = OpenAIBackend(fake.base_url, "sk-test")
+        ...
+        assert len(fake.requests) == 2
+
+Scripted responses are used in order, one per request; once the script is spent every request
+gets :meth:`FakeOpenAI.default`: a 200 whose content is ``"echo: <last user message>"``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+from aiohttp import web
+
+__all__ = [
+    "FakeOpenAI",
+    "RecordedRequest",
+    "Respond",
+    "bad_request",
+    "completion",
+    "error",
+    "hang",
+    "insufficient_quota",
+    "rate_limited",
+    "raw",
+    "truncated",
+    "unavailable",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Respond:
+    """One scripted response.
+
+    ``body`` is sent as is with ``content_type``; ``hang`` never answers (until the client goes
+    away or the server stops); ``truncate`` announces ``Content-Length`` for the whole body, sends
+    half of it and drops the connection.
+    """
+
+    status: int = 200
+    body: bytes = b""
+    content_type: str = "application/json"
+    headers: Mapping[str, str] = field(default_factory=dict)
+    hang: bool = False
+    truncate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedRequest:
+    """What the server received: ``headers`` keyed in lower case; ``json`` the parsed body
+    (``None`` when it was not JSON); ``peer`` the client's (host, port), one per connection."""
+
+    method: str
+    path: str
+    headers: Mapping[str, str]
+    body: bytes
+    json: Any
+    peer: tuple[str, int]
+    received_at: float
+
+
+def _completion_body(content: str, model: str = "fake-model") -> bytes:
+    return json.dumps(
+        {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        }
+    ).encode()
+
+
+def completion(content: str, *, headers: Mapping[str, str] | None = None) -> Respond:
+    """A 200 chat completion whose ``choices[0].message.content`` is ``content``."""
+    return Respond(200, _completion_body(content), headers=dict(headers or {}))
+
+
+def error(
+    status: int,
+    message: str,
+    *,
+    code: str | None = None,
+    type: str | None = None,  # the OpenAI body's field name
+    headers: Mapping[str, str] | None = None,
+) -> Respond:
+    """An OpenAI error body ``{"error": {"message", "type", "param", "code"}}``."""
+    body = {"error": {"message": message, "type": type, "param": None, "code": code}}
+    return Respond(status, json.dumps(body).encode(), headers=dict(headers or {}))
+
+
+def rate_limited(*, retry_after: str | None = None, retry_after_ms: str | None = None) -> Respond:
+    """A 429 ``rate_limit_exceeded``, with the given ``retry-after`` / ``retry-after-ms``."""
+    headers: dict[str, str] = {}
+    if retry_after is not None:
+        headers["retry-after"] = retry_after
+    if retry_after_ms is not None:
+        headers["retry-after-ms"] = retry_after_ms
+    return error(
+        429,
+        "Rate limit reached for requests",
+        code="rate_limit_exceeded",
+        type="requests",
+        headers=headers,
+    )
+
+
+def insufficient_quota() -> Respond:
+    """OpenAI's 429 for an exhausted quota (never worth a retry)."""
+    return error(
+        429,
+        "You exceeded your current quota, please check your plan and billing details.",
+        code="insufficient_quota",
+        type="insufficient_quota",
+    )
+
+
+def unavailable(*, headers: Mapping[str, str] | None = None) -> Respond:
+    """A 503, as OpenAI sends when it is overloaded."""
+    return error(
+        503,
+        "The server is overloaded or not ready yet.",
+        type="server_error",
+        headers=headers,
+    )
+
+
+def bad_request(message: str = "Invalid value for 'temperature'") -> Respond:
+    """A 400 ``invalid_request_error``."""
+    return error(400, message, code="invalid_value", type="invalid_request_error")
+
+
+def hang() -> Respond:
+    """Never answer: the client's request timeout is what ends it."""
+    return Respond(hang=True)
+
+
+def truncated() -> Respond:
+    """A 200 whose body stops halfway and whose connection is then dropped."""
+    return Respond(200, _completion_body("this reply is cut short"), truncate=True)
+
+
+def raw(body: bytes | str, *, content_type: str = "application/json", status: int = 200) -> Respond:
+    """Any body with any content type (malformed JSON, HTML from a proxy...)."""
+    data = body.encode() if isinstance(body, str) else body
+    return Respond(status, data, content_type=content_type)
+
+
+class FakeOpenAI:
+    """The server. ``await start()`` binds 127.0.0.1 on a free port (or use ``async with``);
+    :attr:`base_url` is then ``http://127.0.0.1:<port>/v1``. ``await stop()`` ends it, hung
+    requests included."""
+
+    def __init__(self) -> None:
+        self.requests: list[RecordedRequest] = []
+        self._script: deque[Respond] = deque()
+        self._runner: web.AppRunner | None = None
+        self._port: int | None = None
+        self._stopping = asyncio.Event()
+        self._arrived = asyncio.Condition()
+
+    # -- script ------------------------------------------------------------------------------
+
+    def script(self, *responses: Respond) -> None:
+        """Answer the next requests with ``responses``, in order (after those already queued)."""
+        self._script.extend(responses)
+
+    @property
+    def pending(self) -> int:
+        """Scripted responses not used yet."""
+        return len(self._script)
+
+    @staticmethod
+    def default(request_json: Any) -> Respond:
+        """The answer once the script is spent: ``"echo: <last user message>"``."""
+        text = ""
+        messages = request_json.get("messages") if isinstance(request_json, dict) else None
+        if isinstance(messages, list):
+            for message in reversed(messages):
+                if isinstance(message, dict) and message.get("role") == "user":
+                    text = str(message.get("content"))
+                    break
+        return completion(f"echo: {text}")
+
+    # -- what was received ---------------------------------------------------------------------
+
+    @property
+    def connections(self) -> int:
+        """Distinct client connections (by peer address) that sent a request."""
+        return len({request.peer for request in self.requests})
+
+    async def wait_for_requests(self, count: int, timeout: float = 5.0) -> None:
+        """Return once ``count`` requests have arrived; ``TimeoutError`` after ``timeout``."""
+        async with asyncio.timeout(timeout), self._arrived:
+            await self._arrived.wait_for(lambda: len(self.requests) >= count)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError("FakeOpenAI is not started")
+        return self._port
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:<port>/v1``."""
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    async def start(self) -> str:
+        """Bind and serve; returns :attr:`base_url`."""
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._handle)
+        runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1.0)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert isinstance(server, asyncio.base_events.Server)
+        self._port = server.sockets[0].getsockname()[1]
+        self._runner = runner
+        return self.base_url
+
+    async def stop(self) -> None:
+        """Release hung requests and close the server. Idempotent."""
+        self._stopping.set()
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def __aenter__(self) -> FakeOpenAI:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # -- the handler -----------------------------------------------------------------------------
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        try:
+            parsed: Any = json.loads(body)
+        except ValueError:
+            parsed = None
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        self.requests.append(
+            RecordedRequest(
+                method=request.method,
+                path=request.path,
+                headers={key.lower(): value for key, value in request.headers.items()},
+                body=body,
+                json=parsed,
+                peer=(str(peer[0]), int(peer[1])) if peer else ("?", 0),
+                received_at=time.monotonic(),
+            )
+        )
+        async with self._arrived:
+            self._arrived.notify_all()
+        respond = self._script.popleft() if self._script else self.default(parsed)
+        if respond.hang:
+            await self._stopping.wait()
+            return web.json_response({"error": {"message": "server stopping"}}, status=503)
+        if respond.truncate:
+            response = web.StreamResponse(status=respond.status, headers=respond.headers)
+            response.content_type = respond.content_type
+            response.content_length = len(respond.body)
+            await response.prepare(request)
+            await response.write(respond.body[: len(respond.body) // 2])
+            assert request.transport is not None
+            request.transport.close()
+            return response
+        return web.Response(
+            status=respond.status,
+            body=respond.body,
+            content_type=respond.content_type,
+            headers=respond.headers,
+        )
