@@ -1,0 +1,5 @@
+"""``python -m zeroclaw``: the ``zeroclaw`` command."""
+
+from zeroclaw.cli import main
+
+raise SystemExit(main())
