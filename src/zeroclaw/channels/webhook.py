@@ -145,6 +145,17 @@ class WebhookChannel:
         return self._name
 
     @property
+    def delivery_budget(self) -> float:
+        """The longest one delivery can take: every callback attempt and the waits between."""
+        if self.callback_url is None:
+            return 0.0
+        attempts = self._callback_retries + 1
+        waits = sum(
+            min(self._backoff_max, self._backoff_first * 2.0**n) for n in range(attempts - 1)
+        )
+        return attempts * self._callback_timeout + waits
+
+    @property
     def sync(self) -> bool:
         """``True`` in sync mode (no callback URL): HTTP answers carry the reply."""
         return self.callback_url is None
@@ -205,8 +216,14 @@ class WebhookChannel:
             self._intake.finished(message, result)
 
     async def aclose(self) -> None:
-        """Stop: :meth:`listen` returns, the callback session closes. Waiting requests stay."""
+        """Stop: :meth:`listen` returns, the callback session closes, and requests still
+        waiting for a result (their delivery was given up) are answered ``cancelled`` (503)."""
         self._closed_event().set()
+        waiting, self._waiting = self._waiting, {}
+        for waiters in waiting.values():
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result((MessageResult(MessageResultKind.CANCELLED), None))
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -438,4 +455,9 @@ def build(spec: ChannelSpec, context: ChannelContext) -> WebhookChannel:
         callback_url=options.get("callback_url") or None,
         path=spec.path,
         max_body_bytes=context.max_body_bytes,
+        **{
+            key: options[key]
+            for key in ("callback_timeout", "callback_retries")
+            if options.get(key) is not None
+        },
     )

@@ -40,18 +40,23 @@ class GatewayIntake:
     """Admission for push channels plus the message ledger. See the module docstring.
 
     Args:
-        processor: admits messages.
+        processor: admits messages; ``None`` until :meth:`attach` (channels are built with the
+            intake before the processor exists).
         ledger: counts them.
         clock: time source of the drain deadline.
     """
 
     def __init__(
-        self, processor: Submitter, ledger: MessageLedger, *, clock: Clock | None = None
+        self, processor: Submitter | None, ledger: MessageLedger, *, clock: Clock | None = None
     ) -> None:
         self._processor = processor
         self.ledger = ledger
         self._clock = resolve_clock(clock)
         self._drain_deadline: float | None = None
+
+    def attach(self, processor: Submitter) -> None:
+        """Admit through ``processor`` from now on."""
+        self._processor = processor
 
     @property
     def draining(self) -> bool:
@@ -73,6 +78,8 @@ class GatewayIntake:
             admission = Admission(
                 AdmissionKind.REJECTED, "shutting down", self._drain_retry_after()
             )
+        elif self._processor is None:
+            raise RuntimeError("the gateway is not running yet")
         else:
             admission = await self._processor.submit(channel, message)
             if (
