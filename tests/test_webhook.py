@@ -437,6 +437,46 @@ async def test_chunked_oversized_body_is_refused_while_reading(rig: Rig) -> None
     assert await healthy(rig)
 
 
+async def _raw_exchange(rig: Rig, head: bytes, body: bytes | None = None) -> tuple[bytes, bytes]:
+    """Send ``head`` on a raw socket; read the first answer; then send ``body``, read the rest."""
+    port = int(rig.base.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head)
+        await writer.drain()
+        first = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        rest = b""
+        if body is not None:
+            writer.write(body)
+            await writer.drain()
+            rest = await asyncio.wait_for(reader.read(65536), 10)
+        return first, rest
+    finally:
+        writer.close()
+
+
+async def test_expect_100_continue_refuses_a_large_body_before_it_is_sent(rig: Rig) -> None:
+    head = (
+        b"POST /channels/web HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 104857600\r\nExpect: 100-continue\r\n\r\n"
+    )
+    first, _ = await _raw_exchange(rig, head)
+    assert first.startswith(b"HTTP/1.1 413")
+
+
+async def test_expect_100_continue_lets_a_small_body_through(rig: Rig) -> None:
+    body = b'{"sender": "u", "content": "continued"}'
+    head = (
+        b"POST /channels/web HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n".encode()
+        + b"Expect: 100-continue\r\nConnection: close\r\n\r\n"
+    )
+    first, rest = await _raw_exchange(rig, head, body)
+    assert first.startswith(b"HTTP/1.1 100 Continue")
+    assert rest.startswith(b"HTTP/1.1 200")
+    assert b"echo: continued" in rest
+
+
 async def test_body_at_the_limit_is_accepted() -> None:
     rig = await start_rig(max_body_bytes=200)
     try:

@@ -66,9 +66,16 @@ def serve(config: GatewayConfig) -> int:
     """Run the gateway until SIGINT/SIGTERM and the drain (or until every channel ended).
 
     Blocks; returns the exit code: 0 after a clean stop, 1 when the listener cannot be bound or
-    the processor fails to start (the reason is logged).
+    the processor fails to start (the reason is logged), 2 when a channel or the provider
+    cannot be built from the config (a kind not available in this version, a missing extra:
+    said on stderr).
     """
-    return asyncio.run(Gateway(config).run())
+    try:
+        gateway = Gateway(config)
+    except (ValueError, TypeError, ImportError) as exc:
+        print(f"zeroclaw serve: {config.source}: {exc}", file=sys.stderr, flush=True)
+        return 2
+    return asyncio.run(gateway.run())
 
 
 def _backend_kwargs(settings: ProviderSettings) -> dict[str, Any]:
@@ -161,6 +168,7 @@ class Gateway:
         )
         self._started_at = time.monotonic()
         self._stopping = False
+        self._stop_task: asyncio.Task[None] | None = None
 
     @staticmethod
     def _unset_queue_modes(config: GatewayConfig) -> None:
@@ -275,7 +283,7 @@ class Gateway:
             )
         self.intake.begin_draining(timeout)
         self.server.begin_draining()
-        asyncio.get_running_loop().create_task(self.processor.stop())
+        self._stop_task = asyncio.get_running_loop().create_task(self.processor.stop())
 
     async def _close(self) -> None:
         for channel in self.channels:

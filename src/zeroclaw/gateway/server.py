@@ -26,7 +26,7 @@ from zeroclaw.concurrency._validate import to_count, to_seconds
 from zeroclaw.gateway.metrics import CONTENT_TYPE
 
 try:
-    from aiohttp import web
+    from aiohttp import HttpVersion11, web
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError(
         "zeroclaw's HTTP server needs aiohttp: pip install 'zeroclaw[gateway]'"
@@ -114,7 +114,7 @@ class GatewayServer:
                 other = seen.get(path, "a built-in route")
                 raise ValueError(f"channel {channel.name!r}: path {path} is taken by {other}")
             seen[path] = f"channel {channel.name!r}"
-            router.add_post(path, channel.handle)
+            router.add_post(path, channel.handle, expect_handler=self._expect)
         router.add_get("/healthz", self._healthz, allow_head=True)
         router.add_get("/metrics", self._metrics_page)
         router.add_get("/status", self._status_page)
@@ -205,6 +205,20 @@ class GatewayServer:
         except Exception:
             _logger.exception("%s %s failed", request.method, request.path)
             return error_response(500, "internal error")
+
+    async def _expect(self, request: web.Request) -> web.StreamResponse | None:
+        """``Expect: 100-continue``: refuse a body declared too large before the client sends it."""
+        declared = request.content_length
+        if declared is not None and declared > self._max_body:
+            return self._too_large(BodyTooLarge(self._max_body))
+        expect = request.headers.get("Expect", "")
+        if request.version != HttpVersion11:
+            return None
+        if expect.lower() != "100-continue":
+            return error_response(417, f"unknown Expect: {expect}")
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the 100 is not part of the answer's size
+        return None
 
     @staticmethod
     def _too_large(exc: BodyTooLarge) -> web.Response:
