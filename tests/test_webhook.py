@@ -565,6 +565,26 @@ async def test_draining_refuses_503_and_healthz_turns_503(rig: Rig) -> None:
     assert rig.script.calls == []
 
 
+async def test_closing_the_channel_answers_requests_still_waiting(rig: Rig) -> None:
+    """A delivery given up at shutdown must not leave its HTTP request hanging."""
+    release = asyncio.Event()
+
+    async def hang(message: ChannelMessage) -> str:
+        await release.wait()
+        return "too late"
+
+    rig.script.behaviour = hang
+    waiting = asyncio.ensure_future(
+        rig.post("/channels/web", {"sender": "u", "content": "x", "id": "w-1"})
+    )
+    await _until(lambda: len(rig.script.calls) == 1)
+    await rig.channels["web"].aclose()
+    status, body, headers = await asyncio.wait_for(waiting, 10)
+    assert (status, body) == (503, {"id": "w-1", "status": "cancelled"})
+    assert headers["Retry-After"] == "1"
+    release.set()
+
+
 # ---------------------------------------------------------------------------- async mode
 
 
