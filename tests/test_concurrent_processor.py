@@ -8,6 +8,7 @@ import signal
 
 import pytest
 
+from tests.helpers import FakeChannel, FakeProvider, msg
 from zeroclaw.concurrency.channel_integration import (
     Channel,
     ChannelMessage,
@@ -20,83 +21,8 @@ from zeroclaw.concurrency.circuit_breaker import CircuitConfig, CircuitState
 from zeroclaw.testing import FakeClock, settle
 
 
-class FakeChannel:
-    """A channel that delivers a script of messages, then stays open until cancelled."""
-
-    def __init__(
-        self,
-        name: str,
-        script: list[ChannelMessage],
-        *,
-        stay_open: bool = True,
-        failures: int = 0,
-    ) -> None:
-        self._name = name
-        self.script = list(script)
-        self.stay_open = stay_open
-        self.failures_left = failures
-        self.listen_calls = 0
-        self.sent: list[tuple[str, str]] = []
-        self.incoming: asyncio.Queue[ChannelMessage] = asyncio.Queue()
-
-    def deliver(self, message: ChannelMessage) -> None:
-        """A message arrives from the platform while the channel is listening."""
-        self.incoming.put_nowait(message)
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    async def listen(self, queue: asyncio.Queue[ChannelMessage]) -> None:
-        self.listen_calls += 1
-        if self.failures_left:
-            self.failures_left -= 1
-            raise ConnectionError("websocket dropped")
-        while self.script:
-            await queue.put(self.script.pop(0))
-        while self.stay_open:
-            await queue.put(await self.incoming.get())
-
-    async def send(self, message: str, recipient: str) -> None:
-        self.sent.append((recipient, message))
-
-    async def health_check(self) -> bool:
-        return True
-
-
-class FakeProvider:
-    """An LLM double: answers after ``latency`` fake seconds, or fails while ``down``."""
-
-    name = "fake-llm"
-
-    def __init__(self, clock: FakeClock, latency: float = 0.1) -> None:
-        self.clock = clock
-        self.latency = latency
-        self.down = False
-        self.calls: list[tuple[str | None, str, str, float]] = []
-        self.in_flight = 0
-        self.peak = 0
-
-    async def chat_with_system(
-        self, system_prompt: str | None, message: str, model: str, temperature: float
-    ) -> str:
-        self.calls.append((system_prompt, message, model, temperature))
-        self.in_flight += 1
-        self.peak = max(self.peak, self.in_flight)
-        try:
-            await self.clock.sleep(self.latency)
-            if self.down:
-                raise ConnectionError("503 Service Unavailable")
-            return f"re: {message}"
-        finally:
-            self.in_flight -= 1
-
-    async def chat(self, message: str, model: str, temperature: float) -> str:
-        return await self.chat_with_system(None, message, model, temperature)
-
-
 def message(channel: str, id: str, sender: str, content: str) -> ChannelMessage:
-    return ChannelMessage(id=id, sender=sender, content=content, channel=channel, timestamp=0.0)
+    return msg(id, content, sender=sender, channel=channel)
 
 
 def test_fakes_satisfy_the_protocols() -> None:
@@ -161,16 +87,16 @@ async def test_failures_timeouts_and_refusals_get_short_notices() -> None:
     notices = Notices(failed="FAILED", timeout="TIMEOUT", refused="BUSY")
     gateway = ConcurrentMessageProcessor(config, clock=clock, notices=notices, handle_signals=False)
     running = asyncio.ensure_future(gateway.start([channel], provider, None))
-    channel.deliver(message("cli", "slow", "a", "slow"))
+    channel.arrive(message("cli", "slow", "a", "slow"))
     await settle()
-    channel.deliver(message("cli", "extra", "b", "extra"))  # at capacity: refused
+    channel.arrive(message("cli", "extra", "b", "extra"))  # at capacity: refused
     await settle()
     assert channel.sent == [("b", "BUSY")]
     await clock.run_for(1.0)
     assert channel.sent[-1] == ("a", "TIMEOUT")
     provider.latency = 0.1
     provider.down = True
-    channel.deliver(message("cli", "broken", "c", "x"))
+    channel.arrive(message("cli", "broken", "c", "x"))
     await clock.run_for(0.1)
     assert channel.sent[-1] == ("c", "FAILED")
     await gateway.stop()
