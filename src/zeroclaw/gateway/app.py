@@ -218,10 +218,14 @@ class Gateway:
         )
         started = loop.create_task(self.processor.wait_started())
         await asyncio.wait([processing, started], return_when=asyncio.FIRST_COMPLETED)
-        if not started.done():
+        if not started.done() or started.exception() is not None:
             started.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, RuntimeError):
                 await started
+            if not processing.done():
+                await self.processor.stop()
+            with contextlib.suppress(Exception):
+                await processing
             _logger.error("the processor stopped before it started", exc_info=_error(processing))
             await self._close()
             return 1
