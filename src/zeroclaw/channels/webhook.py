@@ -22,7 +22,6 @@ even when the processor's ``admission="wait"`` would park it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import json
 import logging
@@ -333,7 +332,7 @@ class WebhookChannel:
         waiters = self._waiting.get(key)
         if waiters is None:
             return
-        with contextlib.suppress(ValueError):
+        if waiter in waiters:  # still there when no result came (refused, gone, closed)
             waiters.remove(waiter)
         if not waiters:
             del self._waiting[key]
