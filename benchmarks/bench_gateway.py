@@ -14,6 +14,9 @@ shares the CPU with both servers, so the absolute numbers say little; the ratio,
 same run, is the figure.
 
     python -m benchmarks.bench_gateway [--quick]
+
+``--uvloop`` (from ``python -m benchmarks``) runs only this orchestrating process under uvloop;
+the servers and the load generator are subprocesses on asyncio's default loop either way.
 """
 
 from __future__ import annotations
