@@ -1,15 +1,21 @@
-"""AdaptiveLimiter vs fixed concurrency limits against a provider with a capacity knee.
+"""AdaptiveLimiter (both modes) vs fixed concurrency limits, against two simulated providers.
 
-The provider (simulated on a fake clock, so a minute of traffic takes a second and every run is
-the same) serves ``C`` requests at once in ``base`` seconds; more requests queue, and past the knee
-it thrashes: each request's service time grows with the requests in flight beyond ``C``, and beyond
-``3C`` in flight it answers 503 at once. An answer that took longer than ``deadline`` from the
-provider call is useless (the caller timed out). Demand is far above capacity. Goodput counts
-answers that arrived in time; latency is the provider call's. Fixed limits: too low (C/2), right
-(C), too high (4C, 10C); the adaptive limiter starts at 2 with a target of 1.5 × base and reports
-503s as drops.
+Both providers are simulated on a fake clock, so a minute of traffic takes a second and every run
+is the same. Demand is far above capacity (``10 C`` clients). An answer that took longer than
+``deadline`` from the provider call is useless (the caller timed out); goodput counts answers that
+arrived in time; latency is the provider call's. Both adaptive limiters start at 2 and report 503s
+as drops.
 
-``--chart PATH`` also writes an SVG chart of goodput and p99 latency.
+* **Knee**: the provider serves ``C`` requests at once in ``base`` seconds; more requests queue,
+  and past the knee it thrashes: each request's service time grows with the requests in flight
+  beyond ``C``, and beyond ``3C`` in flight it answers 503 at once. Fixed limits: too low (C/2),
+  right (C), too high (4C, 10C); the target mode aims at 1.5 × base, the gradient mode is given
+  no target.
+* **Flat** (an LLM whose latency is the length of its answer): 150 ms however many requests are
+  in flight, and a 503 at once beyond its concurrency quota of ``6C``. Both modes are given a
+  100 ms target (in gradient mode only a floor), the case where an absolute target collapses.
+
+``--chart PATH`` also writes an SVG chart of goodput and p99 latency of the knee scenario.
 """
 
 from __future__ import annotations
@@ -32,6 +38,9 @@ GROUP = "adaptive"
 CAPACITY = 10
 BASE = 0.1
 DEADLINE = 0.5
+FLAT_LATENCY = 0.15
+FLAT_QUOTA = 6 * CAPACITY
+FLAT_TARGET_MS = 100.0
 
 
 class Overloaded503(Exception):
@@ -65,6 +74,30 @@ class KneeProvider:
             self.in_flight -= 1
 
 
+class FlatProvider:
+    """``latency`` seconds whatever the load (±10 %); 503 at once beyond ``quota`` in flight."""
+
+    def __init__(self, clock: FakeClock, latency: float, quota: int, seed: int) -> None:
+        self.clock = clock
+        self.latency = latency
+        self.quota = quota
+        self.rng = random.Random(seed)
+        self.in_flight = 0
+
+    async def call(self) -> None:
+        if self.in_flight >= self.quota:
+            await self.clock.sleep(0.001)
+            raise Overloaded503
+        self.in_flight += 1
+        try:
+            await self.clock.sleep(self.latency * self.rng.uniform(0.9, 1.1))
+        finally:
+            self.in_flight -= 1
+
+
+Provider = KneeProvider | FlatProvider
+
+
 @dataclass
 class Outcome:
     name: str
@@ -79,15 +112,24 @@ class Outcome:
 Gate = Callable[[], AbstractAsyncContextManager[object]]
 
 
+def knee(clock: FakeClock, seed: int) -> Provider:
+    return KneeProvider(clock, CAPACITY, BASE, seed)
+
+
+def flat(clock: FakeClock, seed: int) -> Provider:
+    return FlatProvider(clock, FLAT_LATENCY, FLAT_QUOTA, seed)
+
+
 async def simulate(
     name: str,
     make_gate: Callable[[FakeClock], tuple[Gate, Callable[[], int]]],
     *,
     seconds: float,
     seed: int = 11,
+    make_provider: Callable[[FakeClock, int], Provider] = knee,
 ) -> Outcome:
     clock = FakeClock()
-    provider = KneeProvider(clock, CAPACITY, BASE, seed)
+    provider = make_provider(clock, seed)
     gate, current_limit = make_gate(clock)
     warm_up = seconds / 4
     latencies: list[float] = []
@@ -144,8 +186,18 @@ def fixed(limit: int) -> Callable[[FakeClock], tuple[Gate, Callable[[], int]]]:
     return make
 
 
-def adaptive(clock: FakeClock) -> tuple[Gate, Callable[[], int]]:
-    limiter = AdaptiveLimiter(2, 1, 20 * CAPACITY, None, 1.5 * BASE * 1000, clock=clock)
+def adaptive(
+    mode: str, target_ms: float | None
+) -> Callable[[FakeClock], tuple[Gate, Callable[[], int]]]:
+    def make(clock: FakeClock) -> tuple[Gate, Callable[[], int]]:
+        limiter = AdaptiveLimiter(2, 1, 20 * CAPACITY, None, target_ms, clock=clock, mode=mode)
+        return limited(clock, limiter), lambda: limiter.current_limit
+
+    return make
+
+
+def limited(clock: FakeClock, limiter: AdaptiveLimiter) -> Gate:
+    """``async with gate():`` through ``limiter``: 503s are drops, other exceptions not samples."""
 
     @asynccontextmanager
     async def gate() -> AsyncIterator[object]:
@@ -161,7 +213,7 @@ def adaptive(clock: FakeClock) -> tuple[Gate, Callable[[], int]]:
             raise
         permit.release((clock.now() - started) * 1000)
 
-    return gate, lambda: limiter.current_limit
+    return gate
 
 
 def svg_chart(outcomes: list[Outcome]) -> str:
@@ -175,7 +227,7 @@ def svg_chart(outcomes: list[Outcome]) -> str:
         f'<rect width="{width}" height="{height + 50}" fill="white"/>',
         f'<text x="{pad}" y="{height + 40}" fill="#555">provider capacity {CAPACITY}, '
         f"{BASE * 1000:.0f} ms per request, deadline {DEADLINE * 1000:.0f} ms; adaptive target "
-        f"{1.5 * BASE * 1000:.0f} ms</text>",
+        f"{1.5 * BASE * 1000:.0f} ms, adaptive gradient: no target</text>",
     ]
     for index, (title, value, color) in enumerate(
         [
@@ -197,9 +249,10 @@ def svg_chart(outcomes: list[Outcome]) -> str:
                 f'<rect x="{x}" y="{height - h}" width="{bar}" height="{h}" fill="{color}"/>'
             )
             parts.append(f'<text x="{x}" y="{height - h - 4}">{v:.0f}</text>')
-            label = outcome.name.split(" (")[0]
+            first, _, second = outcome.name.split(" (")[0].partition(" ")
             parts.append(
-                f'<text x="{x + bar / 2}" y="{height + 16}" text-anchor="middle">{label}</text>'
+                f'<text x="{x + bar / 2}" y="{height + 14}" text-anchor="middle">{first}'
+                f'<tspan x="{x + bar / 2}" dy="12">{second}</tspan></text>'
             )
     parts.append("</svg>")
     return "\n".join(parts)
@@ -220,16 +273,18 @@ def markdown(outcomes: list[Outcome]) -> str:
 
 async def run(report: Report, quick: bool) -> None:
     seconds = 40.0 if quick else 120.0
+    target_ms = 1.5 * BASE * 1000
     contenders = [
         (f"fixed {CAPACITY // 2} (too low)", fixed(CAPACITY // 2)),
         (f"fixed {CAPACITY} (right)", fixed(CAPACITY)),
         (f"fixed {4 * CAPACITY} (too high)", fixed(4 * CAPACITY)),
         (f"fixed {10 * CAPACITY} (far too high)", fixed(10 * CAPACITY)),
-        ("adaptive", adaptive),
+        (f"adaptive target ({target_ms:.0f} ms)", adaptive("target", target_ms)),
+        ("adaptive gradient (no target)", adaptive("gradient", None)),
     ]
     outcomes = [await simulate(name, make, seconds=seconds) for name, make in contenders]
     print(
-        f"\nprovider: capacity {CAPACITY}, {BASE * 1000:.0f} ms per request, 503 beyond "
+        f"\nknee: capacity {CAPACITY}, {BASE * 1000:.0f} ms per request, 503 beyond "
         f"{3 * CAPACITY} in flight; deadline {DEADLINE * 1000:.0f} ms; {10 * CAPACITY} clients; "
         f"{seconds:.0f} simulated s\n"
     )
@@ -238,6 +293,29 @@ async def run(report: Report, quick: bool) -> None:
         note = f"p50 {outcome.p50_ms:.0f} ms, p99 {outcome.p99_ms:.0f} ms"
         report.figure(GROUP, f"goodput, {outcome.name}", outcome.goodput, "answers/s", note)
     LAST_OUTCOMES[:] = outcomes
+
+    flat_contenders = [
+        (f"fixed {CAPACITY}", fixed(CAPACITY)),
+        (f"fixed {FLAT_QUOTA} (the quota)", fixed(FLAT_QUOTA)),
+        (f"adaptive target ({FLAT_TARGET_MS:.0f} ms)", adaptive("target", FLAT_TARGET_MS)),
+        (
+            f"adaptive gradient (floor {FLAT_TARGET_MS:.0f} ms)",
+            adaptive("gradient", FLAT_TARGET_MS),
+        ),
+    ]
+    flat_outcomes = [
+        await simulate(name, make, seconds=seconds, make_provider=flat)
+        for name, make in flat_contenders
+    ]
+    print(
+        f"\nflat: {FLAT_LATENCY * 1000:.0f} ms per request whatever the load, 503 beyond "
+        f"{FLAT_QUOTA} in flight; deadline {DEADLINE * 1000:.0f} ms; {10 * CAPACITY} clients; "
+        f"{seconds:.0f} simulated s\n"
+    )
+    print(markdown(flat_outcomes))
+    for outcome in flat_outcomes:
+        note = f"p50 {outcome.p50_ms:.0f} ms, p99 {outcome.p99_ms:.0f} ms, {outcome.errors} 503s"
+        report.figure(GROUP, f"flat goodput, {outcome.name}", outcome.goodput, "answers/s", note)
 
 
 LAST_OUTCOMES: list[Outcome] = []

@@ -1,19 +1,33 @@
-"""AdaptiveLimiter: the enforced limit follows a latency target; drops, cancellations, rate."""
+"""AdaptiveLimiter: the enforced limit follows a latency target (or, in gradient mode, the learned
+no-load latency); drops, cancellations, rate."""
 
 from __future__ import annotations
 
 import asyncio
 import heapq
+import math
 import random
 import statistics
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from zeroclaw.concurrency._limit_rules import (
+    FASTER_RUN,
+    USED_FRACTION,
+    Baseline,
+    LimitMode,
+    adaptive_next_limit,
+    gradient_target,
+    learn_baseline,
+    next_limit,
+)
 from zeroclaw.concurrency.backpressure import (
     AdaptiveLimiter,
     AdaptiveLimiterStats,
     AdaptivePermit,
-    adaptive_next_limit,
 )
 from zeroclaw.concurrency.errors import Overloaded
 from zeroclaw.testing import FakeClock, settle
@@ -43,12 +57,23 @@ class QueueingProvider:
 
 
 async def simulate(
-    capacity: int, *, base: float = 0.1, initial: int = 2, seconds: float = 60.0, seed: int = 7
+    capacity: int,
+    *,
+    base: float = 0.1,
+    initial: int = 2,
+    seconds: float = 60.0,
+    seed: int = 7,
+    mode: str = "target",
 ) -> tuple[list[int], list[float], AdaptiveLimiter]:
-    """Demand far above capacity; returns limits sampled and latencies seen after a warm-up."""
+    """Demand far above capacity; returns limits sampled and latencies seen after a warm-up.
+
+    Target mode aims at 1.5 x base; gradient mode is given no target at all.
+    """
     clock = FakeClock()
-    target_ms = 1.5 * base * 1000
-    limiter = AdaptiveLimiter(initial, 1, 20 * capacity, None, target_ms, clock=clock, name="llm")
+    target_ms = 1.5 * base * 1000 if mode == "target" else None
+    limiter = AdaptiveLimiter(
+        initial, 1, 20 * capacity, None, target_ms, clock=clock, name="llm", mode=mode
+    )
     provider = QueueingProvider(clock, capacity, base, seed)
     warm_up = seconds / 3
     limits: list[int] = []
@@ -91,17 +116,41 @@ async def test_simulation_settles_near_capacity_and_keeps_latency_near_target(
     assert stats.ignored_samples > 0  # samples from permits granted before a change
 
 
-async def test_simulation_is_deterministic() -> None:
-    first = await simulate(5, seconds=20)
-    second = await simulate(5, seconds=20)
+@pytest.mark.parametrize("capacity", [4, 10, 25])
+async def test_gradient_mode_settles_near_capacity_without_a_target(capacity: int) -> None:
+    """The quality bar in gradient mode: no target is given, so the bound on latency is against
+    the no-load latency itself (2 x base), and the baseline it learned is that latency."""
+    base = 0.1
+    limits, latencies, limiter = await simulate(capacity, base=base, mode="gradient")
+    assert min(limits) >= 0.8 * capacity, limits
+    assert max(limits) <= 2.2 * capacity, limits
+    assert statistics.fmean(latencies) < 2 * base
+    assert limiter.inflight == 0
+    stats = limiter.stats()
+    assert stats.mode == "gradient"
+    assert stats.target_latency_ms is None
+    assert stats.baseline_latency_ms == pytest.approx(base * 1000, rel=0.1)
+    assert stats.baseline_latency_ms is not None
+    assert stats.aimed_latency_ms == pytest.approx(1.5 * stats.baseline_latency_ms)
+    assert stats.increases > 0
+    assert stats.decreases > 0  # it did meet the knee
+    assert stats.ignored_samples > 0
+
+
+@pytest.mark.parametrize("mode", ["target", "gradient"])
+async def test_simulation_is_deterministic(mode: str) -> None:
+    first = await simulate(5, seconds=20, mode=mode)
+    second = await simulate(5, seconds=20, mode=mode)
     assert first[0] == second[0]
     assert first[1] == second[1]
 
 
-async def test_follows_the_provider_down_when_its_capacity_drops() -> None:
+@pytest.mark.parametrize("mode", ["target", "gradient"])
+async def test_follows_the_provider_down_when_its_capacity_drops(mode: str) -> None:
     clock = FakeClock()
     base = 0.1
-    limiter = AdaptiveLimiter(2, 1, 400, None, 150, clock=clock, window_size=20)
+    target = 150 if mode == "target" else None
+    limiter = AdaptiveLimiter(2, 1, 400, None, target, clock=clock, window_size=20, mode=mode)
     provider = QueueingProvider(clock, 20, base, seed=11)
     limits: list[int] = []
 
@@ -378,3 +427,434 @@ async def test_never_deadlocks_at_the_minimum_under_a_storm() -> None:
     assert limiter.inflight == 0
     assert limiter.stats().waiting_count == 0
     assert limiter.stats().drops > 0
+
+
+# --------------------------------------------------------------------------------------------
+# Gradient mode: latency that does not depend on load is not queueing
+# --------------------------------------------------------------------------------------------
+
+
+class FlatProvider:
+    """Answers in ``latency`` seconds however many requests are in flight (an LLM whose time is
+    the length of its answer); counts the most it ever had in flight."""
+
+    def __init__(self, clock: FakeClock, latency: float) -> None:
+        self.clock = clock
+        self.latency = latency
+        self.in_flight = 0
+        self.peak = 0
+
+    async def call(self) -> None:
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        try:
+            await self.clock.sleep(self.latency)
+        finally:
+            self.in_flight -= 1
+
+
+async def run_calls(limiter: AdaptiveLimiter, clock: FakeClock, calls: int, call: Any) -> float:
+    """Run ``calls`` calls through ``limiter``, all submitted at once; simulated seconds taken."""
+
+    async def one() -> None:
+        async with limiter:
+            await call()
+
+    started = clock.now()
+    tasks = [asyncio.create_task(one()) for _ in range(calls)]
+    while not all(task.done() for task in tasks):
+        await clock.run_for(0.01)
+    await asyncio.gather(*tasks)
+    return clock.now() - started
+
+
+async def test_flat_high_latency_collapses_target_mode_but_not_gradient_mode() -> None:
+    """The measured defect: 150 ms whatever the load and a 100 ms target bring target mode down to
+    its minimum; gradient mode (same target, as a floor) keeps the limit and grows it."""
+    clock = FakeClock()
+    target = AdaptiveLimiter(10, 2, 50, None, 100, clock=clock, window_size=10)
+    slow = await run_calls(target, clock, 200, FlatProvider(clock, 0.150).call)
+    assert target.current_limit == 2
+    assert slow > 10.0  # about 200 / 2 x 150 ms
+
+    clock = FakeClock()
+    gradient = AdaptiveLimiter(10, 2, 50, None, 100, clock=clock, window_size=10, mode="gradient")
+    provider = FlatProvider(clock, 0.150)
+    fast = await run_calls(gradient, clock, 200, provider.call)
+    stats = gradient.stats()
+    assert stats.decreases == 0
+    assert gradient.current_limit == 50  # grew to max_limit: every window had work waiting
+    assert provider.peak == 50
+    assert fast < 1.5
+    assert stats.baseline_latency_ms == pytest.approx(150)
+    assert stats.aimed_latency_ms == pytest.approx(225)  # 1.5 x 150, above the 100 ms floor
+
+
+async def test_flat_latency_that_is_not_used_keeps_the_limit() -> None:
+    clock = FakeClock()
+    limiter = AdaptiveLimiter(8, 1, 64, None, None, clock=clock, window_size=5, mode="gradient")
+    provider = FlatProvider(clock, 2.0)
+    for _ in range(30):  # one request at a time: the limit is never used
+        async with limiter:
+            task = asyncio.create_task(provider.call())
+            await clock.run_for(2.0)
+            await task
+    stats = limiter.stats()
+    assert limiter.current_limit == 8
+    assert stats.increases == stats.decreases == 0
+    assert stats.baseline_latency_ms == pytest.approx(2000)
+
+
+class NoisyQueueingProvider(QueueingProvider):
+    """:class:`QueueingProvider` whose service times vary like answer lengths (gamma, CV 1)."""
+
+    async def call(self) -> float:
+        now = self.clock.now()
+        start = max(now, heapq.heappop(self.free_at))
+        finish = start + self.base * self.rng.expovariate(1.0)
+        heapq.heappush(self.free_at, finish)
+        await self.clock.sleep(finish - now)
+        return finish - now
+
+
+async def test_gradient_mode_against_answer_length_noise_and_a_knee() -> None:
+    """Service times spread like answer lengths (exponential: as many 3x answers as 0.05x) on top
+    of a capacity knee: one lucky window of short answers must not set the baseline, or the limit
+    would be ratcheted down to the minimum."""
+    clock = FakeClock()
+    capacity, base = 10, 1.0
+    limiter = AdaptiveLimiter(2, 1, 200, None, None, clock=clock, mode="gradient")
+    provider = NoisyQueueingProvider(clock, capacity, base, seed=5)
+    limits: list[int] = []
+    answered = 0
+
+    async def client() -> None:
+        nonlocal answered
+        while True:
+            async with limiter:
+                await provider.call()
+            answered += 1
+
+    tasks = [asyncio.create_task(client()) for _ in range(10 * capacity)]
+    await clock.run_for(300)
+    answered = 0
+    for _ in range(3000):
+        await clock.run_for(base / 2)
+        limits.append(limiter.current_limit)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert min(limits) >= capacity // 2, min(limits)
+    assert 0.8 * capacity <= statistics.fmean(limits) <= 2.2 * capacity
+    assert answered / 1500 >= 0.95 * capacity / base  # the provider was kept busy
+    baseline = limiter.stats().baseline_latency_ms
+    assert baseline is not None
+    assert baseline >= 0.5 * base * 1000
+
+
+def test_gradient_drops_shrink_promptly_and_are_not_samples() -> None:
+    limiter = AdaptiveLimiter(64, 2, 64, None, None, clock=FakeClock(), mode="gradient")
+    for _ in range(5):
+        p = limiter.try_acquire()
+        assert p is not None
+        p.release(0.001, dropped=True)  # a 503 comes back at once: no latency sample
+    stats = limiter.stats()
+    assert limiter.current_limit == 2
+    assert stats.drops == 5
+    assert stats.samples == 0
+    assert stats.baseline_latency_ms is None
+
+
+async def test_gradient_cancellations_are_not_samples() -> None:
+    clock = FakeClock()
+    limiter = AdaptiveLimiter(2, 1, 10, None, None, clock=clock, window_size=1, mode="gradient")
+
+    async def call() -> None:
+        async with limiter:
+            await clock.sleep(10)
+
+    task = asyncio.create_task(call())
+    await clock.run_for(0.001)  # a cancellation right after the start would read as fast
+    task.cancel()
+    await settle()
+    stats = limiter.stats()
+    assert (stats.samples, stats.ignored_samples, stats.inflight) == (0, 1, 0)
+    assert stats.baseline_latency_ms is None
+
+
+def test_gradient_ignores_samples_from_permits_granted_before_a_decrease() -> None:
+    limiter = AdaptiveLimiter(
+        8, 1, 8, None, None, clock=FakeClock(), window_size=2, mode="gradient"
+    )
+    for p in [limiter.try_acquire() for _ in range(2)]:
+        assert p is not None
+        p.release(100)  # the baseline: 100 ms with 2 in flight
+    assert limiter.stats().baseline_latency_ms == 100
+    old = [limiter.try_acquire() for _ in range(8)]
+    for _ in range(2):
+        limiter.report_latency(400)  # 8 in flight and 4x the baseline: halve
+    assert limiter.current_limit == 4
+    for p in old:
+        assert p is not None
+        p.release(1)  # granted before the decrease: neither a sample nor a new baseline
+    stats = limiter.stats()
+    assert stats.ignored_samples == 8
+    assert stats.baseline_latency_ms == 100
+    assert limiter.current_limit == 4
+
+
+def test_gradient_relearns_a_slower_provider_once_its_own_load_is_low() -> None:
+    """A provider that got slower at any load looks like queueing while we are busier than the
+    baseline's load; once the limit is down there, the new latency becomes the baseline and the
+    limit grows again instead of staying at the minimum."""
+    limiter = AdaptiveLimiter(
+        2, 1, 16, None, None, clock=FakeClock(), window_size=2, mode="gradient"
+    )
+
+    def window(held: int, latency_ms: float) -> None:
+        permits = [limiter.try_acquire() for _ in range(held)]
+        for p in permits:
+            assert p is not None
+            p.release(latency_ms)
+
+    window(2, 100)  # baseline 100 ms at 2 in flight; grows x1.5
+    assert limiter.current_limit == 3
+    window(3, 400)  # busier and slower: shrink, the baseline stays
+    assert limiter.stats().baseline_latency_ms == 100
+    assert limiter.current_limit == 1
+    window(1, 400)
+    window(1, 400)  # alone and still slow: the provider is slower, not busier
+    assert limiter.stats().baseline_latency_ms == 400
+    assert limiter.current_limit == 2  # and the limit grows again from there
+
+
+def test_gradient_rule_is_pure() -> None:
+    # the first window, or a less loaded one, replaces the baseline; the same load averages
+    assert learn_baseline(None, 120, 4) == Baseline(120, 4)
+    assert learn_baseline(Baseline(100, 4), 300, 2) == Baseline(300, 2)
+    assert learn_baseline(Baseline(100, 4), 140, 4) == Baseline(120, 4)
+    # busier and slower: unchanged; busier and faster: only after FASTER_RUN windows in a row
+    assert learn_baseline(Baseline(100, 4), 500, 9) == Baseline(100, 4)
+    assert FASTER_RUN == 3
+    b: Baseline | None = Baseline(100, 4)
+    for mean in [80, 70]:
+        b = learn_baseline(b, mean, 9)
+        assert b is not None
+        assert b.latency_ms == 100
+    assert learn_baseline(b, 90, 9) == Baseline(90, 4)  # the slowest of the run
+    interrupted = learn_baseline(learn_baseline(Baseline(100, 4), 80, 9), 120, 9)
+    assert interrupted == Baseline(100, 4)
+    # a window that measured nothing teaches nothing
+    assert learn_baseline(None, 0, 1) is None
+    assert learn_baseline(Baseline(100, 4), 0, 1) == Baseline(100, 4)
+    # the aim: tolerance x baseline, never below the floor
+    assert gradient_target(100, 1.5, None) == 150
+    assert gradient_target(100, 1.5, 200) == 200
+    assert gradient_target(100, 1.5, 120) == 150
+    # one window: target mode passes the baseline through
+    assert next_limit(LimitMode.TARGET, 20, None, 200, 20, True, 100, 1.5, 1, 100) == (
+        10,
+        None,
+        100,
+    )
+    # gradient mode: flat latency at the baseline grows a used limit by the tolerance
+    assert next_limit(
+        LimitMode.GRADIENT, 20, Baseline(150, 2), 150, 20, True, 100, 1.5, 1, 100
+    ) == (
+        30,
+        Baseline(150, 2),
+        225,
+    )
+    # ... and 3x the baseline shrinks it by 1.5/3
+    assert next_limit(LimitMode.GRADIENT, 20, Baseline(100, 2), 300, 20, True, None, 1.5, 1, 100)[
+        0
+    ] == pytest.approx(10)
+    with pytest.raises(ValueError, match="target mode"):
+        next_limit(LimitMode.TARGET, 20, None, 200, 20, True, None, 1.5, 1, 100)
+
+
+@given(
+    mode=st.sampled_from(list(LimitMode)),
+    limit=st.floats(1, 100),
+    baseline=st.none() | st.builds(Baseline, st.floats(0.001, 1e6), st.integers(0, 200)),
+    mean=st.floats(0, 1e7),
+    load=st.integers(0, 200),
+    used=st.booleans(),
+    target=st.none() | st.floats(0.001, 1e6),
+)
+def test_next_limit_stays_in_bounds(
+    mode: LimitMode,
+    limit: float,
+    baseline: Baseline | None,
+    mean: float,
+    load: int,
+    used: bool,
+    target: float | None,
+) -> None:
+    if mode is LimitMode.TARGET and target is None:
+        target = 100.0
+    new, learned, aim = next_limit(mode, limit, baseline, mean, load, used, target, 1.5, 1, 100)
+    assert 1 <= new <= 100
+    assert aim is None or aim > 0
+    if not used:
+        assert new <= max(1.0, limit)  # an unused limit never grows
+    if mode is LimitMode.TARGET:
+        assert learned is baseline
+    elif learned is None:
+        assert baseline is None
+        assert mean == 0
+        assert (new, aim) == (max(1.0, limit), None)
+    else:
+        assert learned.latency_ms > 0
+
+
+@given(
+    latency=st.floats(1, 1e5),
+    loads=st.lists(st.integers(1, 64), min_size=1, max_size=40),
+)
+def test_flat_latency_never_shrinks_the_limit(latency: float, loads: list[int]) -> None:
+    """Whatever the load of each window, if the latency does not change, gradient mode never
+    lowers the limit (and a used limit grows)."""
+    limit, baseline = 4.0, None
+    for load in loads:
+        used = load >= USED_FRACTION * limit
+        new, baseline, _ = next_limit(
+            LimitMode.GRADIENT, limit, baseline, latency, load, used, None, 1.5, 1, 64
+        )
+        assert new >= limit
+        if used and limit < 64:
+            assert new > limit
+        limit = new
+
+
+# One step of a random workload: grant a permit, release one (with a latency, as a drop, or
+# ignored), or report a latency.
+_step = st.one_of(
+    st.tuples(st.just("acquire"), st.just(0.0)),
+    st.tuples(st.sampled_from(["release", "drop", "ignore"]), st.floats(0, 5000)),
+    st.tuples(st.just("report"), st.floats(0, 5000)),
+)
+
+
+@settings(max_examples=200)
+@given(
+    mode=st.sampled_from(["target", "gradient"]),
+    bounds=st.tuples(st.integers(1, 8), st.integers(0, 8), st.integers(0, 24)),
+    window=st.integers(1, 6),
+    steps=st.lists(_step, max_size=120),
+)
+def test_limit_stays_in_bounds_and_needs_a_window_or_a_drop_to_change(
+    mode: str, bounds: tuple[int, int, int], window: int, steps: list[tuple[str, float]]
+) -> None:
+    low, up, further = bounds
+    initial, high = low + up, low + up + further
+    target = 150.0 if mode == "target" else None
+    limiter = AdaptiveLimiter(
+        initial, low, high, None, target, clock=FakeClock(), window_size=window, mode=mode
+    )
+    held: list[AdaptivePermit] = []
+    counted = 0  # samples counted in the current window, as the limiter should count them
+    for action, value in steps:
+        before = limiter.stats()
+        if action == "acquire":
+            permit = limiter.try_acquire()
+            if permit is not None:
+                held.append(permit)
+            continue
+        if action == "report":
+            limiter.report_latency(value)
+        elif held:
+            permit = held.pop(0)
+            permit.release(value, dropped=action == "drop", ignore=action == "ignore")
+        after = limiter.stats()
+        assert low <= after.current_limit <= high
+        assert after.inflight == len(held)
+        sampled = after.samples - before.samples
+        dropped = after.drops - before.drops
+        changed = (after.increases + after.decreases) - (before.increases + before.decreases)
+        counted += sampled
+        if changed and not dropped:
+            assert counted >= window  # a change needs a full window (or a drop)
+        if dropped or counted >= window:
+            counted = 0  # either restarts the window
+        if after.current_limit != before.current_limit:
+            assert dropped or sampled
+    for permit in held:
+        permit.release(ignore=True)
+    assert limiter.inflight == 0
+
+
+def test_gradient_mode_validation() -> None:
+    with pytest.raises(ValueError, match="mode='gradient'"):
+        AdaptiveLimiter(2, 1, 5, None, None)
+    with pytest.raises(ValueError, match="mode must be"):
+        AdaptiveLimiter(2, 1, 5, None, 100, mode="vegas")
+    with pytest.raises(TypeError, match="mode must be"):
+        AdaptiveLimiter(2, 1, 5, None, 100, mode=1)  # type: ignore[arg-type]
+    for bad in [1.0, 0.5, math.nan, math.inf]:
+        with pytest.raises(ValueError, match="tolerance"):
+            AdaptiveLimiter(2, 1, 5, None, None, mode="gradient", tolerance=bad)
+    with pytest.raises(TypeError, match="tolerance"):
+        AdaptiveLimiter(2, 1, 5, None, None, mode="gradient", tolerance=True)
+    for bad_target in [math.nan, math.inf, -1.0]:
+        with pytest.raises(ValueError, match="target_latency_ms"):
+            AdaptiveLimiter(2, 1, 5, None, bad_target, mode="gradient")
+    limiter = AdaptiveLimiter(2, 1, 5, None, None, mode=LimitMode.GRADIENT, clock=FakeClock())
+    assert limiter.stats().mode is LimitMode.GRADIENT
+    assert "gradient baseline=?" in repr(limiter)
+    limiter.set_target_latency(300)
+    assert limiter.stats().target_latency_ms == 300
+    assert "floor=300ms" in repr(limiter)
+    limiter.set_target_latency(None)
+    assert limiter.stats().target_latency_ms is None
+    target = AdaptiveLimiter(2, 1, 5, None, 100, clock=FakeClock())
+    assert target.stats().mode is LimitMode.TARGET
+    assert "target=100ms" in repr(target)
+    with pytest.raises(ValueError, match="mode='gradient'"):
+        target.set_target_latency(None)
+    assert target.stats().target_latency_ms == 100
+
+
+@pytest.mark.parametrize("bad", [math.nan, -1.0, math.inf, "5"])
+def test_a_bad_latency_is_refused_and_the_permit_still_given_back(bad: object) -> None:
+    limiter = AdaptiveLimiter(2, 1, 5, None, None, clock=FakeClock(), mode="gradient")
+    permit = limiter.try_acquire()
+    assert permit is not None
+    with pytest.raises((TypeError, ValueError), match="latency_ms"):
+        permit.release(bad)  # type: ignore[arg-type]
+    assert permit.released
+    assert limiter.inflight == 0
+    with pytest.raises((TypeError, ValueError), match="latency_ms"):
+        limiter.report_latency(bad)  # type: ignore[arg-type]
+    stats = limiter.stats()
+    assert (stats.samples, stats.ignored_samples) == (0, 1)
+
+
+@pytest.mark.parametrize("mode", ["target", "gradient"])
+async def test_a_release_that_shrinks_the_limit_wakes_no_one_under_the_old_limit(mode: str) -> None:
+    """The release that decides a decrease must not first hand its slot to a waiter: that waiter
+    would run over the new limit with the new generation, so its 503 would count as a second,
+    fresh drop (measured: one overshoot of a provider's quota quartered the limit)."""
+    clock = FakeClock()
+    target = 100.0 if mode == "target" else None
+    limiter = AdaptiveLimiter(4, 1, 8, None, target, clock=clock, mode=mode)
+    held = [limiter.try_acquire() for _ in range(4)]
+    waiter = asyncio.create_task(limiter.acquire())
+    await settle()
+    assert not waiter.done()
+    first = held.pop()
+    assert first is not None
+    first.release(dropped=True)
+    await settle()
+    assert limiter.current_limit == 2
+    assert not waiter.done()  # 3 still held against a limit of 2
+    assert limiter.inflight == 3
+    for p in held[:2]:
+        assert p is not None
+        p.release(dropped=True)  # granted before the decrease: ignored
+    await settle()
+    assert waiter.done()
+    late = await waiter
+    late.release(dropped=True)  # granted after the decrease: counts
+    assert limiter.current_limit == 1
+    assert limiter.stats().drops == 2

@@ -20,7 +20,7 @@ import asyncio
 import json
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -49,7 +49,8 @@ class Respond:
 
     ``body`` is sent as is with ``content_type``; ``hang`` never answers (until the client goes
     away or the server stops); ``truncate`` announces ``Content-Length`` for the whole body, sends
-    half of it and drops the connection.
+    half of it and drops the connection; ``chunked`` sends the body in 1 KiB chunks with no
+    ``Content-Length``.
     """
 
     status: int = 200
@@ -58,6 +59,7 @@ class Respond:
     headers: Mapping[str, str] = field(default_factory=dict)
     hang: bool = False
     truncate: bool = False
+    chunked: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,18 +164,26 @@ def truncated() -> Respond:
     return Respond(200, _completion_body("this reply is cut short"), truncate=True)
 
 
-def raw(body: bytes | str, *, content_type: str = "application/json", status: int = 200) -> Respond:
+def raw(
+    body: bytes | str,
+    *,
+    content_type: str = "application/json",
+    status: int = 200,
+    chunked: bool = False,
+) -> Respond:
     """Any body with any content type (malformed JSON, HTML from a proxy...)."""
     data = body.encode() if isinstance(body, str) else body
-    return Respond(status, data, content_type=content_type)
+    return Respond(status, data, content_type=content_type, chunked=chunked)
 
 
 class FakeOpenAI:
     """The server. ``await start()`` binds 127.0.0.1 on a free port (or use ``async with``);
     :attr:`base_url` is then ``http://127.0.0.1:<port>/v1``. ``await stop()`` ends it, hung
-    requests included."""
+    requests included. ``now`` stamps each request's ``received_at`` (pass a ``FakeClock``'s
+    ``now`` to see when, in fake time, each attempt arrived)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, now: Callable[[], float] = time.monotonic) -> None:
+        self._now = now
         self.requests: list[RecordedRequest] = []
         self._script: deque[Respond] = deque()
         self._runner: web.AppRunner | None = None
@@ -230,12 +240,16 @@ class FakeOpenAI:
         return f"http://127.0.0.1:{self.port}/v1"
 
     async def start(self) -> str:
-        """Bind and serve; returns :attr:`base_url`."""
+        """Bind a free port on 127.0.0.1 and serve; returns :attr:`base_url`."""
+        return await self.start_on(0)
+
+    async def start_on(self, port: int) -> str:
+        """Bind ``port`` on 127.0.0.1 (0: a free one) and serve; returns :attr:`base_url`."""
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._handle)
         runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1.0)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = web.TCPSite(runner, "127.0.0.1", port)
         await site.start()
         server = site._server
         assert isinstance(server, asyncio.base_events.Server)
@@ -279,7 +293,7 @@ class FakeOpenAI:
                 body=body,
                 json=parsed,
                 peer=(str(peer[0]), int(peer[1])) if peer else ("?", 0),
-                received_at=time.monotonic(),
+                received_at=self._now(),
             )
         )
         async with self._arrived:
@@ -288,6 +302,15 @@ class FakeOpenAI:
         if respond.hang:
             await self._stopping.wait()
             return web.json_response({"error": {"message": "server stopping"}}, status=503)
+        if respond.chunked:
+            response = web.StreamResponse(status=respond.status, headers=respond.headers)
+            response.content_type = respond.content_type
+            response.enable_chunked_encoding()
+            await response.prepare(request)
+            for start in range(0, len(respond.body), 1024):
+                await response.write(respond.body[start : start + 1024])
+            await response.write_eof()
+            return response
         if respond.truncate:
             response = web.StreamResponse(status=respond.status, headers=respond.headers)
             response.content_type = respond.content_type
@@ -303,3 +326,36 @@ class FakeOpenAI:
             content_type=respond.content_type,
             headers=respond.headers,
         )
+
+
+async def _serve_forever(host_port: int) -> None:
+    import signal
+
+    server = FakeOpenAI()
+    app_url = await server.start_on(host_port)
+    print(app_url, flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tests.fakes.openai_server [--port N]``: serve the fake (every request gets the
+    default echo completion), print its base URL, run until SIGINT/SIGTERM. For trying a gateway
+    by hand against an OpenAI-compatible endpoint without a network."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m tests.fakes.openai_server")
+    parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: any free one)")
+    args = parser.parse_args(argv)
+    asyncio.run(_serve_forever(args.port))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

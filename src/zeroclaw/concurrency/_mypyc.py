@@ -24,6 +24,7 @@ COMPILED = (
     "zeroclaw.concurrency.circuit_breaker",
     "zeroclaw.concurrency.channel_integration",
     "zeroclaw.concurrency.deduplicator",
+    "zeroclaw.concurrency._limit_rules",
 )
 
 if TYPE_CHECKING:

@@ -13,7 +13,14 @@ from __future__ import annotations
 import math
 from datetime import timedelta
 
-__all__ = ["to_count", "to_fraction", "to_positive_number", "to_seconds", "to_timeout"]
+__all__ = [
+    "to_count",
+    "to_fraction",
+    "to_measurement",
+    "to_positive_number",
+    "to_seconds",
+    "to_timeout",
+]
 
 
 def _real(value: object, what: str, expected: str) -> float:
@@ -107,4 +114,20 @@ def to_fraction(
     if not inside:  # also catches NaN
         bracket = "(" if low_open else "["
         raise ValueError(f"{what} must be in {bracket}{low}, {high}], got {value!r}")
+    return number
+
+
+def to_measurement(value: object, *, what: str) -> float:
+    """A measured quantity (a latency, a duration in ms): a finite real number >= 0.
+
+    Unlike :func:`to_positive_number`, zero and the tiniest values are fine: nothing divides by
+    a measurement.
+
+    Raises:
+        TypeError: not an ``int``/``float``, or a ``bool``.
+        ValueError: NaN, infinite or negative.
+    """
+    number = _real(value, what, "a number")
+    if not (math.isfinite(number) and number >= 0.0):
+        raise ValueError(f"{what} must be a finite number >= 0, got {value!r}")
     return number

@@ -9,8 +9,9 @@
   and fractional, waiters sleep exactly as long as needed behind one timer for all of them (the
   fix of aiolimiter#290, without aiolimiter's smallest-request-first heap), and for every window
   of length ``W`` at most ``burst + rate * W`` tokens are granted.
-* :class:`AdaptiveLimiter` moves a concurrency limit towards a latency target and enforces it
-  with the same FIFO queue as :class:`Backpressure`; it can be combined with a rate limit.
+* :class:`AdaptiveLimiter` moves a concurrency limit towards a latency target (or, in gradient
+  mode, towards a tolerance over the provider's learned no-load latency) and enforces it with
+  the same FIFO queue as :class:`Backpressure`; it can be combined with a rate limit.
 
 Like asyncio's own primitives, an instance belongs to one event loop (one thread). Constructors
 and the synchronous methods (``try_acquire``, ``release``, ``stats``…) work without a running loop.
@@ -27,7 +28,16 @@ from datetime import timedelta
 from types import TracebackType
 
 from zeroclaw.concurrency._clock import Cancellable, Clock, call_later, resolve_clock, to_seconds
+from zeroclaw.concurrency._limit_rules import (
+    DEFAULT_TOLERANCE,
+    DROP_BACKOFF,
+    USED_FRACTION,
+    Baseline,
+    LimitMode,
+    next_limit,
+)
 from zeroclaw.concurrency._mypyc import mypyc_attr
+from zeroclaw.concurrency._validate import to_measurement, to_positive_number
 from zeroclaw.concurrency.errors import Rejected
 
 __all__ = [
@@ -36,6 +46,7 @@ __all__ = [
     "AdaptivePermit",
     "Backpressure",
     "BackpressureStats",
+    "LimitMode",
     "Permit",
     "RateLimiter",
     "RateLimiterStats",
@@ -721,38 +732,6 @@ class RateLimiter:
 # AdaptiveLimiter
 # --------------------------------------------------------------------------------------------
 
-#: Factor applied to the limit by one counted drop (429, 503, timeout).
-DROP_BACKOFF = 0.5
-#: The most one latency window may shrink (x0.5) or grow (x2) the limit.
-MIN_GRADIENT = 0.5
-MAX_GRADIENT = 2.0
-#: "The limit is actually used" when at least this share of it was in flight during a window.
-USED_FRACTION = 0.75
-
-
-def adaptive_next_limit(
-    limit: float,
-    avg_latency_ms: float,
-    target_latency_ms: float,
-    used: bool,
-    min_limit: int,
-    max_limit: int,
-) -> float:
-    """One window's decision, a pure function: the next (fractional) limit.
-
-    ``gradient = target / avg`` clamped to [0.5, 2]. Above target the limit shrinks by the
-    gradient; below target it grows by it, but only if ``used`` (otherwise it is kept: an idle
-    limit says nothing about what the provider could take). The result stays in
-    ``[min_limit, max_limit]``.
-    """
-    if avg_latency_ms <= 0:
-        gradient = MAX_GRADIENT
-    else:
-        gradient = min(MAX_GRADIENT, max(MIN_GRADIENT, target_latency_ms / avg_latency_ms))
-    if gradient < 1.0 or used:
-        limit *= gradient
-    return min(float(max_limit), max(float(min_limit), limit))
-
 
 @dataclass(frozen=True, slots=True)
 class AdaptiveLimiterStats:
@@ -764,12 +743,16 @@ class AdaptiveLimiterStats:
     limit. ``last_window_latency_ms`` is the mean of the last complete window (``None`` before
     the first). ``rejected_count`` counts failed ``try_acquire`` calls and acquire timeouts;
     ``total_count`` every attempt. ``rate_limiter`` holds the optional rate limit's stats.
+    ``mode`` is the rule in use; ``baseline_latency_ms`` the no-load latency gradient mode has
+    learned (``None`` in target mode and before the first window); ``aimed_latency_ms`` the
+    latency the last window was steered to (the target, or ``max(tolerance x baseline,
+    target)``; ``None`` before the first window).
     """
 
     current_limit: int
     min_limit: int
     max_limit: int
-    target_latency_ms: float
+    target_latency_ms: float | None
     inflight: int
     waiting_count: int
     samples: int
@@ -781,6 +764,9 @@ class AdaptiveLimiterStats:
     rejected_count: int
     total_count: int
     rate_limiter: RateLimiterStats | None
+    mode: LimitMode
+    baseline_latency_ms: float | None
+    aimed_latency_ms: float | None
 
 
 class AdaptivePermit:
@@ -820,7 +806,18 @@ class AdaptivePermit:
         ``dropped=True`` reports an overload signal (429, 503, a timeout): the limit shrinks at
         once. ``ignore=True`` reports nothing (use it for cancellations and for errors that say
         nothing about load).
+
+        Raises:
+            TypeError, ValueError: unless ``latency_ms`` is ``None`` or a finite number >= 0;
+                the permit is given back all the same, without a sample.
         """
+        if latency_ms is not None:
+            try:
+                latency_ms = _latency_ms(latency_ms)
+            except (TypeError, ValueError):
+                if self._released_at is None:
+                    self._limiter._finish(self, None, False, True)
+                raise
         if self._released_at is None:
             self._limiter._finish(self, latency_ms, dropped, ignore)
 
@@ -852,12 +849,43 @@ def _default_is_drop(exc: BaseException) -> bool:
     return isinstance(exc, TimeoutError | Rejected)
 
 
+def _limit_mode(mode: object) -> LimitMode:
+    if isinstance(mode, LimitMode):
+        return mode
+    if not isinstance(mode, str):
+        raise TypeError(f"mode must be 'target' or 'gradient', not {type(mode).__name__}")
+    try:
+        return LimitMode(mode)
+    except ValueError:
+        raise ValueError(f"mode must be 'target' or 'gradient', got {mode!r}") from None
+
+
+def _target_ms(target_latency_ms: object, mode: LimitMode) -> float | None:
+    if target_latency_ms is None:
+        if mode is LimitMode.GRADIENT:
+            return None
+        raise ValueError("target_latency_ms=None needs mode='gradient' (target mode steers to it)")
+    return to_positive_number(target_latency_ms, what="target_latency_ms")
+
+
+def _tolerance(tolerance: object) -> float:
+    number = to_positive_number(tolerance, what="tolerance")
+    if not number > 1.0:
+        raise ValueError(f"tolerance must be > 1, got {tolerance!r}")
+    return number
+
+
+def _latency_ms(latency_ms: object) -> float:
+    return to_measurement(latency_ms, what="latency_ms")
+
+
 @mypyc_attr(allow_interpreted_subclasses=True)
 class AdaptiveLimiter:
-    """A concurrency limit that follows a latency target, optionally combined with a rate limit.
+    """A concurrency limit that follows latency, optionally combined with a rate limit.
 
     ``AdaptiveLimiter(initial, min_limit, max_limit, rate_per_sec, target_latency_ms, *,
-    clock=None, name="adaptive_limiter", window_size=20, burst=None, is_drop=None)``.
+    clock=None, name="adaptive_limiter", window_size=20, burst=None, is_drop=None,
+    mode="target", tolerance=1.5)``.
 
     The limit it computes is the limit it enforces: admission goes through a FIFO
     :class:`Backpressure` whose limit is set to ``current_limit`` after every change (a shrink
@@ -865,39 +893,58 @@ class AdaptiveLimiter:
     :class:`RateLimiter` (``burst`` defaults to ``max(1, ceil(rate))``), after the concurrency
     permit, so a refused request never spends a token.
 
-    The rule (a target-gradient controller, AIMD-like on drops):
+    The rule (a gradient controller, AIMD-like on drops; the decisions are the pure functions of
+    ``zeroclaw.concurrency._limit_rules``):
 
     * Latency samples are averaged over windows of ``window_size`` samples. Nothing changes
       before a window is complete.
-    * ``gradient = target_latency_ms / window_mean``, clamped to [0.5, 2]. Above the target the
-      limit shrinks by the gradient (multiplicatively, at most halving per window); below the
-      target it grows by the gradient, but only while the limit is actually used (at least 3/4 of
-      it was in flight during the window, or a request had to wait).
+    * ``gradient = aim / window_mean``, clamped to [0.5, 2]. Above the aim the limit shrinks by
+      the gradient (multiplicatively, at most halving per window); below it the limit grows by
+      the gradient, but only while the limit is actually used (at least 3/4 of it was in flight
+      during the window, or a request had to wait).
+    * What ``aim`` is depends on ``mode``:
+
+      - ``"target"`` (the default): ``target_latency_ms``, the latency the caller accepts.
+      - ``"gradient"``: ``tolerance`` times the provider's no-load latency as learned from the
+        windows (Netflix Gradient2's comparison of the short window with a long-term latency,
+        and Vegas's no-load minimum; research: flow_dedup.md), and never below
+        ``target_latency_ms`` when one is given (``None`` is allowed: no floor). The baseline
+        is replaced by a window run with fewer requests in flight than it was measured with,
+        averaged with a window at the same load, and only *lowered* by busier windows (when
+        three in a row were all faster): latency that rises with our own load is queueing,
+        latency that is high at any load (an LLM writing long answers) is the baseline. So a
+        provider slow at any load keeps its limit (it grows to ``max_limit`` when used), and
+        one that queues beyond C settles near ``tolerance x C``.
+
     * A drop (``dropped=True``, or a ``TimeoutError``/``Rejected`` from the body of ``async
       with``) halves the limit at once, so a run of drops brings it to ``min_limit`` within a few
-      round trips.
+      round trips. A drop is never a latency sample (its latency says nothing about the
+      provider's: Netflix/concurrency-limits#176).
     * After every change the window restarts, and samples and drops from permits granted before
       the change are ignored (Envoy's rule, envoy#11579): they describe the old limit. It also
       means a burst of simultaneous 503s halves the limit once per round trip, not once per 503.
     * Cancellations are not samples (Netflix/concurrency-limits#146); nor are other exceptions.
 
-    Why this rule: Gradient2 and Vegas estimate the no-load latency and treat the excess as
-    queueing; that needs a probe for the baseline and drifts upward under sustained load
-    (Netflix/concurrency-limits#134), and Gradient2's ``+queueSize`` headroom makes the limit
-    creep. Here the user states the latency they accept, so the controller only has to find the
-    concurrency at which the provider answers within it. By Little's law, for a provider that
-    serves C requests at base latency B and queues beyond C, the latency at limit L > C is about
-    ``B * L / C``: the fixed point of ``L * target / latency`` is ``L = C * target / B`` and the
-    gradient steers there multiplicatively from either side. Drops use TCP's halving because a
-    429/503 says "too much" without saying by how much. The window and the generation filter come
-    from Netflix's WindowedLimit and Envoy's gradient controller.
+    Why two modes: a stated target needs no probing and cannot drift, but collapses the limit to
+    ``min_limit`` when the provider's latency at no load is already above it; the gradient mode
+    needs no target but must learn its baseline (start with a low ``initial``: the first window
+    is the first no-load measurement). By Little's law, for a provider that serves C requests at
+    base latency B and queues beyond C, the latency at limit L > C is about ``B * L / C``: the
+    fixed point of ``L * aim / latency`` is ``L = C * aim / B`` (``tolerance x C`` in gradient
+    mode) and the gradient steers there multiplicatively from either side. Drops use TCP's
+    halving because a 429/503 says "too much" without saying by how much. The window and the
+    generation filter come from Netflix's WindowedLimit and Envoy's gradient controller.
 
     Raises:
-        ValueError: unless ``1 <= min_limit <= initial <= max_limit``, ``target_latency_ms > 0``
-            and ``rate_per_sec`` is ``None`` or > 0.
+        ValueError: unless ``1 <= min_limit <= initial <= max_limit``, ``target_latency_ms`` is
+            a finite number > 0 (or ``None`` in gradient mode), ``rate_per_sec`` is ``None`` or
+            > 0, ``mode`` is ``"target"`` or ``"gradient"`` and ``tolerance > 1``.
+        TypeError: for arguments of the wrong type.
     """
 
     __slots__ = (
+        "_aimed",
+        "_baseline",
         "_bp",
         "_clock",
         "_decreases",
@@ -912,11 +959,13 @@ class AdaptiveLimiter:
         "_limit",
         "_max",
         "_min",
+        "_mode",
         "_now",
         "_rate",
         "_rejected",
         "_samples",
         "_target",
+        "_tolerance",
         "_total",
         "_window_count",
         "_window_peak",
@@ -932,13 +981,15 @@ class AdaptiveLimiter:
         min_limit: int,
         max_limit: int,
         rate_per_sec: float | None,
-        target_latency_ms: float,
+        target_latency_ms: float | None,
         *,
         clock: Clock | None = None,
         name: str = "adaptive_limiter",
         window_size: int = 20,
         burst: float | None = None,
         is_drop: Callable[[BaseException], bool] | None = None,
+        mode: LimitMode | str = LimitMode.TARGET,
+        tolerance: float = DEFAULT_TOLERANCE,
     ) -> None:
         for value, what in (
             (initial, "initial"),
@@ -951,12 +1002,9 @@ class AdaptiveLimiter:
                 "need 1 <= min_limit <= initial <= max_limit, got "
                 f"min_limit={min_limit}, initial={initial}, max_limit={max_limit}"
             )
-        if not (
-            isinstance(target_latency_ms, int | float)
-            and math.isfinite(target_latency_ms)
-            and target_latency_ms > 0
-        ):
-            raise ValueError(f"target_latency_ms must be > 0, got {target_latency_ms!r}")
+        self._mode = _limit_mode(mode)
+        self._target = _target_ms(target_latency_ms, self._mode)
+        self._tolerance = _tolerance(tolerance)
         _check_limit(window_size, "window_size")
         self.name = name
         self._clock = resolve_clock(clock)
@@ -969,7 +1017,6 @@ class AdaptiveLimiter:
         )
         self._min = min_limit
         self._max = max_limit
-        self._target = float(target_latency_ms)
         self._window_size = window_size
         self._is_drop = _default_is_drop if is_drop is None else is_drop
         self._limit = float(initial)
@@ -980,6 +1027,8 @@ class AdaptiveLimiter:
         self._window_peak = 0
         self._window_saturated = False
         self._last_window: float | None = None
+        self._baseline: Baseline | None = None
+        self._aimed: float | None = None
         self._samples = 0
         self._ignored = 0
         self._drops = 0
@@ -1085,14 +1134,21 @@ class AdaptiveLimiter:
             self._finish_with(permit, exc)
 
     def report_latency(self, latency_ms: float) -> None:
-        """Feed a latency sample not tied to a permit (counts for the current limit)."""
-        self._sample(float(latency_ms))
+        """Feed a latency sample not tied to a permit (counts for the current limit).
 
-    def set_target_latency(self, target_latency_ms: float) -> None:
-        """Change the latency target from the next window on."""
-        if not target_latency_ms > 0:
-            raise ValueError(f"target_latency_ms must be > 0, got {target_latency_ms!r}")
-        self._target = float(target_latency_ms)
+        Raises:
+            TypeError, ValueError: unless ``latency_ms`` is a finite number >= 0.
+        """
+        self._sample(_latency_ms(latency_ms))
+
+    def set_target_latency(self, target_latency_ms: float | None) -> None:
+        """Change the latency target (gradient mode: the floor; ``None`` removes it) from the
+        next window on.
+
+        Raises:
+            TypeError, ValueError: unless a finite number > 0 (or ``None`` in gradient mode).
+        """
+        self._target = _target_ms(target_latency_ms, self._mode)
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -1120,19 +1176,20 @@ class AdaptiveLimiter:
         now = permit._released_at = self._now()
         if latency_ms is None:
             latency_ms = (now - permit._started_at) * 1000.0
+        self._inflight -= 1
+        if ignore or permit._generation != self._generation:
+            self._ignored += 1
+        elif dropped:
+            self._drops += 1
+            self._set(self._limit * DROP_BACKOFF)
+        else:
+            self._sample(latency_ms)
+        # The slot goes back only after the decision: handed to a waiter first, it would run
+        # over a limit this release just lowered, stamped with the new generation.
         bp = self._bp
         bp._available += 1
         if bp._waiters:
             bp._wake()
-        self._inflight -= 1
-        if ignore or permit._generation != self._generation:
-            self._ignored += 1
-            return
-        if dropped:
-            self._drops += 1
-            self._set(self._limit * DROP_BACKOFF)
-            return
-        self._sample(latency_ms)
 
     def _sample(self, latency_ms: float) -> None:
         self._samples += 1
@@ -1143,8 +1200,20 @@ class AdaptiveLimiter:
         mean = self._window_sum / self._window_count
         self._last_window = mean
         enforced = self._bp.max_concurrent
-        used = self._window_saturated or self._window_peak >= USED_FRACTION * enforced
-        new = adaptive_next_limit(self._limit, mean, self._target, used, self._min, self._max)
+        peak = self._window_peak
+        used = self._window_saturated or peak >= USED_FRACTION * enforced
+        new, self._baseline, self._aimed = next_limit(
+            self._mode,
+            self._limit,
+            self._baseline,
+            mean,
+            peak,
+            used,
+            self._target,
+            self._tolerance,
+            self._min,
+            self._max,
+        )
         if new != self._limit:
             self._set(new)
         else:
@@ -1187,12 +1256,22 @@ class AdaptiveLimiter:
             rejected_count=self._rejected,
             total_count=self._total,
             rate_limiter=None if self._rate is None else self._rate.stats(),
+            mode=self._mode,
+            baseline_latency_ms=None if self._baseline is None else self._baseline.latency_ms,
+            aimed_latency_ms=self._aimed,
         )
 
     def __repr__(self) -> str:
         rate = "" if self._rate is None else f" rate={self._rate.rate:g}/s"
+        target = self._target
+        if self._mode is LimitMode.TARGET:
+            aim = f"target={target:g}ms" if target is not None else "target=?"
+        else:
+            base = "?" if self._baseline is None else f"{self._baseline.latency_ms:.4g}ms"
+            aim = f"gradient baseline={base} tolerance={self._tolerance:g}"
+            if target is not None:
+                aim += f" floor={target:g}ms"
         return (
             f"<AdaptiveLimiter {self.name!r} limit={self.current_limit} "
-            f"[{self._min}..{self._max}] inflight={self._inflight} "
-            f"target={self._target:g}ms{rate}>"
+            f"[{self._min}..{self._max}] inflight={self._inflight} {aim}{rate}>"
         )

@@ -120,6 +120,13 @@ class ProviderError(Exception):
         self.retryable = is_retryable(status, code) if retryable is None else retryable
         self.retry_after = retry_after
 
+    def __reduce__(self) -> tuple[type[ProviderError], tuple[object, ...]]:
+        # Exception pickles only ``args``; this keeps every field (a result crossing processes).
+        return (
+            type(self),
+            (self.status, self.code, self.message, self.retryable, self.retry_after),
+        )
+
     @property
     def error_class(self) -> ErrorClass:
         """The class this failure is counted under (a pure function of status and code)."""

@@ -1,18 +1,28 @@
 """ManagedProvider: retries, a provider-wide rate limit and pause, and an adaptive concurrency limit
 around any :class:`~zeroclaw.providers.base.ChatBackend` (DESIGN §4.6).
 
-One call goes::
+Each attempt of a call goes::
 
-    RateLimiter (rate, and every Retry-After pause) → AdaptiveLimiter (concurrency) → backend
+    AdaptiveLimiter (concurrency) → RateLimiter (rate, and every Retry-After pause) → backend
         ↺ retried on 408, 409, 429, >= 500, connection errors and timeouts, up to max_retries
 
-The backoff before retry ``n`` (0-based) is full jitter over ``[0, min(8, 0.5 * 2**n)]`` seconds
-("Exponential Backoff And Jitter", AWS architecture blog: full jitter spreads retries of many
-clients best). A ``retry-after-ms``/``retry-after`` header replaces the backoff, up to 60 s, and is
-handed to the rate limiter's :meth:`~zeroclaw.concurrency.RateLimiter.pause`: a provider that
-says "wait" means every caller, so every call waits, the retrying one included (it waits in the
-limiter, like the others). With ``requests_per_second = 0`` the limiter still exists, at a rate no
-provider reaches (:data:`PAUSE_ONLY_RATE`), so that it has something to pause.
+The concurrency permit comes first and the rate token right before the request, as inside the
+core's ``AdaptiveLimiter``: a token taken while queueing for a permit would let the queued calls
+burst past the rate when permits free up.
+
+Which answers are retried, ``max_retries=2`` and the 0.5 s x 2^n backoff capped at 8 s mirror the
+official OpenAI SDK's policy (research: processing.md). The backoff before retry ``n`` (0-based)
+is full jitter over ``[0, min(8, 0.5 * 2**n)]`` seconds (tenacity's ``wait_random_exponential``,
+research: resilience.md): it spreads the retries of many callers best.
+
+A ``retry-after-ms``/``retry-after`` header on a retryable answer replaces the backoff, cut to
+60 s, and is handed to the rate limiter's :meth:`~zeroclaw.concurrency.RateLimiter.pause`: a
+provider that says "wait" means every caller, so every call waits, the retrying one included (it
+waits in the limiter, like the others), and also when the call that got it has no retry left
+(the global pause of PTB's AIORateLimiter and discord.py, research: processing.md). When the
+pause ends the bucket is empty and refills at the configured rate (the limiter's rule). With
+``requests_per_second = 0`` the limiter still exists, at a rate no provider reaches
+(:data:`PAUSE_ONLY_RATE`, burst as large): it limits nothing and is there to be paused.
 
 The adaptive limiter sees each attempt: its latency as the signal, a 429 (not quota), a 503 or a
 timeout as a drop (the limit halves); other failures and cancellations tell nothing about load and
@@ -27,7 +37,6 @@ import random
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from types import MappingProxyType
 
 from zeroclaw.concurrency import AdaptiveLimiter, AdaptiveLimiterStats, RateLimiter
 from zeroclaw.concurrency._clock import Clock, resolve_clock
@@ -58,8 +67,12 @@ BACKOFF_BASE = 0.5
 BACKOFF_CAP = 8.0
 #: The rate of the limiter kept when ``requests_per_second = 0``: there only to be paused.
 PAUSE_ONLY_RATE = 1e6
-#: The latency target of the adaptive limiter's default (target-gradient) mode: LLM answers take
-#: seconds; above this the limit shrinks.
+#: The adaptive limiter's first limit in gradient mode (at most ``max_concurrency``): its first
+#: window is its first measurement of the provider's no-load latency, so it starts low and grows
+#: (doubling per window at most) while the latency stays near that baseline.
+GRADIENT_INITIAL_LIMIT = 4
+#: The latency target of ``limiter_mode="target"`` when none is given: LLM answers take seconds;
+#: above this the limit shrinks.
 DEFAULT_TARGET_LATENCY_MS = 10_000.0
 
 
@@ -78,8 +91,11 @@ class ProviderStats:
     (:class:`~zeroclaw.providers.base.ErrorClass` values); ``cancelled`` those cancelled by their
     caller. ``retries`` counts attempts after the first. ``requests_by_status`` counts attempts by
     outcome: the HTTP status as a string (``"200"`` for every success, any backend), else the error
-    code (``timeout``, ``connection_error``). ``concurrency_limit`` and ``in_flight`` are the
-    adaptive limiter's; ``paused_for`` the seconds left of a ``Retry-After`` pause.
+    code (``timeout``, ``connection_error``). ``concurrency_limit`` is the adaptive limiter's
+    current limit; ``in_flight`` counts attempts at the backend now (not those waiting for a
+    permit or a token); ``paused_for`` is the seconds left of a ``Retry-After`` pause;
+    ``limiter`` the adaptive limiter's own stats. The mappings are plain ``dict`` copies (a
+    snapshot, ready for ``json.dumps``).
     """
 
     calls: int
@@ -99,15 +115,23 @@ class ManagedProvider:
     """Retries, rate limit, pause and adaptive concurrency around a chat backend.
 
     ``ManagedProvider(backend, *, max_retries=2, requests_per_second=0.0, max_concurrency=16,
-    clock=None, rng=None, target_latency_ms=10000.0, name=None)``. ``clock`` drives the backoff
-    sleeps, the rate limiter and the adaptive limiter (pass a
+    clock=None, rng=None, limiter_mode="gradient", target_latency_ms=None, name=None)``.
+
+    The adaptive limiter runs in ``limiter_mode``: ``"gradient"`` (the default) starts at
+    ``min(4, max_concurrency)`` and steers to 1.5 x the provider's learned no-load latency
+    (``target_latency_ms``, if given, is a floor: the limit never shrinks for a latency below
+    it); ``"target"`` starts at ``max_concurrency`` and steers to ``target_latency_ms`` (default
+    10 s). Either way the limit stays in ``[1, max_concurrency]`` and a drop halves it.
+
+    ``clock`` drives the backoff sleeps, the rate limiter and the adaptive limiter (pass a
     :class:`~zeroclaw.testing.FakeClock` in tests); ``rng`` (a :class:`random.Random`) draws the
     jitter. Implements the core's ``Provider`` protocol (``chat_with_system``, ``chat``) for
     :class:`~zeroclaw.concurrency.channel_integration.ConcurrentMessageProcessor`.
 
     Raises:
         TypeError, ValueError: for a bad argument (negative ``max_retries``,
-            ``max_concurrency < 1``, a negative or NaN rate).
+            ``max_concurrency < 1``, a negative or NaN rate, a ``limiter_mode`` other than
+            ``"gradient"`` or ``"target"``).
     """
 
     __slots__ = (
@@ -118,6 +142,7 @@ class ManagedProvider:
         "_cancelled",
         "_clock",
         "_failures",
+        "_in_flight",
         "_limiter",
         "_rate",
         "_retries",
@@ -138,7 +163,8 @@ class ManagedProvider:
         max_concurrency: int = 16,
         clock: Clock | None = None,
         rng: random.Random | None = None,
-        target_latency_ms: float = DEFAULT_TARGET_LATENCY_MS,
+        limiter_mode: str = "gradient",
+        target_latency_ms: float | None = None,
         name: str | None = None,
     ) -> None:
         self._backend = backend
@@ -147,29 +173,41 @@ class ManagedProvider:
             requests_per_second, what="requests_per_second", allow_zero=True
         )
         self.max_concurrency = to_count(max_concurrency, what="max_concurrency", minimum=1)
-        target = to_positive_number(target_latency_ms, what="target_latency_ms")
+        target = (
+            None
+            if target_latency_ms is None
+            else to_positive_number(target_latency_ms, what="target_latency_ms")
+        )
+        if limiter_mode == "target":
+            initial = self.max_concurrency
+            if target is None:
+                target = DEFAULT_TARGET_LATENCY_MS
+        else:
+            initial = min(GRADIENT_INITIAL_LIMIT, self.max_concurrency)
         self.name = backend.name if name is None else name
         self._clock = resolve_clock(clock)
         self._rng = random.Random() if rng is None else rng
         rate = self.requests_per_second or PAUSE_ONLY_RATE
         self._rate = RateLimiter(rate, clock=self._clock, name=f"provider {self.name}")
-        # TODO(gradient): when AdaptiveLimiter(mode="gradient") lands (branch ``adaptive``), pass
-        # mode="gradient" here: it follows the provider's no-load latency instead of a fixed
-        # target, which suits LLM latencies that vary with the model and the prompt.
+        # Gradient mode (Netflix Gradient2's idea, research: flow_dedup.md): it steers to
+        # ``tolerance`` x the provider's learned no-load latency, so an LLM slow at any load (long
+        # answers, a big model) keeps its limit, where an absolute target would collapse it to 1.
         self._limiter = AdaptiveLimiter(
-            self.max_concurrency,
+            initial,
             1,
             self.max_concurrency,
             None,
             target,
             clock=self._clock,
             name=f"provider {self.name}",
+            mode=limiter_mode,
         )
         self._calls = 0
         self._successes = 0
         self._failures = 0
         self._cancelled = 0
         self._retries = 0
+        self._in_flight = 0
         self._by_class: Counter[str] = Counter()
         self._by_status: Counter[str] = Counter()
 
@@ -238,8 +276,15 @@ class ManagedProvider:
     async def _attempt(
         self, messages: Sequence[ChatMessage], model: str, temperature: float
     ) -> str:
-        await self._rate.acquire()
+        # The permit first, then the token, right before the request: a token taken while
+        # queueing for a permit would let queued calls burst past the rate once permits free up.
         permit = await self._limiter.acquire()
+        try:
+            await self._rate.acquire()
+        except BaseException:
+            permit.release(ignore=True)
+            raise
+        self._in_flight += 1
         started = self._clock.now()
         try:
             reply = await self._backend.complete(messages, model=model, temperature=temperature)
@@ -247,24 +292,27 @@ class ManagedProvider:
             self._by_status[
                 str(error.status) if error.status is not None else _no_status(error)
             ] += 1
-            permit.release(dropped=_is_drop(error), ignore=not _is_drop(error))
+            dropped = _is_drop(error)
+            permit.release(dropped=dropped, ignore=not dropped)
+            if error.retry_after is not None and error.retryable:
+                # The provider said when to come back: every call waits that long (in the
+                # limiter), whether or not this one retries.
+                self._rate.pause(min(error.retry_after, MAX_RETRY_AFTER))
             raise
         except BaseException:
             # A cancellation or a foreign exception says nothing about the provider's load.
             permit.release(ignore=True)
             raise
+        finally:
+            self._in_flight -= 1
         self._by_status["200"] += 1
         permit.release((self._clock.now() - started) * 1000.0)
         return reply
 
     async def _wait_before_retry(self, retry: int, error: ProviderError) -> None:
         if error.retry_after is not None:
-            wait = min(error.retry_after, MAX_RETRY_AFTER)
-            # Everyone waits, this call too: it waits in the limiter's acquire on its next attempt.
-            self._rate.pause(wait)
-            return
-        wait = backoff_ceiling(retry) * self._rng.random()
-        await self._clock.sleep(wait)
+            return  # the limiter is paused for it: the next attempt's acquire waits
+        await self._clock.sleep(backoff_ceiling(retry) * self._rng.random())
 
     def _fail(self, error_class: str) -> None:
         self._failures += 1
@@ -291,11 +339,11 @@ class ManagedProvider:
         return ProviderStats(
             calls=self._calls,
             successes=self._successes,
-            errors_by_class=MappingProxyType(dict(self._by_class)),
+            errors_by_class=dict(self._by_class),
             retries=self._retries,
-            requests_by_status=MappingProxyType(dict(self._by_status)),
+            requests_by_status=dict(self._by_status),
             concurrency_limit=limiter.current_limit,
-            in_flight=limiter.inflight,
+            in_flight=self._in_flight,
             failures=self._failures,
             cancelled=self._cancelled,
             paused_for=self._rate.stats().paused_for,

@@ -19,12 +19,13 @@ from typing import Any
 
 try:
     import aiohttp
-except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
+except ImportError as exc:  # exercised in a subprocess by the tests
     raise ImportError(
         "zeroclaw.providers.openai needs aiohttp: pip install 'zeroclaw[gateway]'"
     ) from exc
 
-from zeroclaw.concurrency._validate import to_seconds
+from zeroclaw import __version__
+from zeroclaw.concurrency._validate import to_count, to_seconds
 from zeroclaw.providers.base import (
     ChatMessage,
     ErrorCode,
@@ -34,20 +35,27 @@ from zeroclaw.providers.base import (
 
 __all__ = ["OpenAIBackend"]
 
-# Error bodies are read for their message only; a huge one is cut (it is logged, not parsed whole).
+# Error bodies are read for their message only; a long one is cut (it is logged, not shown whole).
 _MAX_ERROR_TEXT = 500
+#: The largest response body read, by default: a chat reply is kilobytes; this bounds the memory
+#: one misbehaving endpoint can take.
+DEFAULT_MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 
 
 class OpenAIBackend:
     """An OpenAI-compatible chat-completions client.
 
     ``OpenAIBackend(base_url, api_key="", *, request_timeout=60.0, headers=None,
-    wall_clock=time.time)``. ``base_url`` is the API root (``https://api.openai.com/v1``);
-    the request goes to ``{base_url}/chat/completions``. ``Authorization: Bearer <api_key>`` is
-    sent only when ``api_key`` is not empty (Ollama and local vLLM need none). ``headers`` are
-    extra request headers (OpenRouter's ``HTTP-Referer``/``X-Title``). ``request_timeout`` bounds
-    each request as a whole, connect to last byte. ``wall_clock`` (Unix seconds) is what an
-    HTTP-date ``Retry-After`` is compared with.
+    trust_env=False, max_response_bytes=8 MiB, wall_clock=time.time)``. ``base_url`` is the API root
+    (``https://api.openai.com/v1``); the request goes to ``{base_url}/chat/completions``.
+    ``Authorization: Bearer <api_key>`` is sent only when ``api_key`` is not empty (Ollama and a
+    local vLLM need none). ``headers`` are extra request headers (OpenRouter's
+    ``HTTP-Referer``/``X-Title``). ``request_timeout`` bounds each request as a whole, connect to
+    last byte. ``trust_env=True`` makes aiohttp use the ``HTTP(S)_PROXY``/``NO_PROXY``
+    environment variables (and ``~/.netrc`` credentials); off by default, as in aiohttp.
+    A response body longer than ``max_response_bytes`` is not read further (an
+    ``invalid_response`` error).
+    ``wall_clock`` (Unix seconds) is what an HTTP-date ``Retry-After`` is compared with.
 
     The session's connection pool is not limited here: the concurrency limit is the
     :class:`~zeroclaw.providers.managed.ManagedProvider`'s ``AdaptiveLimiter``. Like asyncio's
@@ -64,9 +72,11 @@ class OpenAIBackend:
         "_loop",
         "_session",
         "_timeout",
+        "_trust_env",
         "_url",
         "_wall_clock",
         "base_url",
+        "max_response_bytes",
         "request_timeout",
     )
 
@@ -77,6 +87,8 @@ class OpenAIBackend:
         *,
         request_timeout: float = 60.0,
         headers: Mapping[str, str] | None = None,
+        trust_env: bool = False,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         if not isinstance(base_url, str):
@@ -85,13 +97,18 @@ class OpenAIBackend:
             raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
         if not isinstance(api_key, str):
             raise TypeError(f"api_key must be a str, not {type(api_key).__name__}")
+        if not isinstance(trust_env, bool):
+            raise TypeError(f"trust_env must be a bool, not {type(trust_env).__name__}")
         timeout = to_seconds(request_timeout, what="request_timeout", allow_infinite=False)
         if timeout == 0:
             raise ValueError("request_timeout must be > 0 seconds, got 0")
         self.base_url = base_url.rstrip("/")
         self.request_timeout = timeout
         self._url = f"{self.base_url}/chat/completions"
-        self._headers: dict[str, str] = {"Accept": "application/json"}
+        self._headers: dict[str, str] = {
+            "Accept": "application/json",
+            "User-Agent": f"zeroclaw/{__version__} aiohttp/{aiohttp.__version__}",
+        }
         for key, value in (headers or {}).items():
             if not isinstance(key, str) or not isinstance(value, str):
                 raise TypeError("headers must map str to str")
@@ -100,6 +117,8 @@ class OpenAIBackend:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._wall_clock = wall_clock
+        self._trust_env = trust_env
+        self.max_response_bytes = to_count(max_response_bytes, what="max_response_bytes", minimum=1)
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
@@ -119,7 +138,10 @@ class OpenAIBackend:
             # would queue requests inside aiohttp, where the request timeout already runs.
             connector = aiohttp.TCPConnector(limit=0)
             session = aiohttp.ClientSession(
-                connector=connector, timeout=self._timeout, headers=self._headers
+                connector=connector,
+                timeout=self._timeout,
+                headers=self._headers,
+                trust_env=self._trust_env,
             )
             self._session, self._loop = session, loop
         elif self._loop is not loop:
@@ -148,7 +170,7 @@ class OpenAIBackend:
         }
         try:
             async with session.post(self._url, json=body) as response:
-                raw = await response.read()
+                raw, cut = await self._read_body(response)
                 status = response.status
                 content_type = response.content_type
                 headers = response.headers
@@ -163,7 +185,10 @@ class OpenAIBackend:
             reason = str(exc) or type(exc).__name__
             raise ProviderError(None, ErrorCode.CONNECTION, f"{self._url}: {reason}") from exc
         if 200 <= status < 300:
+            if cut:
+                raise _too_large(status, self.max_response_bytes)
             return _reply_content(status, content_type, raw)
+        # An error's status decides the retry; a long error body is only cut.
         code, message = _error_details(raw)
         raise ProviderError(
             status,
@@ -171,6 +196,20 @@ class OpenAIBackend:
             message or f"HTTP {status} from {self._url}",
             retry_after=parse_retry_after(headers, self._wall_clock()),
         )
+
+    async def _read_body(self, response: aiohttp.ClientResponse) -> tuple[bytes, bool]:
+        """The body, at most ``max_response_bytes`` of it, and whether there was more."""
+        limit = self.max_response_bytes
+        if response.content_length is not None and response.content_length > limit:
+            return b"", True
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.content.iter_chunked(65536):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                return b"".join(chunks)[:limit], True
+        return b"".join(chunks), False
 
     async def aclose(self) -> None:
         """Close the pooled session (its connections). Idempotent; later calls raise."""
@@ -185,6 +224,15 @@ class OpenAIBackend:
 
 def _invalid(status: int, reason: str) -> ProviderError:
     return ProviderError(status, ErrorCode.INVALID_RESPONSE, reason, retryable=False)
+
+
+def _too_large(status: int, limit: int) -> ProviderError:
+    return ProviderError(
+        status,
+        ErrorCode.INVALID_RESPONSE,
+        f"the response body is larger than max_response_bytes={limit}",
+        retryable=False,
+    )
 
 
 def _reply_content(status: int, content_type: str, raw: bytes) -> str:
@@ -223,6 +271,8 @@ def _error_details(raw: bytes) -> tuple[str | None, str]:
         return None, error[:_MAX_ERROR_TEXT]
     if isinstance(error, dict):
         code = error.get("code")
+        if isinstance(code, int) and not isinstance(code, bool):
+            code = str(code)  # OpenRouter sends the HTTP status as a number
         kind = error.get("type")
         # Some proxies put OpenAI's quota code in ``type`` only; it decides the retry, so keep it.
         if not isinstance(code, str) or not code or kind == ErrorCode.INSUFFICIENT_QUOTA:

@@ -23,7 +23,12 @@ import random
 from collections.abc import Iterable, Sequence
 
 from zeroclaw.concurrency._clock import Clock, resolve_clock
-from zeroclaw.concurrency._validate import to_count, to_fraction, to_seconds
+from zeroclaw.concurrency._validate import (
+    to_count,
+    to_fraction,
+    to_positive_number,
+    to_seconds,
+)
 from zeroclaw.providers.base import ChatMessage, ErrorCode, ProviderError, last_user_text
 
 __all__ = ["SimulatedBackend"]
@@ -74,7 +79,10 @@ class SimulatedBackend:
     ) -> None:
         self.seed = to_count(seed, what="seed", minimum=-(2**63))
         self.base_latency = to_seconds(base_latency, what="base_latency", allow_infinite=False)
-        self.latency_sigma = to_seconds(latency_sigma, what="latency_sigma", allow_infinite=False)
+        # A spread of log-latency, not a duration.
+        self.latency_sigma = to_positive_number(
+            latency_sigma, what="latency_sigma", allow_zero=True
+        )
         self.capacity = to_count(capacity, what="capacity", minimum=1)
         self.error_rate = to_fraction(error_rate, what="error_rate")
         self.outage_latency = to_seconds(
