@@ -22,7 +22,13 @@ from types import ModuleType
 from typing import Final, TextIO
 
 from zeroclaw import __version__
-from zeroclaw.gateway.config import ChannelSettings, ConfigError, GatewayConfig, load_config
+from zeroclaw.gateway.config import (
+    ChannelSettings,
+    ConfigError,
+    GatewayConfig,
+    load_config,
+    toml_literal,
+)
 
 __all__ = ["STARTER_CONFIG", "main"]
 
@@ -229,6 +235,14 @@ def _serve(args: argparse.Namespace) -> int:
     if isinstance(app, int):
         return app
     setup_logging(level)
+    logging.getLogger("zeroclaw.cli").info(
+        "zeroclaw %s: config %s, provider %s (model %s), channels %s",
+        __version__,
+        config.source,
+        config.provider.kind,
+        config.provider.model,
+        ", ".join(f"{channel.name} ({channel.kind})" for channel in config.channels),
+    )
     code: int = app.serve(config)
     return code
 
@@ -299,7 +313,9 @@ def describe(config: GatewayConfig) -> str:
         f"  max_concurrency {provider.max_concurrency}  history_turns {provider.history_turns}"
     )
     if provider.options:
-        options = "  ".join(f"{name} {value}" for name, value in provider.options.items())
+        options = "  ".join(
+            f"{name} {toml_literal(value)}" for name, value in provider.options.items()
+        )
         lines.append(f"           {options}")
     lines.append(
         f"processor  worker_pool_size {processor.worker_pool_size}"

@@ -53,6 +53,7 @@ __all__ = [
     "ServerSettings",
     "load_config",
     "parse_config",
+    "toml_literal",
 ]
 
 CHANNEL_KINDS: Final = ("webhook", "telegram", "slack", "terminal")
@@ -247,6 +248,12 @@ def _suggest(word: str, candidates: Iterable[str], *, key: bool = False) -> str:
     return f" (did you mean '{close[0]}'?)" if key else f" (did you mean {toml_literal(close[0])}?)"
 
 
+def _one_of(choices: Sequence[str]) -> str:
+    """``"a", "b" or "c"``."""
+    quoted = [toml_literal(choice) for choice in choices]
+    return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+
+
 # Parsers: each takes the TOML value (strings already expanded) and returns the setting's value.
 
 
@@ -261,8 +268,9 @@ def _string(
         if not isinstance(value, str):
             raise _Invalid(f"expected a string, got {_show(value)}")
         if choices is not None and value not in choices:
-            options = " | ".join(choices)
-            raise _Invalid(f"must be {options}, got {_show(value)}{_suggest(value, choices)}")
+            raise _Invalid(
+                f"must be {_one_of(choices)}, got {_show(value)}{_suggest(value, choices)}"
+            )
         if not empty and not value:
             raise _Invalid("must not be empty")
         if pattern is not None and not pattern.fullmatch(value):
@@ -327,7 +335,10 @@ def _boolean(value: Any) -> bool:
 
 
 def _processing_timeout(value: Any) -> float | None:
-    seconds = _number(0.0, above=True, allow_inf=True)(value)
+    """Seconds > 0, or ``inf``: no limit (``None`` for the core)."""
+    seconds = _number(allow_inf=True)(value)
+    if seconds <= 0:
+        raise _Invalid(f"must be > 0 (inf: no limit), got {_show(value)}")
     return None if math.isinf(seconds) else seconds
 
 
@@ -396,9 +407,9 @@ _SECONDS: Final = _number(0.0)
 
 
 def _finite(value: Any) -> float:
-    """A finite int or float, returned as written: the core's own check judges its range."""
-    _number()(value)
-    return value  # type: ignore[no-any-return]
+    """A finite int or float, as a float (what a compiled core stores in a float field anyway):
+    the core's own check judges its range."""
+    return _number()(value)
 
 
 _SECONDS_POSITIVE: Final = _number(0.0, above=True)
@@ -607,10 +618,10 @@ _LATER: Final = {"redis": "scale-out on Redis is not available in this version"}
 # ---------------------------------------------------------------------------- the loader
 
 
-Path_ = tuple[str | int, ...]
+KeyPath = tuple[str | int, ...]
 
 
-def _render_path(path: Path_) -> str:
+def _render_path(path: KeyPath) -> str:
     text = ""
     for part in path:
         if isinstance(part, int):
@@ -634,7 +645,7 @@ class _Loader:
         self.document = document
         self._problems: list[tuple[tuple[int, ...], int, str]] = []
 
-    def problem(self, path: Path_, message: str) -> None:
+    def problem(self, path: KeyPath, message: str) -> None:
         where = _render_path(path)
         line = f"{self.source}: {where}: {message}" if where else f"{self.source}: {message}"
         self._problems.append((self._position(path), len(self._problems), line))
@@ -644,7 +655,7 @@ class _Loader:
         """The problems in the order of the file (a missing key after its table's keys)."""
         return [line for _, _, line in sorted(self._problems)]
 
-    def _position(self, path: Path_) -> tuple[int, ...]:
+    def _position(self, path: KeyPath) -> tuple[int, ...]:
         position: list[int] = []
         node: Any = self.document
         for part in path:
@@ -661,7 +672,7 @@ class _Loader:
 
     # ------------------------------------------------------------ environment references
 
-    def expand(self, value: Any, path: Path_) -> Any:
+    def expand(self, value: Any, path: KeyPath) -> Any:
         """``value`` with ``${NAME}`` replaced in every string; ``_FAILED`` where one is unset."""
         if isinstance(value, str):
             return self._expand_string(value, path)
@@ -672,7 +683,7 @@ class _Loader:
             return {name: self.expand(item, (*path, name)) for name, item in value.items()}
         return value
 
-    def _expand_string(self, text: str, path: Path_) -> Any:
+    def _expand_string(self, text: str, path: KeyPath) -> Any:
         missing: list[str] = []
         malformed = False
 
@@ -700,7 +711,7 @@ class _Loader:
 
     # ------------------------------------------------------------ tables
 
-    def table(self, document: Mapping[str, Any], name: str, path: Path_) -> Mapping[str, Any]:
+    def table(self, document: Mapping[str, Any], name: str, path: KeyPath) -> Mapping[str, Any]:
         """``document[name]`` if it is a table (else a problem and an empty table)."""
         value = document.get(name, {})
         if value is _FAILED:
@@ -713,7 +724,7 @@ class _Loader:
     def read(
         self,
         table: Mapping[str, Any],
-        path: Path_,
+        path: KeyPath,
         sections: Sequence[Section],
         elsewhere: Mapping[str, str] | None = None,
         subtables: Iterable[str] = (),
@@ -795,7 +806,7 @@ class _Loader:
     def circuit(
         self, processor: Mapping[str, Any], base: CircuitConfig, values: Mapping[str, Any]
     ) -> CircuitConfig:
-        path: Path_ = ("processor", "circuit")
+        path: KeyPath = ("processor", "circuit")
         if "circuit" not in processor:
             return base
         table = self.table(processor, "circuit", ("processor",))
@@ -812,7 +823,7 @@ class _Loader:
             self.problem(path, _core_message(error, None))
             return base
 
-    def _core_fields(self, base: Any, fields: Mapping[str, Any], path: Path_) -> dict[str, Any]:
+    def _core_fields(self, base: Any, fields: Mapping[str, Any], path: KeyPath) -> dict[str, Any]:
         """The ``fields`` the core's config class accepts one at a time over ``base``; a problem
         for each one it refuses, worded by the core."""
         good: dict[str, Any] = {}
@@ -820,16 +831,20 @@ class _Loader:
             try:
                 dataclasses.replace(base, **{name: value})
             except (TypeError, ValueError) as error:
-                self.problem((*path, name), _core_message(error, name))
+                text = _core_message(error, name)
+                if isinstance(value, float) and value.is_integer():
+                    # "got -1.0" for a file that says -1: name the value as a person wrote it
+                    text = text.removesuffix(f"got {value!r}") + f"got {int(value)}"
+                self.problem((*path, name), text)
             else:
                 good[name] = value
         return good
 
     def provider(self, document: Mapping[str, Any]) -> ProviderSettings | None:
-        path: Path_ = ("provider",)
+        path: KeyPath = ("provider",)
         if "provider" not in document:
             self.problem(
-                path, 'required: a [provider] table with kind = "openai", "echo" or "simulated"'
+                path, f"required: a [provider] table with kind = {_one_of(PROVIDER_KINDS)}"
             )
             return None
         if not isinstance(document["provider"], dict):
@@ -837,12 +852,13 @@ class _Loader:
             return None
         table = document["provider"]
         kind = table.get("kind")
-        kind_section = f"provider.{kind}"
+        known = isinstance(kind, str) and kind in PROVIDER_KINDS
         own = [SECTIONS["provider"]]
-        if kind_section in SECTIONS:
-            own.append(SECTIONS[kind_section])
+        if known and f"provider.{kind}" in SECTIONS:
+            own.append(SECTIONS[f"provider.{kind}"])
         elsewhere = {
-            name: f"only used with kind = {toml_literal(other)}"
+            # While the kind itself is wrong, the keys of the kinds are not judged yet.
+            name: f"only used with kind = {toml_literal(other)}" if known else ""
             for other in PROVIDER_KINDS
             if other != kind and f"provider.{other}" in SECTIONS
             for name in SECTIONS[f"provider.{other}"].names()
@@ -874,7 +890,7 @@ class _Loader:
         return ProviderSettings(kind=kind, **common, options=MappingProxyType(options))
 
     def channels(self, document: Mapping[str, Any]) -> tuple[ChannelSettings, ...]:
-        path: Path_ = ("channels",)
+        path: KeyPath = ("channels",)
         table = self.table(document, "channels", ())
         if not table and "channels" in document and not isinstance(document["channels"], dict):
             return ()
@@ -885,7 +901,7 @@ class _Loader:
         paths: dict[str, str] = {}
         terminals: list[str] = []
         for name, value in table.items():
-            where: Path_ = (*path, name)
+            where: KeyPath = (*path, name)
             if not isinstance(value, dict):
                 self.problem(where, f"expected a table, got {_show(value)}")
                 continue
@@ -912,12 +928,12 @@ class _Loader:
             channels.append(channel)
         return tuple(channels)
 
-    def channel(self, name: str, table: Mapping[str, Any], path: Path_) -> ChannelSettings | None:
+    def channel(self, name: str, table: Mapping[str, Any], path: KeyPath) -> ChannelSettings | None:
         kind = table.get("kind", name if name in CHANNEL_KINDS else None)
         if kind is None:
             self.problem(
                 (*path, "kind"),
-                f"required: {toml_literal(name)} is not a kind ({' | '.join(CHANNEL_KINDS)})",
+                f"required: {toml_literal(name)} is not a kind ({_one_of(CHANNEL_KINDS)})",
             )
         known = isinstance(kind, str) and kind in CHANNEL_KINDS
         own = [SECTIONS["channels"]]
@@ -978,11 +994,20 @@ class _Loader:
             if name in _LATER:
                 self.problem((name,), _LATER[name])
                 continue
-            homes = [section.title for section in SECTIONS.values() if name in section.names()]
+            homes = [
+                _table_name(sid) for sid, section in SECTIONS.items() if name in section.names()
+            ]
             hint = _suggest(name, _TOP_LEVEL, key=True)
             if not hint and homes:
                 hint = f" (it belongs in {homes[0]})"
             self.problem((name,), f"unknown key{hint}")
+
+
+def _table_name(section_id: str) -> str:
+    """The TOML table a section's keys are written in: ``provider.openai`` -> ``[provider]``."""
+    if section_id.startswith("channels"):
+        return "[channels.NAME]"
+    return f"[{section_id if section_id == 'processor.circuit' else section_id.split('.')[0]}]"
 
 
 def _given(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -996,7 +1021,7 @@ def _core_message(error: Exception, name: str | None) -> str:
     text = str(error)
     if name is not None:
         for prefix in (f"MessageProcessorConfig.{name} ", f"CircuitConfig.{name} ", f"{name} "):
-            if text.startswith(prefix):
+            if text.startswith(prefix) and text[len(prefix) :].startswith("must "):
                 return text[len(prefix) :]
     return text
 
