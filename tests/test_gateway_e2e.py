@@ -464,6 +464,7 @@ kind = "webhook"
 
 
 async def test_sigterm_drains_the_request_in_flight_and_refuses_new_ones(tmp_path: Path) -> None:
+    """The provider takes 3 s: room, on a loaded machine, to signal and probe during the drain."""
     config = write_config(
         tmp_path,
         """
@@ -472,7 +473,7 @@ port = 0
 shutdown_timeout = 20.0
 [provider]
 kind = "simulated"
-base_latency = 1.0
+base_latency = 3.0
 latency_sigma = 0.0
 [channels.web]
 kind = "webhook"
