@@ -246,6 +246,31 @@ async def test_duplicate_of_a_message_still_running_is_answered_at_once(rig: Rig
     assert (status, body["reply"]) == (200, "late")
 
 
+async def test_a_client_that_gives_up_leaves_nothing_behind(rig: Rig) -> None:
+    release = asyncio.Event()
+
+    async def slow(message: ChannelMessage) -> str:
+        await release.wait()
+        return "nobody reads this"
+
+    rig.script.behaviour = slow
+    with pytest.raises(TimeoutError):
+        async with rig.session.post(
+            rig.base + "/channels/web",
+            json={"sender": "u", "content": "x", "id": "gone-1"},
+            timeout=aiohttp.ClientTimeout(total=0.3),
+        ) as response:
+            await response.read()
+    release.set()
+    await _until(lambda: rig.intake.ledger.snapshot()["web"].outcomes["success"] == 1)
+    await _until(lambda: not rig.channels["web"]._waiting)
+    assert await healthy(rig)
+    status, body, _ = await rig.post(
+        "/channels/web", {"sender": "u", "content": "x", "id": "gone-1"}
+    )
+    assert (status, body["status"]) == (200, "duplicate")
+
+
 async def test_handler_failure_is_502(rig: Rig) -> None:
     async def broken(message: ChannelMessage) -> str:
         raise RuntimeError("model exploded")
