@@ -165,6 +165,7 @@ _COMPLETED = TaskStatus.COMPLETED
 
 _PRIORITY_MEMO_SIZE = 1024  # channels whose default priority is remembered (a bound, not a cache)
 _CoroutineType = types.CoroutineType
+_NOT_CHECKED = object()  # no handler checked yet (None is a handler to refuse)
 
 # Failure logs: at most _LOG_BURST lines per _LOG_INTERVAL seconds each, then one summary line.
 _LOG_BURST = 10
@@ -692,7 +693,7 @@ class MessageProcessor:
         # Typed object: what a user's function returns is checked (_priority_for), the same way
         # on both builds (a compiled call would otherwise raise its own TypeError first).
         self._priority_of: Callable[[str, ChannelMessage], object] = config.priority
-        self._last_handler: object = None  # the last handler process_message checked
+        self._last_handler: object = _NOT_CHECKED  # the last handler process_message checked
         self._failure_log = _FailureLog(f"failures in {name}", self._clock)
         # The default priority depends only on the channel for a message without metadata.
         self._channel_priorities: dict[str, TaskPriority] | None = (
