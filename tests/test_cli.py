@@ -506,3 +506,18 @@ requests_per_second = 2.5
     ]
     assert lines[6] == "           dedup off, breaker off, backpressure off"
     assert lines[7] == "channels   terminal  terminal  stdin/stdout  allowed_users *"
+
+
+def test_check_and_init_load_no_extra() -> None:
+    """``check`` and ``init`` work without the gateway extra: importing the command loads none
+    of its modules."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(SRC), env.get("PYTHONPATH", "")])
+    code = (
+        "import sys, zeroclaw.cli, zeroclaw.gateway.config\n"
+        "print(sorted(m for m in ('aiohttp', 'prometheus_client') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
+    assert done.stdout == "[]\n"

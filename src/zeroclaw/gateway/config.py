@@ -418,18 +418,23 @@ _PROCESSOR_DEFAULTS: Final = MessageProcessorConfig()
 _CIRCUIT_DEFAULTS: Final = CircuitConfig()
 
 
-def _core_key(name: str, type_: str, parse: Callable[[Any], Any], defaults: object) -> Key:
-    """A key that sets the core config field ``name``; its default is the core's."""
+def _core_key(
+    name: str,
+    type_: str,
+    parse: Callable[[Any], Any],
+    defaults: object,
+    when: tuple[str, tuple[Any, ...]] | None = None,
+) -> Key:
+    """A key that sets the core config field ``name``; its default is the core's (``None``
+    there is "unset" here)."""
     default = getattr(defaults, name)
-    return Key(name, type_, parse, UNSET if default is None else default)
+    return Key(name, type_, parse, UNSET if default is None else default, when=when)
 
 
 def _processor_key(
     name: str, type_: str, parse: Callable[[Any], Any], when: tuple[str, tuple[Any, ...]] | None
 ) -> Key:
-    return dataclasses.replace(
-        _core_key(name, type_, parse, _PROCESSOR_DEFAULTS), when=when, default_text=None
-    )
+    return _core_key(name, type_, parse, _PROCESSOR_DEFAULTS, when)
 
 
 _DEDUP_ON: Final = ("enable_dedup", (True,))
