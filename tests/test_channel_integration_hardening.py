@@ -25,6 +25,7 @@ from zeroclaw.concurrency.channel_integration import (
     MessageResultKind,
     Notices,
 )
+from zeroclaw.concurrency.circuit_breaker import CircuitConfig, CircuitState
 from zeroclaw.concurrency.worker_pool import TaskPriority
 from zeroclaw.testing import FakeClock, settle
 
@@ -309,3 +310,50 @@ def test_the_result_enums_are_str_enums() -> None:
         assert str(kind) == kind.value
         assert f"{kind}" == kind.value
     assert AdmissionKind("accepted") is AdmissionKind.ACCEPTED
+
+
+# ---------------------------------------------------------------- the breaker's tickets
+
+
+async def test_a_stale_calls_failure_does_not_reopen_a_breaker_that_just_recovered() -> None:
+    # Regression: results went to the breaker without the call's ticket, so the failure of a call
+    # admitted before the breaker opened counted against the CLOSED period that followed the
+    # recovery, and re-opened it.
+    clock = FakeClock()
+    circuit = CircuitConfig(failure_threshold=1, success_threshold=1, timeout_duration=10.0)
+    config = MessageProcessorConfig(circuit_config=circuit, processing_timeout=None)
+    processor = MessageProcessor(config, clock=clock)
+    stale_may_fail = asyncio.Event()
+
+    async def stale(message: ChannelMessage) -> str:
+        await stale_may_fail.wait()
+        raise ConnectionError("the old connection finally gave up")
+
+    async def broken(message: ChannelMessage) -> str:
+        raise ConnectionError("503")
+
+    assert (await processor.process_message("cli", msg("old", sender="a"), stale)).accepted
+    assert (await processor.process_message("cli", msg("trip", sender="b"), broken)).accepted
+    await settle()
+    breaker = processor.breaker
+    assert breaker is not None
+
+    def state() -> CircuitState:  # read afresh: mypy would keep the narrowing across awaits
+        assert breaker is not None
+        return breaker.state
+
+    assert state() is CircuitState.OPEN
+    await clock.run_for(10.0)
+    assert (await processor.process_message("cli", msg("probe", sender="c"), echo)).accepted
+    await settle()
+    assert state() is CircuitState.CLOSED  # recovered
+    stale_may_fail.set()
+    await settle()
+    assert state() is CircuitState.CLOSED  # the stale failure is late: it changes nothing
+    await processor.shutdown()
+    kinds = {m.id: r.kind async for _, m, r in processor.responses}
+    assert kinds == {
+        "old": MessageResultKind.FAILED,
+        "trip": MessageResultKind.FAILED,
+        "probe": MessageResultKind.SUCCESS,
+    }

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import enum
+import functools
+import gc
 import logging
 import math
+import warnings
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 
 import pytest
 
 from zeroclaw.concurrency.circuit_breaker import (
+    CallTicket,
     CircuitBreaker,
     CircuitBreakerGroup,
     CircuitBreakerStats,
@@ -42,16 +47,20 @@ def make(
     return breaker, clock, changes
 
 
+def admit(breaker: CircuitBreaker) -> CallTicket:
+    ticket = breaker.allow_request()
+    assert ticket is not None
+    return ticket
+
+
 def fail(breaker: CircuitBreaker, times: int = 1) -> None:
     for _ in range(times):
-        assert breaker.allow_request()
-        breaker.record_failure()
+        breaker.record_failure(admit(breaker))
 
 
 def succeed(breaker: CircuitBreaker, times: int = 1) -> None:
     for _ in range(times):
-        assert breaker.allow_request()
-        breaker.record_success()
+        breaker.record_success(admit(breaker))
 
 
 def trip(breaker: CircuitBreaker) -> None:
@@ -67,6 +76,13 @@ CL, OP, HO = CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN
 
 def test_state_display_strings() -> None:
     assert [str(s) for s in (CL, OP, HO)] == ["Closed", "Open", "HalfOpen"]
+    assert [f"{s}" for s in (CL, OP, HO)] == ["Closed", "Open", "HalfOpen"]
+
+
+def test_state_is_a_str_enum() -> None:
+    # StrEnum rather than a hand-written __str__ (one rule for every enum of the package).
+    assert issubclass(CircuitState, enum.StrEnum)
+    assert CircuitState("HalfOpen") is HO
 
 
 def test_config_defaults() -> None:
@@ -117,22 +133,55 @@ def test_config_accepts_timedelta() -> None:
         ({"window_size": 0}, "window_size"),
         ({"min_calls": 0}, "min_calls"),
         ({"half_open_max_calls": 0}, "half_open_max_calls"),
-        ({"failure_threshold": True}, "failure_threshold"),
-        ({"failure_threshold": 2.5}, "failure_threshold"),
         ({"min_calls": 11, "window_size": 10}, "must not exceed window_size"),
         ({"failure_rate_threshold": 0.0}, "failure_rate_threshold"),
         ({"failure_rate_threshold": 1.5}, "failure_rate_threshold"),
         ({"failure_rate_threshold": math.nan}, "failure_rate_threshold"),
+        ({"failure_rate_threshold": math.inf}, "failure_rate_threshold"),
         ({"timeout_duration": -1}, "timeout_duration"),
+        ({"timeout_duration": math.nan}, "timeout_duration"),
         ({"slow_call_duration": 0}, "slow_call_duration"),
+        ({"slow_call_duration": math.nan}, "slow_call_duration"),
         ({"probe_timeout": 0}, "probe_timeout"),
+        ({"probe_timeout": math.nan}, "probe_timeout"),
         ({"open_jitter": 2}, "open_jitter"),
-        ({"is_failure": 3}, "is_failure"),
+        ({"open_jitter": math.nan}, "open_jitter"),
     ],
 )
 def test_config_validation(overrides: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         CircuitConfig(**overrides)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        # bool is never a count nor a number (regression: True was accepted as a rate of 1)
+        ("failure_threshold", True),
+        ("success_threshold", False),
+        ("window_size", True),
+        ("min_calls", True),
+        ("half_open_max_calls", True),
+        ("failure_threshold", 2.5),
+        ("failure_threshold", "5"),
+        ("failure_rate_threshold", True),
+        ("failure_rate_threshold", "0.5"),
+        ("open_jitter", True),
+        ("timeout_duration", True),
+        ("slow_call_duration", True),
+        ("probe_timeout", True),
+        ("is_failure", 3),
+    ],
+)
+def test_config_refuses_a_wrong_type_with_type_error(field: str, value: object) -> None:
+    with pytest.raises(TypeError, match=field):
+        CircuitConfig(**{field: value})  # type: ignore[arg-type]
+
+
+def test_config_stores_converted_values() -> None:
+    config = CircuitConfig(failure_rate_threshold=1, open_jitter=0)
+    assert type(config.failure_rate_threshold) is float
+    assert type(config.open_jitter) is float
 
 
 def test_config_rejects_a_bad_duration_type() -> None:
@@ -423,12 +472,28 @@ def test_probe_deadline_defaults_to_timeout_duration() -> None:
     assert breaker.allow_request()
 
 
-def test_manual_result_in_half_open_without_a_probe_in_flight_is_inert() -> None:
-    breaker, _, _ = half_open(success_threshold=1)
-    breaker.record_success()  # from a call admitted long ago, not a probe
-    breaker.record_failure()
+def test_a_ticketless_result_in_half_open_counts_even_without_a_probe_out() -> None:
+    breaker, _, changes = half_open(success_threshold=1)
+    breaker.record_success()  # no ticket, no probe out: it counts all the same
+    assert breaker.state is CL
+    breaker.record_failure()  # and so does a ticketless failure (failure_threshold 1)
+    assert breaker.state is OP
+    assert breaker.stats().late_results == 0
+    assert changes == [(CL, OP), (OP, HO), (HO, CL), (CL, OP)]
+
+
+def test_a_closed_period_ticket_reporting_in_half_open_is_late_and_frees_no_probe() -> None:
+    breaker, clock, _ = make(failure_threshold=1, timeout_duration=10, success_threshold=1)
+    old = admit(breaker)  # admitted while CLOSED
+    fail(breaker)
+    clock.advance(10)
+    probe = admit(breaker)
+    breaker.record_failure(old)  # from before the breaker opened: neither re-opens nor frees
     assert breaker.state is HO
-    assert breaker.stats().late_results == 2
+    assert breaker.stats().late_results == 1
+    assert breaker.allow_request() is None  # the probe's slot is still taken
+    breaker.record_success(probe)
+    assert breaker.state is CL
 
 
 async def test_late_guarded_result_from_the_closed_period_does_not_free_the_probe_slot() -> None:
@@ -720,6 +785,18 @@ def test_force_open_close_and_callbacks_once_per_real_change() -> None:
     assert changes == [(CL, OP), (OP, HO), (HO, CL)]
 
 
+@pytest.mark.parametrize(
+    ("duration", "error"),
+    [(True, TypeError), ("3", TypeError), (math.nan, ValueError), (-1.0, ValueError)],
+)
+def test_force_open_validates_its_duration(duration: object, error: type[Exception]) -> None:
+    breaker, _, changes = make()
+    with pytest.raises(error, match="duration"):
+        breaker.force_open(duration=duration)  # type: ignore[arg-type]
+    assert breaker.state is CL
+    assert changes == []
+
+
 def test_force_open_for_a_duration() -> None:
     breaker, clock, _ = make(timeout_duration=10)
     breaker.force_open(duration=timedelta(seconds=3))
@@ -838,6 +915,43 @@ def test_on_state_change_requires_a_callable() -> None:
         CircuitBreaker().on_state_change(42)  # type: ignore[arg-type]
 
 
+def test_on_state_change_refuses_an_async_callback() -> None:
+    # Regression: an async callback was accepted, and its coroutine never ran.
+    breaker = CircuitBreaker(CircuitConfig(failure_threshold=1))
+
+    async def announce(old: CircuitState, new: CircuitState) -> None:
+        raise AssertionError("never runs")
+
+    class AsyncCallable:
+        async def __call__(self, old: CircuitState, new: CircuitState) -> None:
+            raise AssertionError("never runs")
+
+    for callback in (announce, functools.partial(announce), AsyncCallable()):
+        with pytest.raises(TypeError, match="async"):
+            breaker.on_state_change(callback)
+    breaker.record_failure()
+    assert breaker.state is OP
+
+
+def test_a_callback_returning_a_coroutine_is_reported_not_left_unawaited(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    breaker = CircuitBreaker(CircuitConfig(failure_threshold=1), name="svc")
+    ran: list[str] = []
+
+    async def later(old: CircuitState, new: CircuitState) -> None:
+        ran.append("ran")
+
+    breaker.on_state_change(lambda old, new: later(old, new))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "coroutine ... was never awaited" would fail the test
+        breaker.record_failure()
+        gc.collect()
+    assert breaker.state is OP
+    assert ran == []
+    assert "returned an awaitable" in caplog.text
+
+
 def test_stats_and_repr() -> None:
     breaker, clock, _ = make(name="openai", failure_threshold=2, timeout_duration=10)
     succeed(breaker)
@@ -947,9 +1061,91 @@ def test_group_never_evicts_open_half_open_or_busy_and_goes_over_the_bound() -> 
     assert {"open", "half", "five"} == set(group.names())
 
 
-def test_group_validates_max_breakers() -> None:
+def test_group_eviction_work_is_o1_amortised_with_many_open_breakers() -> None:
+    # Regression: every new name scanned every OPEN breaker at the front of the LRU order
+    # (~1 ms per new name with 10 000 of them). Counted in breakers judged, not in time.
+    size = 2_000
+    group = CircuitBreakerGroup(
+        CircuitConfig(failure_threshold=1), max_breakers=size, clock=FakeClock()
+    )
+    for i in range(size):
+        group.get_or_create(f"open-{i}").force_open(duration=math.inf)
+    before = group._examined
+    for i in range(size):
+        group.get_or_create(f"new-{i}")
+    work = group._examined - before
+    assert work <= 8 * size  # the old scan judged size * size = 4 000 000
+    assert all(f"open-{i}" in group for i in range(size))  # none evicted
+    assert len(group) == size + 1  # only the newest name is kept over the bound
+    assert group.evictions == size - 1
+
+
+def test_group_finds_a_set_aside_breaker_that_became_evictable_unused() -> None:
+    group = CircuitBreakerGroup(CircuitConfig(), max_breakers=4, clock=FakeClock())
+    busy = group.get_or_create("busy")
+    ticket = admit(busy)  # a call in flight: not evictable
+    for name in ("a", "b", "c"):
+        group.get_or_create(name)
+    group.get_or_create("d")  # over the bound: "busy" is set aside, "a" goes
+    assert "busy" in group
+    assert "a" not in group
+    busy.record_success(ticket)  # idle now, without being used through the group
+    group.get_or_create("e")  # looked at again: evicted before any younger breaker
+    assert "busy" not in group
+    assert group.names() == ["b", "c", "d", "e"]
+
+
+def test_group_a_set_aside_breaker_used_again_is_a_candidate_again() -> None:
+    clock = FakeClock()
+    group = CircuitBreakerGroup(
+        CircuitConfig(failure_threshold=1, timeout_duration=10), max_breakers=2, clock=clock
+    )
+    flaky = group.get_or_create("flaky")
+    fail(flaky)
+    group.get_or_create("a")
+    group.get_or_create("b")  # over the bound: "flaky" is set aside, "a" goes
+    assert group.names() == ["flaky", "b"]
+    clock.advance(10)
+    assert group.get("flaky") is flaky  # used: most recently used now
+    assert group.names() == ["b", "flaky"]
+    succeed(flaky, 3)  # recovered: closed, clean, idle
+    assert flaky.state is CL
+    assert group.get_or_create("b") is not None  # "flaky" is least recently used again
+    group.get_or_create("c")
+    assert group.names() == ["b", "c"]
+    assert group.remove("c") is not None
+    assert "flaky" not in group
+
+
+def test_group_lookups_see_set_aside_breakers() -> None:
+    group = CircuitBreakerGroup(CircuitConfig(), max_breakers=1, clock=FakeClock())
+    stuck = group.get_or_create("stuck")
+    stuck.force_open()
+    group.get_or_create("x")  # "stuck" set aside, "x" over the bound
+    assert "stuck" in group
+    assert len(group) == 2
+    assert list(group) == group.names() == ["stuck", "x"]
+    assert set(group.all_stats()) == {"stuck", "x"}
+    assert group.get_or_create("stuck") is stuck
+    group.get_or_create("y")  # sets "stuck" aside again, evicts "x"
+    group.reset_all()
+    assert stuck.state is CL
+    replaced = group.create("stuck")
+    assert replaced is not stuck
+    assert group.get("stuck") is replaced
+    assert group.remove("stuck") is replaced
+    assert group.remove("stuck") is None
+    assert "not_closed=0" in repr(group)
+
+
+def test_group_validates_max_breakers_and_default_config() -> None:
     with pytest.raises(ValueError, match="max_breakers"):
         CircuitBreakerGroup(max_breakers=0)
+    for wrong in (True, 2.0, "10"):
+        with pytest.raises(TypeError, match="max_breakers"):
+            CircuitBreakerGroup(max_breakers=wrong)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="CircuitConfig"):
+        CircuitBreakerGroup({"failure_threshold": 1})  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- async with bookkeeping
@@ -1016,11 +1212,11 @@ async def test_probe_still_out_when_the_breaker_closes_reports_late() -> None:
 
 async def test_manual_probe_reporting_after_the_breaker_closed_is_late_and_frees_no_call() -> None:
     # Regression (found by the state machine): a manual probe still out when another probe closes
-    # the breaker reports in the new CLOSED period. It has no ticket, and the breaker used to take
-    # its result for a call of the new period: it released the in-flight count of a guarded call
-    # still out (which then read 0, and -1 once that call reported) and counted its outcome.
+    # the breaker reports in the new CLOSED period. Its ticket is from before: its result must not
+    # release the in-flight count of a guarded call still out (which then read 0, and -1 once that
+    # call reported) nor count.
     breaker, _, changes = half_open(half_open_max_calls=2, success_threshold=1)
-    assert breaker.allow_request()  # a manual probe
+    probe = admit(breaker)  # a manual probe
     await breaker.call(asyncio.sleep, 0)  # the other probe succeeds and closes the breaker
     assert breaker.state is CL
     release = asyncio.Event()
@@ -1035,7 +1231,7 @@ async def test_manual_probe_reporting_after_the_breaker_closed_is_late_and_frees
     ]
     await settle()
     assert breaker.stats().in_flight == 2
-    breaker.record_success()  # the manual probe's result, from before the breaker closed
+    breaker.record_success(probe)  # the manual probe's result, from before the breaker closed
     stats = breaker.stats()
     assert (stats.in_flight, stats.late_results, stats.successful_calls) == (2, 1, 1)
     assert stats.consecutive_successes == 0
@@ -1047,12 +1243,13 @@ async def test_manual_probe_reporting_after_the_breaker_closed_is_late_and_frees
 
 
 def test_manual_probe_failing_after_the_breaker_closed_does_not_reopen_it() -> None:
+    # The processor's case: a stale probe's failure re-opened a breaker that had just recovered.
     breaker, _, changes = half_open(half_open_max_calls=2, success_threshold=1)
-    assert breaker.allow_request()
-    assert breaker.allow_request()
-    breaker.record_success()  # one probe closes it
+    stale = admit(breaker)
+    fresh = admit(breaker)
+    breaker.record_success(fresh)  # one probe closes it
     assert breaker.state is CL
-    breaker.record_failure()  # the other one's failure is from before: late, not a trip
+    breaker.record_failure(stale)  # the other one's failure is from before: late, not a trip
     assert breaker.state is CL
     stats = breaker.stats()
     assert (stats.late_results, stats.failed_calls, stats.in_flight) == (1, 1, 0)
@@ -1064,15 +1261,151 @@ def test_manual_probe_failing_after_the_breaker_closed_does_not_reopen_it() -> N
 
 def test_manual_result_of_a_call_in_flight_across_reset_is_late() -> None:
     breaker, _, _ = make(failure_threshold=1)
-    assert breaker.allow_request()  # in flight across the reset
+    old = admit(breaker)  # in flight across the reset
     breaker.reset()
-    assert breaker.allow_request()  # a call of the new period
-    breaker.record_success()  # matched to the new period's manual call
-    breaker.record_failure()  # nothing of this period is left out: late
+    new = admit(breaker)  # a call of the new period
+    breaker.record_success(new)
+    breaker.record_failure(old)  # from before the reset: late
     stats = breaker.stats()
     assert breaker.state is CL
     assert (stats.successful_calls, stats.failed_calls, stats.late_results) == (1, 0, 1)
     assert stats.in_flight == 0
+
+
+# --------------------------------------------------------------------------- the manual protocol
+
+
+def test_record_failure_without_allow_request_counts_and_trips() -> None:
+    # Regression: results without a preceding allow_request() were taken for late ones, so 20
+    # record_failure() calls left a default breaker CLOSED.
+    breaker, _, changes = make()  # failure_threshold 5
+    for _ in range(4):
+        breaker.record_failure()
+    assert breaker.state is CL
+    assert breaker.stats().consecutive_failures == 4
+    breaker.record_failure()
+    assert breaker.state is OP
+    for _ in range(15):
+        breaker.record_failure()  # while OPEN no call is admitted: these change nothing
+    stats = breaker.stats()
+    assert (stats.failed_calls, stats.late_results) == (5, 15)
+    assert changes == [(CL, OP)]
+
+
+def test_record_success_and_ignored_without_allow_request_count() -> None:
+    breaker, _, _ = make(failure_threshold=2)
+    breaker.record_failure()
+    breaker.record_success()  # resets the consecutive failures
+    breaker.record_failure()
+    breaker.record_ignored()
+    stats = breaker.stats()
+    assert breaker.state is CL
+    assert (stats.successful_calls, stats.failed_calls, stats.ignored_calls) == (1, 2, 1)
+    assert (stats.consecutive_failures, stats.late_results, stats.in_flight) == (1, 0, 0)
+
+
+def test_a_ticketless_result_after_a_transition_counts() -> None:
+    breaker, _, _ = make(failure_threshold=1)
+    assert breaker.allow_request()  # out across the reset, reported without its ticket
+    breaker.reset()
+    breaker.record_failure()  # cannot be told from a call of the new period: it counts
+    assert breaker.state is OP
+
+
+def test_allow_request_returns_a_truthy_ticket_or_none() -> None:
+    breaker, clock, _ = make(failure_threshold=1, timeout_duration=10)
+    ticket = breaker.allow_request()
+    assert isinstance(ticket, CallTicket)
+    assert ticket  # `if breaker.allow_request():` keeps working
+    assert ticket.breaker is breaker
+    assert "svc" in repr(ticket)
+    assert "recorded" not in repr(ticket)
+    breaker.record_failure(ticket)
+    assert ticket.recorded
+    assert "recorded" in repr(ticket)
+    assert breaker.allow_request() is None  # refused
+    clock.advance(10)
+    assert isinstance(breaker.allow_request(), CallTicket)  # a probe
+
+
+def test_a_ticket_releases_exactly_its_own_probe_slot() -> None:
+    breaker, _, _ = half_open(half_open_max_calls=2, success_threshold=2)
+    first, second = admit(breaker), admit(breaker)
+    assert breaker.allow_request() is None
+    breaker.record_success(second)  # frees the second slot, not the oldest one
+    assert breaker.stats().in_flight == 1
+    third = admit(breaker)
+    assert breaker.allow_request() is None
+    breaker.record_ignored(first)
+    breaker.record_success(third)  # two consecutive successes: closed
+    assert breaker.state is CL
+    assert breaker.stats().late_results == 0
+
+
+def test_a_reclaimed_manual_probe_reporting_with_its_ticket_is_late() -> None:
+    breaker, clock, _ = half_open(success_threshold=1, probe_timeout=2)
+    lost = admit(breaker)
+    clock.advance(2)
+    retry = admit(breaker)  # reclaims the lost probe's slot
+    breaker.record_failure(lost)  # its slot was reclaimed: late, does not re-open
+    assert breaker.state is HO
+    assert breaker.stats().late_results == 1
+    breaker.record_success(retry)
+    assert breaker.state is CL
+
+
+async def test_a_ticketless_result_frees_the_oldest_manual_probe_not_a_guarded_one() -> None:
+    breaker, _, _ = half_open(half_open_max_calls=2, success_threshold=3)
+    gate = asyncio.Event()
+    guarded = asyncio.create_task(breaker.call(gate.wait))  # a guarded probe, first
+    await settle()
+    admit(breaker)  # a manual probe
+    assert breaker.allow_request() is None
+    breaker.record_success()  # no ticket: the manual probe's slot, not the guarded one's
+    assert breaker.stats().in_flight == 1
+    gate.set()
+    await guarded  # the guarded probe still owns its slot: its success counts
+    stats = breaker.stats()
+    assert (stats.in_flight, stats.consecutive_successes, stats.late_results) == (0, 2, 0)
+
+
+def test_recording_a_ticket_twice_raises_and_changes_nothing() -> None:
+    breaker, _, _ = make(failure_threshold=2)
+    ticket = admit(breaker)
+    breaker.record_failure(ticket)
+    before = breaker.stats()
+    for record in (breaker.record_success, breaker.record_failure, breaker.record_ignored):
+        with pytest.raises(ValueError, match="already recorded"):
+            record(ticket)
+    assert breaker.stats() == before
+    assert breaker.state is CL
+
+
+def test_a_closed_period_ticket_takes_one_result_per_call_it_admitted() -> None:
+    breaker, _, _ = make(failure_threshold=3)
+    first, second = admit(breaker), admit(breaker)
+    breaker.record_failure(first)
+    assert not second.recorded  # (the same ticket, while CLOSED: one call is still out)
+    breaker.record_failure(second)
+    with pytest.raises(ValueError, match="already recorded"):
+        breaker.record_failure(first)  # a third result for two calls
+    stats = breaker.stats()
+    assert breaker.state is CL
+    assert (stats.failed_calls, stats.in_flight) == (2, 0)
+
+
+def test_a_ticket_of_another_breaker_or_not_a_ticket_is_refused() -> None:
+    breaker, _, _ = make(name="a")
+    other, _, _ = make(name="b")
+    ticket = admit(other)
+    with pytest.raises(ValueError, match="'b'"):
+        breaker.record_success(ticket)
+    assert not ticket.recorded
+    other.record_success(ticket)
+    for wrong in (True, 1, "ticket"):
+        with pytest.raises(TypeError):
+            breaker.record_failure(wrong)  # type: ignore[arg-type]
+    assert breaker.stats().failed_calls == 0
 
 
 def stream_guarded_by(breaker: CircuitBreaker) -> Callable[[], asyncio.Task[int | None]]:
@@ -1194,3 +1527,54 @@ async def test_a_call_exiting_in_another_task_does_not_keep_the_fast_path_off() 
     await holder
     assert breaker.stats().in_flight == 0
     assert breaker._fast  # nothing outstanding: back on the fast path
+
+
+# --------------------------------------------------------------------------- the transition rule
+
+
+def test_the_transition_rule_is_one_pure_function() -> None:
+    """Every transition is decided by ``_next_state`` alone (issue 16: one source of truth)."""
+    import zeroclaw.concurrency.circuit_breaker as cb
+
+    config = CircuitConfig(failure_threshold=3, success_threshold=2, window_size=4, min_calls=4)
+
+    def step(state: CircuitState, event: int, **counts: float) -> CircuitState:
+        args = {"now": 0.0, "open_until": 0.0, "fails": 0, "succs": 0, "bad": 0, "n": 0}
+        args.update(counts)
+        return cb._next_state(
+            state,
+            event,
+            args["now"],
+            args["open_until"],
+            int(args["fails"]),
+            int(args["succs"]),
+            int(args["bad"]),
+            int(args["n"]),
+            config,
+        )
+
+    success, failure, slow, ignored = cb._SUCCESS, cb._FAILURE, cb._SLOW, cb._IGNORED
+    admit_, force_open, force_close, reset = cb._ADMIT, cb._FORCE_OPEN, cb._FORCE_CLOSE, cb._RESET
+    # CLOSED: successes never trip; failures trip on a run or on the window's rate.
+    assert step(CL, success, bad=4, n=4) is CL
+    assert step(CL, failure, fails=2, bad=1, n=4) is CL  # 1/4 < 0.5
+    assert step(CL, failure, fails=3, bad=3, n=3) is OP
+    assert step(CL, failure, fails=1, bad=2, n=3) is CL  # the rate needs min_calls outcomes
+    assert step(CL, slow, bad=2, n=4) is OP  # 2/4 >= 0.5
+    assert step(CL, ignored, fails=9, bad=4, n=4) is CL
+    # OPEN: nothing happens until its time is up, then a look half-opens it.
+    assert step(OP, admit_, now=9.9, open_until=10.0) is OP
+    assert step(OP, admit_, now=10.0, open_until=10.0) is HO
+    assert step(OP, failure, now=99.0, open_until=10.0, fails=9) is OP
+    # HALF_OPEN: success_threshold successes in a row close it; any bad probe re-opens it.
+    assert step(HO, success, succs=1) is HO
+    assert step(HO, success, succs=2) is CL
+    assert step(HO, failure, fails=1) is OP
+    assert step(HO, slow) is OP
+    assert step(HO, ignored) is HO
+    assert step(HO, admit_) is HO
+    # Forced moves, from anywhere.
+    for state in (CL, OP, HO):
+        assert step(state, force_open) is OP
+        assert step(state, force_close) is CL
+        assert step(state, reset) is CL

@@ -1,6 +1,7 @@
 """Stateful property test: random allow / success / failure / ignored / cancel / slow / clock
 moves / force_open / force_close / reset against a small reference model of DESIGN §3.4, plus
-invariants checked independently of it.
+invariants checked independently of it. Manual calls report with their ticket or without it (and
+results with no ``allow_request`` before them, and tickets recorded twice, are tried too).
 
 Guarded calls (``call`` and ``async with``) are driven by hand, without an event loop: each one is a
 coroutine suspended at a gate we control, stepped inside its own ``contextvars.Context`` as an
@@ -11,11 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import Coroutine, Generator
+from collections.abc import Callable, Coroutine, Generator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -26,7 +28,12 @@ from hypothesis.stateful import (
     rule,
 )
 
-from zeroclaw.concurrency.circuit_breaker import CircuitBreaker, CircuitConfig, CircuitState
+from zeroclaw.concurrency.circuit_breaker import (
+    CallTicket,
+    CircuitBreaker,
+    CircuitConfig,
+    CircuitState,
+)
 from zeroclaw.concurrency.errors import CircuitOpenError
 from zeroclaw.testing import FakeClock
 
@@ -58,7 +65,7 @@ class Gate:
 
 # --------------------------------------------------------------------------- the reference model
 
-Ticket = tuple[str, int] | None  # ("closed", period) / ("probe", id); None = manual (anonymous)
+Ticket = tuple[str, int] | None  # ("closed", period) / ("probe", id); None: recorded without one
 
 
 @dataclass
@@ -72,9 +79,9 @@ class Model:
     open_until: float = 0.0
     window: list[int] = field(default_factory=list)
     period: int = 0
-    in_flight: int = 0  # calls admitted in the current CLOSED period, not yet reported
-    manual_in_flight: int = 0  # those of them admitted by the manual protocol
-    probes: list[tuple[int, float]] = field(default_factory=list)
+    in_flight: int = 0  # guarded calls admitted in the current CLOSED period, not yet reported
+    manual_in_flight: int = 0  # manual calls (allow_request) of the period, not yet reported
+    probes: list[tuple[int, float, bool]] = field(default_factory=list)  # (id, deadline, manual)
     next_probe: int = 0
     consec_fail: int = 0
     consec_succ: int = 0
@@ -129,37 +136,33 @@ class Model:
     def admit(self, now: float, manual: bool) -> tuple[bool, Ticket]:
         self.refresh(now)
         if self.state is CLOSED:
-            self.in_flight += 1
-            self.manual_in_flight += manual
+            if manual:
+                self.manual_in_flight += 1
+            else:
+                self.in_flight += 1
             return True, ("closed", self.period)
         if self.state is OPEN:
             self.rejected += 1
             return False, None
-        self.probes = [(pid, deadline) for pid, deadline in self.probes if deadline > now]
+        self.probes = [probe for probe in self.probes if probe[1] > now]
         if len(self.probes) < self.config.half_open_max_calls:
             self.next_probe += 1
-            self.probes.append((self.next_probe, now + self.probe_timeout))
+            self.probes.append((self.next_probe, now + self.probe_timeout, manual))
             return True, ("probe", self.next_probe)
         self.rejected += 1
         return False, None
 
     def record(self, ticket: Ticket, outcome: str, now: float, manual: bool) -> None:
         if self.state is CLOSED:
-            if manual:
-                # A manual result has no ticket, so it can only be matched to a manual call of this
-                # period. With none out, it is from a call admitted before the breaker closed (a
-                # probe still out when another probe closed it, a call in flight across reset()):
-                # late, like a ticketed call from before a transition. It must not release the
-                # count of some other call of this period (a guarded call still in flight): that
-                # call reports for itself later (the count would read 0, then -1).
-                if not self.manual_in_flight:
-                    self.late += 1
-                    return
-                self.manual_in_flight -= 1
-                self.in_flight -= 1
+            if manual and (ticket is None or ticket == ("closed", self.period)):
+                # A manual result counts. With its ticket it is this period's; without one it
+                # cannot be told from one and is taken for it. It frees a manual call's slot if
+                # one is out, never a guarded call's: that call reports for itself later.
+                if self.manual_in_flight:
+                    self.manual_in_flight -= 1
             elif ticket == ("closed", self.period):
                 self.in_flight -= 1
-            else:
+            else:  # a ticket from before a transition
                 self.late += 1
                 return
             if outcome == IGNORED:
@@ -189,13 +192,12 @@ class Model:
         if self.state is OPEN:
             self.late += 1
             return
-        ids = [pid for pid, _ in self.probes]
-        if manual:
-            if not ids:
-                self.late += 1
-                return
-            self.probes.pop(0)
-        elif ticket is not None and ticket[0] == "probe" and ticket[1] in ids:
+        ids = [pid for pid, _, _ in self.probes]
+        if ticket is None:  # counts; frees the oldest manual probe's slot, if one is out
+            manual_ids = [pid for pid, _, by_hand in self.probes if by_hand]
+            if manual_ids:
+                self.probes.pop(ids.index(manual_ids[0]))
+        elif ticket[0] == "probe" and ticket[1] in ids:
             self.probes.pop(ids.index(ticket[1]))
         else:
             self.late += 1
@@ -235,7 +237,8 @@ class BreakerMachine(RuleBasedStateMachine):
         super().__init__()
         self.clock = FakeClock()
         self.calls: list[Guarded] = []
-        self.manual_outstanding = 0
+        self.manual_calls: list[tuple[CallTicket, Ticket]] = []
+        self.recorded: list[CallTicket] = []
         self.seen: list[tuple[CircuitState, CircuitState]] = []
         self.open_deadline: float | None = None
         self.admissions_while_open = 0
@@ -299,23 +302,46 @@ class BreakerMachine(RuleBasedStateMachine):
 
     @rule()
     def manual_allow(self) -> None:
-        allowed = self.breaker.allow_request()
-        expected, _ = self.model.admit(self.clock.now(), manual=True)
-        assert allowed == expected
-        if allowed:
+        ticket = self.breaker.allow_request()
+        expected, model_ticket = self.model.admit(self.clock.now(), manual=True)
+        assert (ticket is not None) == expected
+        if ticket is not None:
+            assert ticket
             self._admitted()
-            self.manual_outstanding += 1
+            self.manual_calls.append((ticket, model_ticket))
 
-    @precondition(lambda self: self.manual_outstanding > 0)
-    @rule(outcome=st.sampled_from([SUCCESS, FAILURE, IGNORED]))
-    def manual_record(self, outcome: str) -> None:
-        self.manual_outstanding -= 1
-        {
+    def _recorder(self, outcome: str) -> Callable[[CallTicket | None], None]:
+        return {
             SUCCESS: self.breaker.record_success,
             FAILURE: self.breaker.record_failure,
             IGNORED: self.breaker.record_ignored,
-        }[outcome]()
+        }[outcome]
+
+    @precondition(lambda self: self.manual_calls)
+    @rule(data=st.data(), outcome=st.sampled_from([SUCCESS, FAILURE, IGNORED]), keep=st.booleans())
+    def manual_record(self, data: st.DataObject, outcome: str, keep: bool) -> None:
+        # With its ticket (keep) or without it, as a caller that ignores the ticket would.
+        index = data.draw(st.integers(0, len(self.manual_calls) - 1))
+        ticket, model_ticket = self.manual_calls.pop(index)
+        self._recorder(outcome)(ticket if keep else None)
+        self.model.record(model_ticket if keep else None, outcome, self.clock.now(), manual=True)
+        if keep and ticket.recorded:  # (a CLOSED period's ticket is shared by its calls)
+            self.recorded = [ticket, *self.recorded[:2]]
+
+    @rule(outcome=st.sampled_from([SUCCESS, FAILURE, IGNORED]))
+    def record_without_allow(self, outcome: str) -> None:
+        # A result with no allow_request() before it counts (the original's tests do this).
+        self._recorder(outcome)(None)
         self.model.record(None, outcome, self.clock.now(), manual=True)
+
+    @precondition(lambda self: any(ticket.recorded for ticket in self.recorded))
+    @rule(outcome=st.sampled_from([SUCCESS, FAILURE, IGNORED]))
+    def record_a_ticket_twice(self, outcome: str) -> None:
+        # One result more than the ticket admitted calls: refused, and nothing changes (the
+        # invariants check the latter against the model, which is not told).
+        spent = next(ticket for ticket in self.recorded if ticket.recorded)
+        with pytest.raises(ValueError, match="already recorded"):
+            self._recorder(outcome)(spent)
 
     @rule(form=st.sampled_from(["call", "async_with"]))
     def guarded_start(self, form: str) -> None:
@@ -434,7 +460,7 @@ class BreakerMachine(RuleBasedStateMachine):
         if model.state is HALF_OPEN:
             assert stats.in_flight == len(model.probes)
         elif model.state is CLOSED:
-            assert stats.in_flight == model.in_flight
+            assert stats.in_flight == model.in_flight + model.manual_in_flight
         else:
             assert stats.in_flight == 0
             assert stats.retry_after == model.open_until - now > 0
@@ -451,7 +477,7 @@ class BreakerMachine(RuleBasedStateMachine):
         if stats.state is CLOSED:
             current = ("closed", self.model.period)
             guarded = sum(1 for call in self.calls if call.ticket == current)
-            assert 0 <= self.model.manual_in_flight <= self.manual_outstanding
+            assert 0 <= self.model.manual_in_flight <= len(self.manual_calls)
             assert stats.in_flight == guarded + self.model.manual_in_flight
 
     @invariant()
@@ -464,7 +490,7 @@ class BreakerMachine(RuleBasedStateMachine):
                 for c in self.calls
                 if c.ticket is not None
                 and c.ticket[0] == "probe"
-                and c.ticket[1] in {pid for pid, _ in self.model.probes}
+                and c.ticket[1] in {pid for pid, _, _ in self.model.probes}
             ]
             assert len(live) <= self.config.half_open_max_calls
             assert self.breaker.stats().in_flight <= self.config.half_open_max_calls

@@ -218,11 +218,12 @@ async def test_the_primitives_can_be_subclassed_in_python_compiled_or_not() -> N
         ConcurrentMessageProcessor,
         MessageProcessor,
     )
+    from zeroclaw.concurrency.circuit_breaker import CallTicket
 
     asked: list[str] = []
 
     class CountingBreaker(CircuitBreaker):
-        def allow_request(self) -> bool:
+        def allow_request(self) -> CallTicket | None:
             asked.append("allow_request")
             return super().allow_request()
 

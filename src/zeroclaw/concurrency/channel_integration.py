@@ -44,6 +44,7 @@ from zeroclaw.concurrency._validate import to_positive_number, to_seconds, to_ti
 from zeroclaw.concurrency.backpressure import Backpressure, BackpressureStats, Permit
 from zeroclaw.concurrency.channels import Channel, ChannelMessage, DeliveringChannel, Provider
 from zeroclaw.concurrency.circuit_breaker import (
+    CallTicket,
     CircuitBreaker,
     CircuitBreakerGroup,
     CircuitBreakerStats,
@@ -468,7 +469,16 @@ class _Item(_Job):
     saves three objects and a callback per message: the pipeline's hot path.
     """
 
-    __slots__ = ("channel", "dedup_key", "handler", "key", "message", "permit", "processor")
+    __slots__ = (
+        "channel",
+        "dedup_key",
+        "handler",
+        "key",
+        "message",
+        "permit",
+        "processor",
+        "ticket",
+    )
 
     def __init__(
         self,
@@ -480,6 +490,7 @@ class _Item(_Job):
         permit: Permit | bool,
         key: Hashable,
         priority: TaskPriority,
+        ticket: CallTicket | None,
     ) -> None:
         self.processor = processor
         self.channel = channel
@@ -489,6 +500,7 @@ class _Item(_Job):
         # True: one permit taken with Backpressure._try_take; a Permit: one that was waited for.
         self.permit = permit
         self.key = key  # the conversation
+        self.ticket = ticket  # the breaker's admission of this call (None: no breaker)
         self._priority = priority
         self._timeout = processor._processing_timeout
         self._cancel_reason = None
@@ -515,7 +527,7 @@ class _Item(_Job):
         processor._succeeded += 1
         breaker = processor._breaker
         if breaker is not None:
-            breaker.record_success()
+            breaker.record_success(self.ticket)
         processor._give_permit_back(self.permit)
         processor._in_flight -= 1
         processor._results.append(
@@ -765,12 +777,17 @@ class MessageProcessor:
                 self._duplicates += 1
                 return _DUPLICATE
         breaker = self._breaker
-        if breaker is not None and not breaker.allow_request():
-            self._forget(dedup_key)
-            return self._refuse("circuit open", breaker.retry_after)
+        ticket: CallTicket | None = None
+        if breaker is not None:
+            # The call's own ticket: its result is matched to it, so a result from before a
+            # transition (a stale probe, a call of an earlier closed period) changes nothing.
+            ticket = breaker.allow_request()
+            if ticket is None:
+                self._forget(dedup_key)
+                return self._refuse("circuit open", breaker.retry_after)
         limit = self._results_limit
         if limit is not None and (self._result_room_waiters or len(self._results) >= limit):
-            refused = await self._wait_for_result_room(dedup_key, limit)
+            refused = await self._wait_for_result_room(dedup_key, limit, ticket)
             if refused is not None:
                 return refused
         permit: Permit | bool = False
@@ -779,7 +796,7 @@ class MessageProcessor:
             if backpressure._try_take():
                 permit = True
             elif self._reject_at_capacity:
-                self._undo_admission(dedup_key, False)
+                self._undo_admission(dedup_key, False, ticket)
                 return self._refuse("overloaded")
             else:
                 self._admitting += 1
@@ -787,7 +804,7 @@ class MessageProcessor:
                     permit = await backpressure.acquire()
                 except BaseException:
                     self._admitting -= 1
-                    self._undo_admission(dedup_key, False)
+                    self._undo_admission(dedup_key, False, ticket)
                     if self.closing:  # a shutdown may be waiting for this admission to end
                         self._check_drained()
                     raise
@@ -795,9 +812,9 @@ class MessageProcessor:
                 # The property, not _closing: mypy would keep the narrowing from the top across
                 # the await. Shutdown may have begun while this call waited.
                 if self.closing:
-                    return self._refuse_after_wait(dedup_key, permit)
+                    return self._refuse_after_wait(dedup_key, permit, ticket)
         elif self._in_flight >= self._hard_limit:
-            self._undo_admission(dedup_key, False)
+            self._undo_admission(dedup_key, False, ticket)
             return self._refuse("overloaded")
         entry = self._lanes.get(key)
         if entry is None:  # a new conversation
@@ -809,12 +826,12 @@ class MessageProcessor:
                 try:
                     priority = self._priority_for(channel_name, message)
                 except BaseException:
-                    self._undo_admission(dedup_key, permit)
+                    self._undo_admission(dedup_key, permit, ticket)
                     if self.closing:
                         self._check_drained()
                     raise
             self._in_flight += 1
-            item = _Item(self, channel, message, handler, dedup_key, permit, key, priority)
+            item = _Item(self, channel, message, handler, dedup_key, permit, key, priority, ticket)
             pool = self._pool
             if not self._ready and pool._queued < pool._queue_size:
                 self._lanes[key] = item  # the common case: no lane, straight into the pool
@@ -834,12 +851,12 @@ class MessageProcessor:
         else:
             lane = cast(_Lane, entry)
         lane.pending.append(
-            _Item(self, channel, message, handler, dedup_key, permit, key, lane.priority)
+            _Item(self, channel, message, handler, dedup_key, permit, key, lane.priority, ticket)
         )
         return _ACCEPTED
 
     async def _wait_for_result_room(
-        self, dedup_key: DedupKey | str | None, limit: int
+        self, dedup_key: DedupKey | str | None, limit: int, ticket: CallTicket | None
     ) -> Admission | None:
         """Hold an admission while ``limit`` results are unread (``None``: go on), or refuse it.
 
@@ -847,7 +864,7 @@ class MessageProcessor:
         On refusal, cancellation or shutdown it gives back the dedup claim and the breaker's slot.
         """
         if self._reject_at_capacity:
-            self._undo_admission(dedup_key, False)
+            self._undo_admission(dedup_key, False, ticket)
             return self._refuse("results unread")
         loop = asyncio.get_running_loop()
         waiters = self._result_room_waiters
@@ -871,13 +888,13 @@ class MessageProcessor:
                     raise
         except BaseException:
             self._admitting -= 1
-            self._undo_admission(dedup_key, False)
+            self._undo_admission(dedup_key, False, ticket)
             if self._closing:  # a shutdown may be waiting for this admission to end
                 self._check_drained()
             raise
         self._admitting -= 1
         if self._closing:
-            return self._refuse_after_wait(dedup_key, False)
+            return self._refuse_after_wait(dedup_key, False, ticket)
         if waiters and len(self._results) < limit:
             self._wake_result_room()  # more room than this admission needs
         return None
@@ -892,10 +909,10 @@ class MessageProcessor:
                 return
 
     def _refuse_after_wait(
-        self, dedup_key: DedupKey | str | None, permit: Permit | bool
+        self, dedup_key: DedupKey | str | None, permit: Permit | bool, ticket: CallTicket | None
     ) -> Admission:
         """Shutdown began while an admission waited: undo it, and let the drain see it gone."""
-        self._undo_admission(dedup_key, permit)
+        self._undo_admission(dedup_key, permit, ticket)
         self._check_drained()
         return self._refuse("shutting down")
 
@@ -907,11 +924,13 @@ class MessageProcessor:
         if dedup_key is not None and self._dedup is not None:
             self._dedup.remove(dedup_key)
 
-    def _undo_admission(self, dedup_key: DedupKey | str | None, permit: Permit | bool) -> None:
+    def _undo_admission(
+        self, dedup_key: DedupKey | str | None, permit: Permit | bool, ticket: CallTicket | None
+    ) -> None:
         """Refused after the breaker admitted it: give back the claim, the probe, the permit."""
         self._forget(dedup_key)
         if self._breaker is not None:
-            self._breaker.record_ignored()
+            self._breaker.record_ignored(ticket)
         self._give_permit_back(permit)
 
     def _give_permit_back(self, permit: Permit | bool) -> None:
@@ -1008,9 +1027,9 @@ class MessageProcessor:
             if kind is MessageResultKind.TIMEOUT or (
                 kind is MessageResultKind.FAILED and self._counts_as_failure(error)
             ):
-                breaker.record_failure()
+                breaker.record_failure(item.ticket)
             else:
-                breaker.record_ignored()
+                breaker.record_ignored(item.ticket)
         self._forget(item.dedup_key)
         self._give_permit_back(item.permit)
         self._in_flight -= 1

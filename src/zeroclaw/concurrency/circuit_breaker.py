@@ -9,13 +9,13 @@ A :class:`CircuitBreaker` guards calls to one dependency (an LLM provider, say):
 
     reply = await breaker.call(provider.complete, prompt)    # the same, as a call
 
-    if breaker.allow_request():         # the manual protocol
+    if ticket := breaker.allow_request():   # the manual protocol
         try:
             reply = await provider.complete(prompt)
         except Exception:
-            breaker.record_failure()
+            breaker.record_failure(ticket)
             raise
-        breaker.record_success()
+        breaker.record_success(ticket)
 
 States (DESIGN §3.4):
 
@@ -38,18 +38,21 @@ Outcomes are four-valued (research/resilience.md §2 item 1): success, failure, 
 *slow* (a success that took too long: it counts toward the failure rate, and re-opens a half-open
 breaker, but does not count as a consecutive failure). ``CancelledError`` is never a failure.
 
-Every admitted call carries a ticket internally: the generation of the CLOSED period it was
-admitted in, or the id of its HALF_OPEN probe slot. A result is applied only if its ticket is still
-current, which makes results from before a transition inert and lets a probe's result release
-exactly its own slot. The guarded forms (``async with``, ``call``, the decorator) carry the ticket
-for you. The manual protocol (``allow_request`` / ``record_*``) has no ticket, so a manual result is
-matched to the oldest probe in flight while HALF_OPEN, and to one of the manual calls admitted in
-the current period while CLOSED (they are counted apart from the ticketed calls); if there is none
-to match, the call was admitted before a transition and its result is inert (late), as a ticketed
-one's would be.
+Every admitted call carries a ticket: the generation of the CLOSED period it was admitted in, or
+the id of its HALF_OPEN probe slot. A result is applied only if its ticket is still current, which
+makes results from before a transition inert (*late*) and lets a probe's result release exactly
+its own slot. The guarded forms (``async with``, ``call``, the decorator) carry the ticket for you;
+the manual protocol hands it out: ``allow_request()`` returns a :class:`CallTicket` that
+``record_*`` takes. A manual result recorded without its ticket still counts (as in every breaker
+users know: ``record_failure()`` five times trips a default breaker); it frees the slot of the
+oldest manual call still out, if any, and only while OPEN is it late (no call is admitted then).
 
-The decisions are synchronous and read ``now`` from the clock only when they need it (never on the
-closed fast path); nothing here needs a running event loop except awaiting the guarded call itself.
+Which state an event takes the breaker to is decided by one pure function, ``_next_state(state,
+event, now, ..., config)``; the breaker is its shell, which keeps the counts, applies the entry of
+each state, and announces the change. The one rule the shell knows by heart is that a CLOSED
+success changes nothing (the hot path, which therefore asks nothing). The decisions are
+synchronous and read ``now`` from the clock only when they need it (never on the closed fast
+path); nothing here needs a running event loop except awaiting the guarded call itself.
 Like asyncio's primitives, a breaker belongs to one event loop (one thread); it takes no locks.
 """
 
@@ -70,11 +73,13 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any, Final, ParamSpec, TypeVar
 
-from zeroclaw.concurrency._clock import Clock, resolve_clock, to_seconds
+from zeroclaw.concurrency._clock import Clock, resolve_clock
 from zeroclaw.concurrency._mypyc import mypyc_attr
+from zeroclaw.concurrency._validate import to_count, to_fraction, to_seconds
 from zeroclaw.concurrency.errors import CircuitOpenError
 
 __all__ = [
+    "CallTicket",
     "CircuitBreaker",
     "CircuitBreakerGroup",
     "CircuitBreakerStats",
@@ -90,26 +95,28 @@ T = TypeVar("T")
 StateCallback = Callable[["CircuitState", "CircuitState"], object]
 
 
-class CircuitState(enum.Enum):
-    """The state of a breaker. ``str()`` gives the original's display names."""
+class CircuitState(enum.StrEnum):
+    """The state of a breaker. ``str()`` gives the original's display names (its value)."""
 
     CLOSED = "Closed"
     OPEN = "Open"
     HALF_OPEN = "HalfOpen"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 _CLOSED: Final = CircuitState.CLOSED
 _OPEN: Final = CircuitState.OPEN
 _HALF_OPEN: Final = CircuitState.HALF_OPEN
 
-# Outcome codes (ints, so recording allocates nothing).
+# Outcome codes (ints, so recording allocates nothing); they are also the events of _next_state,
+# with the other events below.
 _SUCCESS: Final = 0
 _FAILURE: Final = 1
 _SLOW: Final = 2
 _IGNORED: Final = 3
+_ADMIT: Final = 4  # a request, or a look at the state: an OPEN breaker's time may be up
+_FORCE_OPEN: Final = 5
+_FORCE_CLOSE: Final = 6
+_RESET: Final = 7
 
 # Ticket 0 means "no ticket": the manual protocol's results, and a refused admission.
 _ANONYMOUS: Final = 0
@@ -118,15 +125,18 @@ _CURRENT: Final = -1
 # A ticketed ``async with`` call that exits in a context other than its own, so its ticket is lost.
 _FOREIGN: Final = -2
 
+# Set-aside breakers a CircuitBreakerGroup looks at again per new name while over its bound.
+_RECHECK: Final = 4
+
 
 async def _resolved(value: T) -> T:
     return value
 
 
-def _positive_int(value: object, what: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{what} must be an integer >= 1, got {value!r}")
-    return value
+def _discard(awaitable: object) -> None:
+    """Close a coroutine nobody will await, so it is not reported as "never awaited"."""
+    if inspect.iscoroutine(awaitable):
+        awaitable.close()
 
 
 # A plain Python class, not a compiled one: a compiled int field would store True as 1 before the
@@ -173,7 +183,10 @@ class CircuitConfig:
     probe_timeout: float | timedelta | None = None
 
     def __post_init__(self) -> None:
+        # Every check is zeroclaw.concurrency._validate's, so both builds refuse the same values
+        # with the same words; values are stored converted (int counts, float rates and seconds).
         # getattr, not self.<field>: compiled code reads an int field as an int, True as 1.
+        set_ = object.__setattr__
         for name in (
             "failure_threshold",
             "success_threshold",
@@ -181,21 +194,25 @@ class CircuitConfig:
             "min_calls",
             "half_open_max_calls",
         ):
-            _positive_int(getattr(self, name), name)
+            set_(self, name, to_count(getattr(self, name), what=name, minimum=1))
         if self.min_calls > self.window_size:
             raise ValueError(
                 f"min_calls ({self.min_calls}) must not exceed window_size ({self.window_size})"
             )
-        rate = self.failure_rate_threshold
-        if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0.0 < rate <= 1.0:
-            raise ValueError(f"failure_rate_threshold must be in (0, 1], got {rate!r}")
-        jitter = self.open_jitter
-        if isinstance(jitter, bool) or not isinstance(jitter, int | float) or not 0 <= jitter <= 1:
-            raise ValueError(f"open_jitter must be in [0, 1], got {jitter!r}")
+        rate = getattr(self, "failure_rate_threshold")  # noqa: B009 - see above
+        set_(
+            self,
+            "failure_rate_threshold",
+            to_fraction(rate, what="failure_rate_threshold", low_open=True),
+        )
+        jitter = getattr(self, "open_jitter")  # noqa: B009 - see above
+        set_(self, "open_jitter", to_fraction(jitter, what="open_jitter"))
         if self.is_failure is not None and not callable(self.is_failure):
-            raise ValueError("is_failure must be a callable taking the exception, or None")
+            raise TypeError(
+                "is_failure must be a callable taking the exception, or None, "
+                f"not {type(self.is_failure).__name__}"
+            )
         # Durations are stored as float seconds, whatever was passed.
-        set_ = object.__setattr__
         set_(self, "timeout_duration", to_seconds(self.timeout_duration, what="timeout_duration"))
         if self.slow_call_duration is not None:
             slow = to_seconds(self.slow_call_duration, what="slow_call_duration")
@@ -258,6 +275,81 @@ class CircuitBreakerStats:
     retry_after: float = 0.0
 
 
+def _next_state(
+    state: CircuitState,
+    event: int,
+    now: float,
+    open_until: float,
+    failures_in_a_row: int,
+    successes_in_a_row: int,
+    window_bad: int,
+    window_n: int,
+    config: CircuitConfig,
+) -> CircuitState:
+    """The breaker's transition rule (DESIGN §3.4): the state ``event`` takes ``state`` to.
+
+    Every transition of :class:`CircuitBreaker` is decided here, and nowhere else. Pure: a function
+    of its arguments only. For an outcome (``_SUCCESS``, ``_FAILURE``, ``_SLOW``, ``_IGNORED``) the
+    counts are the breaker's once the outcome is counted: failures and successes in a row, and the
+    window's bad outcomes among its ``window_n`` outcomes; other events ignore them. What entering a
+    state does (start the open period, clear the window, free the probe slots) is the shell's
+    (``CircuitBreaker._transition``). A result that is late never gets here.
+    """
+    if event == _FORCE_OPEN:
+        return _OPEN
+    if event in (_FORCE_CLOSE, _RESET):
+        return _CLOSED
+    if state is _OPEN:  # refuses everything until its period is over; then the next look probes
+        return _HALF_OPEN if event == _ADMIT and now >= open_until else _OPEN
+    if event == _SUCCESS:  # never trips; enough successes in a row close a probing breaker
+        if state is _HALF_OPEN and successes_in_a_row >= config.success_threshold:
+            return _CLOSED
+        return state
+    if event in (_FAILURE, _SLOW):
+        if state is _HALF_OPEN:  # a bad probe re-opens it
+            return _OPEN
+        if failures_in_a_row >= config.failure_threshold:
+            return _OPEN
+        if window_n >= config.min_calls and window_bad / window_n >= config.failure_rate_threshold:
+            return _OPEN
+        return _CLOSED
+    return state  # ignored outcomes and admissions change nothing else
+
+
+class CallTicket:
+    """The admission of a manual call: what :meth:`CircuitBreaker.allow_request` returns.
+
+    Always truthy. Pass it to the ``record_*`` call that reports the call: the result is then
+    matched to the call's own slot (a result whose ticket predates a state change is *late* and
+    changes nothing). A HALF_OPEN probe gets a ticket of its own. The calls of one CLOSED period
+    share one: the period is all a result needs to name there (their slots are alike), and
+    sharing keeps the closed admission free of any allocation. A ticket takes as many results as
+    calls were admitted with it; one more (recording a call twice) raises ``ValueError`` and
+    changes nothing. Made only by the breaker.
+    """
+
+    __slots__ = ("_breaker", "_ident", "_outstanding")
+
+    def __init__(self, breaker: CircuitBreaker, ident: int) -> None:
+        self._breaker = breaker
+        self._ident = ident  # the internal ticket: the CLOSED period's, or the probe slot's
+        self._outstanding = 0  # calls admitted with this ticket and not recorded yet
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        """The breaker that admitted the call."""
+        return self._breaker
+
+    @property
+    def recorded(self) -> bool:
+        """Whether every call admitted with this ticket has been reported by a ``record_*``."""
+        return self._outstanding == 0
+
+    def __repr__(self) -> str:
+        done = f"{self._outstanding} out" if self._outstanding else "recorded"
+        return f"<CallTicket {self._ident} of circuit {self._breaker.name!r}: {done}>"
+
+
 class _Subscription:
     """One ``on_state_change`` registration; compared by identity, so each is removed alone."""
 
@@ -315,7 +407,6 @@ class CircuitBreaker:
         "_entered",
         "_exited",
         "_fail_mark",
-        "_fail_thr",
         "_failures",
         "_fast",
         "_gen",
@@ -326,16 +417,16 @@ class CircuitBreaker:
         "_jitter",
         "_late",
         "_manual",
-        "_min_calls",
+        "_manual_probes",
         "_next_id",
         "_notifying",
         "_now",
         "_open_until",
         "_pending",
         "_period_fail",
+        "_period_ticket",
         "_probe_timeout",
         "_probes",
-        "_rate_thr",
         "_registered",
         "_rejected",
         "_seq",
@@ -344,7 +435,6 @@ class CircuitBreaker:
         "_stale",
         "_state",
         "_streak",
-        "_succ_thr",
         "_successes",
         "_timeout",
         "_untracked",
@@ -367,11 +457,7 @@ class CircuitBreaker:
         self._clock = resolve_clock(clock)
         self._now = self._clock.now
         # Config copied into slots: the hot path reads no attribute chains.
-        self._fail_thr = config.failure_threshold
-        self._succ_thr = config.success_threshold
         self._timeout = to_seconds(config.timeout_duration)
-        self._rate_thr = float(config.failure_rate_threshold)
-        self._min_calls = config.min_calls
         self._ho_max = config.half_open_max_calls
         self._is_failure = config.is_failure
         slow = config.slow_call_duration
@@ -401,6 +487,7 @@ class CircuitBreaker:
         self._open_until = 0.0
         self._next_id = 2
         self._gen = 1  # ticket of calls admitted in the current CLOSED period
+        self._period_ticket = CallTicket(self, 1)  # the manual calls' (allow_request) form of it
         self._in_flight = 0  # those calls not yet reported (call(), tracked async with)
         # Manual calls (``allow_request``) admitted in the current CLOSED period, not yet reported.
         # Counted apart: a manual result carries no ticket, so while CLOSED it can only be matched
@@ -420,6 +507,7 @@ class CircuitBreaker:
         self._entered: Awaitable[CircuitBreaker] | None = None
         self._exited: Awaitable[None] | None = None
         self._probes: dict[int, float] = {}  # probe ticket -> deadline, oldest first
+        self._manual_probes: dict[int, None] = {}  # those admitted by allow_request, oldest first
         self._consec_fail = 0
         self._consec_succ = 0
         self._successes = 0
@@ -442,11 +530,8 @@ class CircuitBreaker:
     @property
     def state(self) -> CircuitState:
         """The current state. Reading it moves an OPEN breaker whose time is up to HALF_OPEN."""
-        if self._state is _OPEN:
-            now = self._now()
-            if now >= self._open_until:
-                self._transition(_HALF_OPEN, now)
-                self._notify()
+        if self._state is _OPEN and self._step(_ADMIT, self._now()) is not _OPEN:
+            self._notify()
         return self._state
 
     @property
@@ -499,33 +584,95 @@ class CircuitBreaker:
 
     # ------------------------------------------------------------------ manual protocol
 
-    def allow_request(self) -> bool:
-        """Ask to make one call. ``True``: make it, then report exactly one of
-        :meth:`record_success`, :meth:`record_failure`, :meth:`record_ignored`. ``False``: the
-        call is refused (counted in ``rejected_calls``). Does not block; never raises.
+    def allow_request(self) -> CallTicket | None:
+        """Ask to make one call. Does not block; never raises.
+
+        Returns a :class:`CallTicket` (truthy) when the call is admitted: make it, then report it
+        with exactly one of :meth:`record_success`, :meth:`record_failure`,
+        :meth:`record_ignored`, passing the ticket. ``None`` when the call is refused (counted in
+        ``rejected_calls``), so ``if breaker.allow_request():`` reads as before.
         """
         if self._state is _CLOSED:
             self._manual += 1
-            return True
-        return self._admit_slow() != _ANONYMOUS
+            shared = self._period_ticket
+            shared._outstanding += 1
+            return shared
+        ident = self._admit_slow()
+        if ident == _ANONYMOUS:
+            return None
+        self._manual_probes[ident] = None
+        probe = CallTicket(self, ident)
+        probe._outstanding = 1
+        return probe
 
-    def record_success(self) -> None:
-        """Report that an admitted call succeeded. Does not block."""
-        if self._state is _CLOSED and self._manual:
-            self._manual -= 1
+    def record_success(self, ticket: CallTicket | None = None) -> None:
+        """Report that a call succeeded. Does not block.
+
+        With the ``ticket`` from :meth:`allow_request`, the result is that call's: it releases
+        its own slot, and changes nothing but ``late_results`` if the breaker changed state
+        since the call was admitted. Without one, the result counts all the same (it frees the
+        oldest manual call's slot, if one is out); only while OPEN is it late.
+
+        Raises:
+            ValueError: the ticket was already recorded, or belongs to another breaker.
+            TypeError: ``ticket`` is neither a ``CallTicket`` nor ``None``.
+        """
+        if ticket is None:
+            if self._state is _CLOSED:  # the closed fast path: one increment
+                if self._manual:
+                    self._manual -= 1
+                self._seq += 1
+                return
+            self._record(_ANONYMOUS, _SUCCESS)
+            return
+        ident = self._redeem(ticket)
+        if self._state is _CLOSED and ident == self._gen:
+            if self._manual:
+                self._manual -= 1
             self._seq += 1
             return
-        self._record(_ANONYMOUS, _SUCCESS)
+        self._record(ident, _SUCCESS, manual=True)
 
-    def record_failure(self) -> None:
-        """Report that an admitted call failed; may trip the breaker. Does not block."""
-        self._record(_ANONYMOUS, _FAILURE)
+    def record_failure(self, ticket: CallTicket | None = None) -> None:
+        """Report that a call failed; may trip the breaker. Does not block.
 
-    def record_ignored(self) -> None:
-        """Report that an admitted call ended without a verdict (neither success nor failure):
-        it frees the call's slot and changes no counter but ``ignored_calls``. Does not block.
+        ``ticket`` as for :meth:`record_success` (a failure from before a transition trips
+        nothing). Raises as :meth:`record_success`.
         """
-        self._record(_ANONYMOUS, _IGNORED)
+        if ticket is None:
+            self._record(_ANONYMOUS, _FAILURE)
+        else:
+            self._record(self._redeem(ticket), _FAILURE, manual=True)
+
+    def record_ignored(self, ticket: CallTicket | None = None) -> None:
+        """Report that a call ended without a verdict (neither success nor failure): it frees
+        the call's slot and changes no counter but ``ignored_calls``. Does not block.
+
+        ``ticket`` as for :meth:`record_success`. Raises as :meth:`record_success`.
+        """
+        if ticket is None:
+            self._record(_ANONYMOUS, _IGNORED)
+        else:
+            self._record(self._redeem(ticket), _IGNORED, manual=True)
+
+    def _redeem(self, ticket: object) -> int:
+        """Check a manual call's ticket and spend it: its internal ticket, once."""
+        if not isinstance(ticket, CallTicket):
+            raise TypeError(
+                f"ticket must be the CallTicket allow_request() returned, or None, "
+                f"not {type(ticket).__name__}"
+            )
+        if ticket._breaker is not self:
+            raise ValueError(
+                f"{ticket!r} was issued by circuit {ticket._breaker.name!r}, not {self.name!r}"
+            )
+        if not ticket._outstanding:
+            raise ValueError(
+                f"{ticket!r} was already recorded for every call it admitted: report each "
+                "admitted call exactly once"
+            )
+        ticket._outstanding -= 1
+        return ticket._ident
 
     # ------------------------------------------------------------------ guarded forms
 
@@ -665,9 +812,22 @@ class CircuitBreaker:
         Returns a function that unregisters this registration (idempotent): the callback is not
         called for changes announced after it returns. Registering the same callback twice calls it
         twice; each registration is removed by its own function.
+
+        Raises:
+            TypeError: ``callback`` is not callable, or is an ``async`` function: callbacks run
+                synchronously, inside the call that changed the state, so a coroutine would never
+                run. To do async work, start a task from a plain callback.
         """
         if not callable(callback):
             raise TypeError("callback must be callable as callback(old, new)")
+        if inspect.iscoroutinefunction(callback) or inspect.iscoroutinefunction(
+            type(callback).__call__  # an object whose __call__ is async
+        ):
+            raise TypeError(
+                f"on_state_change takes a plain function, not the async function {callback!r}: "
+                "it is called synchronously and a coroutine would never run (start a task "
+                "from a plain callback instead)"
+            )
         entry = _Subscription(callback)
         callbacks = self._callbacks
         callbacks.append(entry)
@@ -684,26 +844,24 @@ class CircuitBreaker:
         """
         seconds = self._timeout if duration is None else to_seconds(duration, what="duration")
         now = self._now()
-        if self._state is not _OPEN:
-            self._transition(_OPEN, now)
+        self._step(_FORCE_OPEN, now)
         self._open_until = now + seconds
         self._notify()
 
     def force_close(self) -> None:
         """Close the breaker now (window and consecutive counters cleared). Does not block."""
-        if self._state is not _CLOSED:
-            self._transition(_CLOSED, self._now())
-            self._notify()
+        self._step(_FORCE_CLOSE, self._now())
+        self._notify()
 
     def reset(self) -> None:
         """Back to a fresh CLOSED breaker: every counter zeroed; results of calls in flight become
         inert. Fires ``on_state_change`` only if the state changes. Does not block.
         """
         now = self._now()
-        if self._state is not _CLOSED:
-            self._transition(_CLOSED, now)
+        if self._state is _CLOSED:
+            self._enter_closed()  # a new period all the same: calls in flight become late
         else:
-            self._enter_closed()
+            self._step(_RESET, now)
         self._successes = self._failures = self._rejected = 0
         self._ignored = self._slow_calls = self._late = 0
         self._changed_at = now
@@ -715,11 +873,9 @@ class CircuitBreaker:
     def _admit_slow(self) -> int:
         """Admission when not CLOSED: a ticket, or ``_ANONYMOUS`` (0) when refused."""
         now = self._now()
-        if self._state is _OPEN:
-            if now < self._open_until:
-                self._rejected += 1
-                return _ANONYMOUS
-            self._transition(_HALF_OPEN, now)
+        if self._state is _OPEN and self._step(_ADMIT, now) is _OPEN:
+            self._rejected += 1
+            return _ANONYMOUS
         if self._state is _HALF_OPEN:
             probes = self._probes
             # Deadlines are in admission order, so expired probes are at the front.
@@ -728,6 +884,7 @@ class CircuitBreaker:
                 if probes[oldest] > now:
                     break
                 del probes[oldest]
+                self._manual_probes.pop(oldest, None)
             if len(probes) < self._ho_max:
                 ticket = self._next_id
                 self._next_id = ticket + 1
@@ -789,24 +946,32 @@ class CircuitBreaker:
             )
         return self._consec_fail, self._consec_succ, self._successes
 
-    def _record(self, ticket: int, outcome: int) -> None:
-        """Apply one result (pure in state and ``now``), then announce any transition."""
+    def _record(self, ticket: int, outcome: int, manual: bool = False) -> None:
+        """Apply one result (pure in state and ``now``), then announce any transition.
+
+        ``manual``: the ticket is a :class:`CallTicket`'s (its slot is counted in ``_manual``).
+        """
         state = self._state
         if state is _CLOSED:
             if ticket == _ANONYMOUS:
-                if not self._manual:  # no manual call of this period is out: from before it
-                    self._late += 1
-                    return
-                self._manual -= 1
+                # No ticket: it counts, and frees a manual call's slot if one is out (it cannot be
+                # told from a call admitted before the breaker closed, so it is taken for current).
+                if self._manual:
+                    self._manual -= 1
             elif ticket == _CURRENT:
                 pass
-            elif ticket == self._gen or (ticket == _FOREIGN and self._in_flight):
+            elif ticket == self._gen:
+                if not manual:
+                    self._in_flight -= 1
+                elif self._manual:  # 0 only if ticketless results took this call's slot
+                    self._manual -= 1
+            elif ticket == _FOREIGN and self._in_flight:
                 self._in_flight -= 1
             else:
                 self._late += 1
                 return
             seq = self._seq
-            if outcome == _SUCCESS:
+            if outcome == _SUCCESS:  # a CLOSED success never trips (_next_state): not asked
                 self._seq = seq + 1
                 return
             if outcome == _IGNORED:
@@ -816,31 +981,36 @@ class CircuitBreaker:
             if outcome == _FAILURE:
                 self._failures += 1
                 self._period_fail += 1
-                streak = self._streak + 1 if self._fail_mark == seq else 1
-                self._streak = streak
+                self._streak = self._streak + 1 if self._fail_mark == seq else 1
                 self._fail_mark = seq + 1
-            else:  # slow success: counts toward the rate, not as a consecutive failure
+            else:  # slow success: counts toward the rate, and ends a run of failures
                 self._slow_calls += 1
-                streak = 0
             self._seq = seq + 1
-            n = min(seq + 1, self._win_size)
-            if streak >= self._fail_thr or (
-                n >= self._min_calls and self._window_failures() / n >= self._rate_thr
-            ):
-                self._transition(_OPEN, self._now())
+            if self._step(outcome, self._now()) is not _CLOSED:
                 self._notify()
             return
         if state is _OPEN:
             self._late += 1  # admitted before it opened: changes nothing
             return
         probes = self._probes
-        if ticket in (_ANONYMOUS, _FOREIGN):
+        manual_probes = self._manual_probes
+        if ticket == _ANONYMOUS:
+            # No ticket: it counts, and frees the oldest manual probe's slot if one is out.
+            if manual_probes:
+                oldest = next(iter(manual_probes))
+                del manual_probes[oldest]
+                del probes[oldest]
+        elif ticket == _FOREIGN:  # a guarded call whose ticket stayed in another context
             if not probes:
                 self._late += 1
                 return
-            del probes[next(iter(probes))]
+            oldest = next(iter(probes))
+            del probes[oldest]
+            manual_probes.pop(oldest, None)
         elif ticket in probes:
             del probes[ticket]
+            if manual:
+                manual_probes.pop(ticket, None)
         else:
             self._late += 1  # a CLOSED-period call, or a probe whose slot was reclaimed
             return
@@ -848,11 +1018,9 @@ class CircuitBreaker:
             self._successes += 1
             self._consec_fail = 0
             self._consec_succ += 1
-            if self._consec_succ >= self._succ_thr:
-                self._transition(_CLOSED, self._now())
-                self._notify()
         elif outcome == _IGNORED:
             self._ignored += 1
+            return
         else:
             if outcome == _FAILURE:
                 self._failures += 1
@@ -861,8 +1029,28 @@ class CircuitBreaker:
                 self._successes += 1
                 self._slow_calls += 1
             self._consec_succ = 0
-            self._transition(_OPEN, self._now())
+        if self._step(outcome, self._now()) is not _HALF_OPEN:
             self._notify()
+
+    def _step(self, event: int, now: float) -> CircuitState:
+        """Go where :func:`_next_state` says ``event`` takes the breaker; return that state.
+
+        Only an outcome is judged on the counts, so only then are they gathered. The caller
+        announces the change (``_notify``) when its own bookkeeping is done.
+        """
+        state = self._state
+        if event <= _IGNORED:
+            failures, successes, _ = self._counts()
+            n = min(self._seq, self._win_size)
+            bad = self._window_failures() if n else 0
+        else:
+            failures = successes = bad = n = 0
+        new = _next_state(
+            state, event, now, self._open_until, failures, successes, bad, n, self._config
+        )
+        if new is not state:
+            self._transition(new, now)
+        return new
 
     def _retire_untracked(self) -> None:
         self._stale += self._untracked
@@ -883,8 +1071,10 @@ class CircuitBreaker:
         self._consec_fail = self._consec_succ = 0
         self._gen = self._next_id
         self._next_id += 1
+        self._period_ticket = CallTicket(self, self._gen)
         self._in_flight = self._manual = 0
         self._probes.clear()
+        self._manual_probes.clear()
 
     def _transition(self, new: CircuitState, now: float) -> None:
         """Move to ``new`` (a real change) and queue its announcement; callbacks run later."""
@@ -903,10 +1093,12 @@ class CircuitBreaker:
             self._open_until = now + duration
             self._consec_succ = 0
             self._probes.clear()
+            self._manual_probes.clear()
             self._in_flight = self._manual = 0
         else:
             self._consec_succ = 0
             self._probes.clear()
+            self._manual_probes.clear()
         self._update_fast()
         _log.info("circuit %r: %s -> %s", self.name, old, new)
         self._pending.append((old, new))
@@ -923,7 +1115,17 @@ class CircuitBreaker:
                 for entry in tuple(self._callbacks):
                     callback = entry.callback
                     try:
-                        callback(old, new)
+                        returned = callback(old, new)
+                        if inspect.isawaitable(returned):
+                            _discard(returned)
+                            _log.error(
+                                "circuit %r: on_state_change callback %r returned an awaitable, "
+                                "which is never awaited (%s -> %s); start a task instead",
+                                self.name,
+                                callback,
+                                old,
+                                new,
+                            )
                     except Exception:
                         _log.exception(
                             "circuit %r: on_state_change callback %r failed (%s -> %s)",
@@ -949,7 +1151,7 @@ class CircuitBreaker:
         state = self._state
         parts = [
             f"CircuitBreaker({self.name!r}, state={state}",
-            f"consecutive_failures={self._counts()[0]}/{self._fail_thr}",
+            f"consecutive_failures={self._counts()[0]}/{self._config.failure_threshold}",
             f"window={self._window_failures()}/{min(self._seq, self._win_size)}",
         ]
         if state is _OPEN:
@@ -974,12 +1176,31 @@ class CircuitBreakerGroup:
             ``len()`` show it.
         clock: passed to every breaker the group makes.
 
+    Raises:
+        TypeError: ``default_config`` is not a ``CircuitConfig``; ``max_breakers`` not an ``int``.
+        ValueError: ``max_breakers`` < 1.
+
     "Used" means returned by :meth:`get_or_create` or :meth:`get`. A breaker used through the manual
     protocol whose ``allow_request`` is never followed by a ``record_*`` stays "in flight" and so
     is never evicted.
+
+    Eviction costs O(1) amortised per new name, however many breakers cannot be evicted: a breaker
+    the eviction scan finds not evictable (OPEN, say) is set aside instead of being judged again
+    for every new name. It is a candidate again once it is used. While the group is over its bound,
+    each new name also looks again at a few set-aside breakers (4, oldest first), so one that became
+    evictable unused (its calls ended) is evicted after at most a quarter as many new names as are
+    set aside; until then the group may exceed its bound by that much.
     """
 
-    __slots__ = ("_breakers", "_clock", "_default", "evictions", "max_breakers")
+    __slots__ = (
+        "_breakers",
+        "_clock",
+        "_default",
+        "_examined",
+        "_held",
+        "evictions",
+        "max_breakers",
+    )
 
     def __init__(
         self,
@@ -989,9 +1210,18 @@ class CircuitBreakerGroup:
         clock: Clock | None = None,
     ) -> None:
         self._default = CircuitConfig() if default_config is None else default_config
-        self.max_breakers = _positive_int(max_breakers, "max_breakers")
+        if not isinstance(self._default, CircuitConfig):
+            raise TypeError(
+                f"default_config must be a CircuitConfig, not {type(default_config).__name__}"
+            )
+        self.max_breakers = to_count(max_breakers, what="max_breakers", minimum=1)
         self._clock = clock
+        # Eviction candidates, least recently used first.
         self._breakers: OrderedDict[str, CircuitBreaker] = OrderedDict()
+        # Breakers an eviction scan found not evictable, in the order it found them; they were the
+        # least recently used then, and none has been used since (use moves it back).
+        self._held: OrderedDict[str, CircuitBreaker] = OrderedDict()
+        self._examined = 0  # breakers judged by eviction scans: the work they did (tests read it)
         self.evictions = 0
 
     @property
@@ -1001,25 +1231,37 @@ class CircuitBreakerGroup:
 
     def get_or_create(self, name: str) -> CircuitBreaker:
         """The breaker called ``name``, made with the default config if there is none.
-        The same object is returned for the same name while it is in the group."""
+        The same object is returned for the same name while it is in the group. Does not block;
+        may evict (see the class)."""
         breakers = self._breakers
         breaker = breakers.get(name)
         if breaker is not None:
             breakers.move_to_end(name)
             return breaker
+        if self._held:
+            breaker = self._held.pop(name, None)
+            if breaker is not None:
+                breakers[name] = breaker  # used again: a candidate, most recently used
+                return breaker
         return self._add(name, CircuitBreaker(self._default, name=name, clock=self._clock))
 
     def get(self, name: str) -> CircuitBreaker | None:
-        """The breaker called ``name``, or ``None``."""
-        breaker = self._breakers.get(name)
+        """The breaker called ``name``, or ``None``. Does not block."""
+        breakers = self._breakers
+        breaker = breakers.get(name)
         if breaker is not None:
-            self._breakers.move_to_end(name)
+            breakers.move_to_end(name)
+        elif self._held:
+            breaker = self._held.pop(name, None)
+            if breaker is not None:
+                breakers[name] = breaker
         return breaker
 
     def create(self, name: str, config: CircuitConfig | None = None) -> CircuitBreaker:
         """Make a breaker called ``name`` with ``config`` (default: the group's), replacing any
         breaker of that name (holders of the old object keep using it, unlinked)."""
         self._breakers.pop(name, None)
+        self._held.pop(name, None)
         breaker = CircuitBreaker(
             self._default if config is None else config, name=name, clock=self._clock
         )
@@ -1027,49 +1269,69 @@ class CircuitBreakerGroup:
 
     def remove(self, name: str) -> CircuitBreaker | None:
         """Forget the breaker called ``name``; return it, or ``None`` if there was none."""
-        return self._breakers.pop(name, None)
+        breaker = self._breakers.pop(name, None)
+        return self._held.pop(name, None) if breaker is None else breaker
 
     def all_stats(self) -> dict[str, CircuitBreakerStats]:
-        """``stats()`` of every breaker, by name."""
-        return {name: breaker.stats() for name, breaker in self._breakers.items()}
+        """``stats()`` of every breaker, by name (in the order of :meth:`names`)."""
+        return {name: self._find(name).stats() for name in self.names()}
 
     def reset_all(self) -> None:
         """``reset()`` every breaker."""
-        for breaker in tuple(self._breakers.values()):
-            breaker.reset()
+        for name in self.names():
+            self._find(name).reset()
 
     def names(self) -> list[str]:
-        """The names, least recently used first."""
-        return list(self._breakers)
+        """The names, least recently used first (the breakers an eviction scan set aside come
+        first, in the order it found them)."""
+        return [*self._held, *self._breakers]
 
     def __len__(self) -> int:
-        return len(self._breakers)
+        return len(self._breakers) + len(self._held)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._breakers
+        return name in self._breakers or name in self._held
 
     def __iter__(self) -> Iterator[str]:
-        return iter(list(self._breakers))
+        return iter(self.names())
+
+    def _find(self, name: str) -> CircuitBreaker:
+        breaker = self._breakers.get(name)
+        return self._held[name] if breaker is None else breaker
 
     def _add(self, name: str, breaker: CircuitBreaker) -> CircuitBreaker:
         breakers = self._breakers
+        held = self._held
         breakers[name] = breaker
-        excess = len(breakers) - self.max_breakers
-        if excess > 0:
-            victims: list[str] = []
-            for key, candidate in breakers.items():  # least recently used first
-                if key != name and candidate._evictable():
-                    victims.append(key)
-                    if len(victims) == excess:
-                        break
-            for key in victims:
-                del breakers[key]
-            self.evictions += len(victims)
+        excess = len(breakers) + len(held) - self.max_breakers
+        if excess <= 0:
+            return breaker
+        evicted = 0
+        # The set-aside breakers are the oldest: look again at a few of them first.
+        budget = _RECHECK if len(held) > _RECHECK else len(held)
+        while budget and evicted < excess:
+            budget -= 1
+            key, candidate = held.popitem(last=False)
+            self._examined += 1
+            if candidate._evictable():
+                evicted += 1
+            else:
+                held[key] = candidate  # to the back: the next look starts with another one
+        # Then the candidates, least recently used first, never the new one (it is the last). Each
+        # is judged once here: evicted, or set aside until it is used again.
+        while evicted < excess and len(breakers) > 1:
+            key, candidate = breakers.popitem(last=False)
+            self._examined += 1
+            if candidate._evictable():
+                evicted += 1
+            else:
+                held[key] = candidate
+        self.evictions += evicted
         return breaker
 
     def __repr__(self) -> str:
-        open_ = sum(1 for b in self._breakers.values() if b._state is not _CLOSED)
+        open_ = sum(1 for name in self.names() if self._find(name)._state is not _CLOSED)
         return (
-            f"CircuitBreakerGroup(breakers={len(self._breakers)}/{self.max_breakers}, "
+            f"CircuitBreakerGroup(breakers={len(self)}/{self.max_breakers}, "
             f"not_closed={open_}, evictions={self.evictions})"
         )
