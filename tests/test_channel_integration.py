@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import msg
 from zeroclaw.concurrency.channel_integration import (
     Admission,
     AdmissionKind,
@@ -23,26 +24,6 @@ from zeroclaw.concurrency.channel_integration import (
 from zeroclaw.concurrency.circuit_breaker import CircuitConfig, CircuitState
 from zeroclaw.concurrency.worker_pool import TaskPriority
 from zeroclaw.testing import FakeClock, settle
-
-
-def msg(
-    id: str,
-    content: str = "hi",
-    *,
-    sender: str = "alice",
-    channel: str = "telegram",
-    reply_target: str | None = None,
-    **metadata: Any,
-) -> ChannelMessage:
-    return ChannelMessage(
-        id=id,
-        sender=sender,
-        content=content,
-        channel=channel,
-        timestamp=0.0,
-        reply_target=reply_target,
-        metadata=metadata,
-    )
 
 
 async def collect(processor: MessageProcessor) -> list[ProcessedMessage]:

@@ -15,6 +15,7 @@ from collections import defaultdict
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.helpers import msg
 from zeroclaw.concurrency.channel_integration import (
     ChannelMessage,
     MessageProcessor,
@@ -76,15 +77,12 @@ async def chaos(rng: random.Random) -> None:
     conversations = rng.randint(1, 8)
 
     async def deliver(i: int) -> None:
-        metadata = {"priority": TaskPriority.CRITICAL} if rng.random() < 0.2 else {}
-        message = ChannelMessage(
-            id=str(i),
-            sender=f"user{i % conversations}",
-            content="hi",
-            channel="slack",
-            timestamp=0.0,
-            metadata=metadata,
-        )
+        urgent = rng.random() < 0.2
+        message = msg(str(i), sender=f"user{i % conversations}", channel="slack")
+        if urgent:
+            message = msg(
+                message.id, sender=message.sender, channel="slack", priority=TaskPriority.CRITICAL
+            )
         admission = await processor.process_message("slack", message, handler)
         if admission.accepted:
             accepted.append(i)

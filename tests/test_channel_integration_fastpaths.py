@@ -4,11 +4,11 @@ priority memo, the pool job, and the paths that only a stopped pool or a failure
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.helpers import msg
 from zeroclaw.concurrency.channel_integration import (
     ChannelMessage,
     MessageProcessor,
@@ -21,12 +21,6 @@ from zeroclaw.concurrency.channel_integration import (
 from zeroclaw.concurrency.circuit_breaker import CircuitBreaker, CircuitConfig, CircuitState
 from zeroclaw.concurrency.worker_pool import TaskPriority
 from zeroclaw.testing import FakeClock, settle
-
-
-def msg(id: str, *, sender: str = "alice", **metadata: Any) -> ChannelMessage:
-    return ChannelMessage(
-        id=id, sender=sender, content=f"m{id}", channel="telegram", timestamp=0.0, metadata=metadata
-    )
 
 
 async def collect(processor: MessageProcessor) -> list[ProcessedMessage]:
@@ -46,7 +40,7 @@ def test_scoped_key_is_injective(a: str, b: str, c: str, x: str, y: str, z: str)
 def test_message_id_key_is_the_scoped_key_of_channel_sender_and_id(
     channel: str, sender: str, id: str
 ) -> None:
-    message = ChannelMessage(id=id, sender=sender, content="", channel=channel, timestamp=0.0)
+    message = msg(id, "", sender=sender, channel=channel)
     assert _message_id_key(channel, message) == _scoped_key(channel, sender, id)
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import msg
 from zeroclaw.concurrency.channel_integration import (
     Admission,
     AdmissionKind,
@@ -16,10 +17,6 @@ from zeroclaw.concurrency.channel_integration import (
     ProcessedMessage,
 )
 from zeroclaw.testing import FakeClock, settle
-
-
-def msg(id: str, sender: str = "alice") -> ChannelMessage:
-    return ChannelMessage(id=id, sender=sender, content=id, channel="cli", timestamp=0.0)
 
 
 async def echo(message: ChannelMessage) -> str:
@@ -32,7 +29,7 @@ def bounded(limit: int, **overrides: Any) -> MessageProcessor:
 
 
 async def admit(processor: MessageProcessor, id: str, sender: str = "alice") -> Admission:
-    return await processor.process_message("cli", msg(id, sender), echo)
+    return await processor.process_message("cli", msg(id, id, sender=sender, channel="cli"), echo)
 
 
 async def read_one(processor: MessageProcessor) -> ProcessedMessage:
@@ -169,9 +166,8 @@ async def test_without_a_reader_the_buffer_stays_within_its_bound() -> None:
         return message.content
 
     async def produce() -> list[Admission]:
-        return [
-            await processor.process_message("cli", msg(str(i), f"u{i}"), slow) for i in range(20)
-        ]
+        messages = [msg(str(i), str(i), sender=f"u{i}", channel="cli") for i in range(20)]
+        return [await processor.process_message("cli", m, slow) for m in messages]
 
     producer = asyncio.ensure_future(produce())
     most = 0

@@ -354,11 +354,11 @@ BAD: list[tuple[str, str]] = [
     # [processor.circuit]
     (
         "[processor.circuit]\nfailure_rate_threshold = 1.5\n",
-        "processor.circuit.failure_rate_threshold: must be in (0, 1], got 1.5",
+        "processor.circuit.failure_rate_threshold: must be in (0.0, 1.0], got 1.5",
     ),
     (
         "[processor.circuit]\nfailure_threshold = 0\n",
-        "processor.circuit.failure_threshold: must be an integer >= 1, got 0",
+        "processor.circuit.failure_threshold: must be >= 1, got 0",
     ),
     (
         "[processor.circuit]\nwindow_size = 5\n",
@@ -382,7 +382,7 @@ BAD: list[tuple[str, str]] = [
     ),
     (
         "[processor.circuit]\nopen_jitter = 2\n",
-        "processor.circuit.open_jitter: must be in [0, 1], got 2",
+        "processor.circuit.open_jitter: must be in [0.0, 1.0], got 2",
     ),
     (
         '[processor.circuit]\npreset = "fast"\n',

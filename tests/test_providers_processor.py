@@ -17,7 +17,11 @@ from zeroclaw.testing import FakeClock, settle
 
 
 class ScriptChannel:
-    """Delivers its messages, then whatever :meth:`deliver` gets; records what was sent."""
+    """Delivers its messages, then whatever :meth:`push` gets; records what was sent.
+
+    (Not named ``deliver``: the processor calls a channel's ``deliver(message, result, text)``
+    hook instead of ``send`` when it has one.)
+    """
 
     def __init__(self, messages: list[ChannelMessage]) -> None:
         self.incoming: asyncio.Queue[ChannelMessage] = asyncio.Queue()
@@ -25,7 +29,7 @@ class ScriptChannel:
             self.incoming.put_nowait(message)
         self.sent: list[tuple[str, str]] = []
 
-    def deliver(self, message: ChannelMessage) -> None:
+    def push(self, message: ChannelMessage) -> None:
         self.incoming.put_nowait(message)
 
     @property
@@ -83,7 +87,7 @@ async def test_the_breaker_counts_final_failures_after_the_retries() -> None:
     stats = provider.stats()
     assert (stats.failures, stats.retries) == (2, 2)
     assert dict(stats.errors_by_class) == {"server": 2}
-    channel.deliver(incoming(3))
+    channel.push(incoming(3))
     await clock.run_for(5.0)
     assert backend.calls == 6
     assert gateway.circuit_breaker_stats()[name].state is CircuitState.OPEN  # the third failure

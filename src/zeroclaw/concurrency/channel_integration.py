@@ -26,20 +26,25 @@ from __future__ import annotations
 import asyncio
 import enum
 import heapq
+import inspect
 import itertools
 import logging
+import math
 import signal
+import types
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal, NamedTuple, cast
 
-from zeroclaw.concurrency._clock import Cancellable, Clock, call_later, resolve_clock, to_seconds
+from zeroclaw.concurrency._clock import Cancellable, Clock, call_later, resolve_clock
 from zeroclaw.concurrency._mypyc import mypyc_attr
+from zeroclaw.concurrency._validate import to_positive_number, to_seconds, to_timeout
 from zeroclaw.concurrency.backpressure import Backpressure, BackpressureStats, Permit
-from zeroclaw.concurrency.channels import Channel, ChannelMessage, Provider
+from zeroclaw.concurrency.channels import Channel, ChannelMessage, DeliveringChannel, Provider
 from zeroclaw.concurrency.circuit_breaker import (
+    CallTicket,
     CircuitBreaker,
     CircuitBreakerGroup,
     CircuitBreakerStats,
@@ -47,7 +52,7 @@ from zeroclaw.concurrency.circuit_breaker import (
     CircuitState,
 )
 from zeroclaw.concurrency.deduplicator import DedupKey, Deduplicator, DedupStats
-from zeroclaw.concurrency.errors import PoolClosed
+from zeroclaw.concurrency.errors import PoolClosed, Rejected
 from zeroclaw.concurrency.worker_pool import (
     TaskPriority,
     TaskStatus,
@@ -60,8 +65,10 @@ __all__ = [
     "Admission",
     "AdmissionKind",
     "Channel",
+    "ChannelCounters",
     "ChannelMessage",
     "ConcurrentMessageProcessor",
+    "DeliveringChannel",
     "MessageProcessor",
     "MessageProcessorConfig",
     "MessageResult",
@@ -82,15 +89,12 @@ _logger = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------- results
 
 
-class AdmissionKind(enum.Enum):
-    """What :meth:`MessageProcessor.process_message` did with a message."""
+class AdmissionKind(enum.StrEnum):
+    """What :meth:`MessageProcessor.process_message` did with a message (``str()``: its value)."""
 
     ACCEPTED = "accepted"
     DUPLICATE = "duplicate"
     REJECTED = "rejected"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,17 +120,14 @@ _ACCEPTED = Admission(AdmissionKind.ACCEPTED)
 _DUPLICATE = Admission(AdmissionKind.DUPLICATE)
 
 
-class MessageResultKind(enum.Enum):
-    """How an accepted message ended."""
+class MessageResultKind(enum.StrEnum):
+    """How an accepted message ended (``str()``: its value)."""
 
     SUCCESS = "success"
     FAILED = "failed"
     TIMEOUT = "timeout"
     CANCELLED = "cancelled"
     REJECTED = "rejected"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 class MessageResult(NamedTuple):
@@ -164,6 +165,107 @@ _OPEN = CircuitState.OPEN  # an enum member read from the class costs ~60 ns in 
 _COMPLETED = TaskStatus.COMPLETED
 
 _PRIORITY_MEMO_SIZE = 1024  # channels whose default priority is remembered (a bound, not a cache)
+_CoroutineType = types.CoroutineType
+_NOT_CHECKED = object()  # no handler checked yet (None is a handler to refuse)
+
+# Failure logs: at most _LOG_BURST lines per _LOG_INTERVAL seconds each, then one summary line.
+_LOG_BURST = 10
+_LOG_INTERVAL = 60.0
+
+
+def _check_handler(handler: object, what: str) -> None:
+    """Refuse, at the call, a handler that cannot be an ``async (message) -> str``.
+
+    Refused (``TypeError``): what is not callable; a generator or async generator function; a
+    plain ``def`` (not a lambda) declared to return ``str`` or ``None`` — a sync handler. A lambda
+    or an undeclared plain function may well return a coroutine (``lambda m: reply(m)``): it is
+    let through, and if it returns something that cannot be awaited, its message ends FAILED with
+    a ``TypeError`` saying so (:meth:`_Item._call`).
+    """
+    if not callable(handler):
+        raise TypeError(f"{what} must be an async function, not {type(handler).__name__}")
+    if inspect.iscoroutinefunction(handler):
+        return
+    if inspect.isasyncgenfunction(handler) or inspect.isgeneratorfunction(handler):
+        raise TypeError(
+            f"{what} must be an async function (async def), not a generator function: {handler!r}"
+        )
+    function: Any = handler  # a plain function or anything else callable
+    if isinstance(function, types.FunctionType) and function.__name__ != "<lambda>":
+        returns = function.__annotations__.get("return", ...)
+        if returns in (str, "str", None, "None"):
+            raise TypeError(
+                f"{what} must be an async function (async def ...) -> str; {function.__qualname__} "
+                f"is a plain function returning {getattr(returns, '__name__', returns)}"
+            )
+
+
+class _FailureLog:
+    """How often one kind of failure is logged: at most ``burst`` lines per ``interval`` seconds.
+
+    :meth:`admit` says whether to log this failure; those beyond the burst are counted and summed
+    up in one warning ("... and 120 more handler failures") when their interval ends, or at
+    :meth:`flush`. An outage then costs a few lines a minute, and no failure goes unmentioned.
+    """
+
+    __slots__ = (
+        "_burst",
+        "_clock",
+        "_interval",
+        "_logged",
+        "_suppressed",
+        "_timer",
+        "_what",
+        "_window_start",
+    )
+
+    def __init__(
+        self, what: str, clock: Clock, burst: int = _LOG_BURST, interval: float = _LOG_INTERVAL
+    ) -> None:
+        self._what = what
+        self._clock = clock
+        self._burst = burst
+        self._interval = interval
+        self._window_start = -math.inf
+        self._logged = 0
+        self._suppressed = 0
+        self._timer: Cancellable | None = None
+
+    def admit(self) -> bool:
+        """``True``: log this failure now; ``False``: it is counted for the summary line."""
+        now = self._clock.now()
+        if now - self._window_start >= self._interval:
+            self.flush()
+            self._window_start = now
+            self._logged = 0
+        if self._logged < self._burst:
+            self._logged += 1
+            return True
+        self._suppressed += 1
+        if self._timer is None:
+            self._timer = call_later(
+                self._clock, self._window_start + self._interval - now, self._window_ended
+            )
+        return False
+
+    def _window_ended(self) -> None:
+        self._timer = None
+        self.flush()
+
+    def flush(self) -> None:
+        """Log the summary of the failures not logged one by one, if any. Does not block."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._suppressed:
+            _logger.warning(
+                "... and %d more %s in the last %gs (not logged one by one)",
+                self._suppressed,
+                self._what,
+                self._interval,
+            )
+            self._suppressed = 0
+
 
 _SEED_CHANNEL_PRIORITIES = {
     "cli": TaskPriority.CRITICAL,
@@ -215,6 +317,18 @@ def _content_key(channel: str, message: ChannelMessage) -> str:
 
 def _conversation_key(channel: str, message: ChannelMessage) -> Hashable:
     return (channel, message.reply_to)
+
+
+def _checked_key(key: object) -> Hashable:
+    """A custom conversation key, refused with a clear TypeError if it is unhashable."""
+    try:
+        hash(key)
+    except TypeError:
+        raise TypeError(
+            "MessageProcessorConfig.conversation_key must return a hashable key, "
+            f"got {type(key).__name__}: {key!r}"
+        ) from None
+    return key
 
 
 # ---------------------------------------------------------------------------- configuration
@@ -355,7 +469,16 @@ class _Item(_Job):
     saves three objects and a callback per message: the pipeline's hot path.
     """
 
-    __slots__ = ("channel", "dedup_key", "handler", "key", "message", "permit", "processor")
+    __slots__ = (
+        "channel",
+        "dedup_key",
+        "handler",
+        "key",
+        "message",
+        "permit",
+        "processor",
+        "ticket",
+    )
 
     def __init__(
         self,
@@ -367,6 +490,7 @@ class _Item(_Job):
         permit: Permit | bool,
         key: Hashable,
         priority: TaskPriority,
+        ticket: CallTicket | None,
     ) -> None:
         self.processor = processor
         self.channel = channel
@@ -376,6 +500,7 @@ class _Item(_Job):
         # True: one permit taken with Backpressure._try_take; a Permit: one that was waited for.
         self.permit = permit
         self.key = key  # the conversation
+        self.ticket = ticket  # the breaker's admission of this call (None: no breaker)
         self._priority = priority
         self._timeout = processor._processing_timeout
         self._cancel_reason = None
@@ -388,7 +513,13 @@ class _Item(_Job):
         breaker = self.processor._breaker
         if breaker is not None and breaker.state is _OPEN:
             raise _OpenAtStart(f"circuit {breaker.name!r} opened while the message waited")
-        return self.handler(self.message)
+        work = self.handler(self.message)
+        if work.__class__ is not _CoroutineType and not inspect.isawaitable(work):
+            raise TypeError(
+                f"the handler {self.handler!r} returned {type(work).__name__}, which cannot be "
+                "awaited: a handler must be an async function (async def ...) -> str"
+            )
+        return work
 
     def _completed(self, value: Any, wait_time: float, run_time: float) -> None:
         """The handler returned: record the success, deliver the result, move the lane on."""
@@ -396,7 +527,7 @@ class _Item(_Job):
         processor._succeeded += 1
         breaker = processor._breaker
         if breaker is not None:
-            breaker.record_success()
+            breaker.record_success(self.ticket)
         processor._give_permit_back(self.permit)
         processor._in_flight -= 1
         processor._results.append(
@@ -488,7 +619,9 @@ class _ResultStream:
             waiter = processor._results_waiter
             if waiter is None or waiter.done():
                 waiter = processor._results_waiter = asyncio.get_running_loop().create_future()
-            await waiter
+            # Readers share the future: shielded, a reader cancelled while it waits cancels only
+            # itself, not every other reader.
+            await asyncio.shield(waiter)
         result = results.popleft()
         if processor._result_room_waiters:
             processor._wake_result_room()
@@ -569,7 +702,11 @@ class MessageProcessor:
         self._conversation_key_of = (
             None if config.conversation_key is _conversation_key else config.conversation_key
         )
-        self._priority_of = config.priority
+        # Typed object: what a user's function returns is checked (_priority_for), the same way
+        # on both builds (a compiled call would otherwise raise its own TypeError first).
+        self._priority_of: Callable[[str, ChannelMessage], object] = config.priority
+        self._last_handler: object = _NOT_CHECKED  # the last handler process_message checked
+        self._failure_log = _FailureLog(f"failures in {name}", self._clock)
         # The default priority depends only on the channel for a message without metadata.
         self._channel_priorities: dict[str, TaskPriority] | None = (
             {} if config.priority is channel_priority else None
@@ -610,10 +747,28 @@ class MessageProcessor:
         :attr:`responses`; DUPLICATE and REJECTED produce none. If this call is cancelled while
         it waits, it raises ``CancelledError`` and leaves no dedup claim, breaker probe slot or
         permit behind.
+
+        Raises:
+            TypeError: ``handler`` cannot be an async function (see :func:`_check_handler`); the
+                configuration's ``conversation_key`` returned an unhashable key, or its
+                ``priority`` something other than a :class:`TaskPriority`.
+            Exception: whatever the configuration's ``dedup_key``, ``conversation_key`` or
+                ``priority`` function raised.
+            In every case nothing is taken: no dedup claim, probe slot, permit or count is left.
         """
+        if handler is not self._last_handler:
+            _check_handler(handler, "process_message's handler")
+            self._last_handler = handler
         if self._closing:
             return self._refuse("shutting down")
         channel_name = channel if channel.__class__ is str else channel.name  # type: ignore[union-attr]
+        # The conversation first: a key function that fails must fail before anything is taken.
+        key_of = self._conversation_key_of
+        key = (
+            (channel_name, message.reply_target or message.sender)
+            if key_of is None
+            else _checked_key(key_of(channel_name, message))
+        )
         dedup_key: DedupKey | str | None = None
         check_duplicate = self._check_duplicate
         if check_duplicate is not None:
@@ -622,12 +777,17 @@ class MessageProcessor:
                 self._duplicates += 1
                 return _DUPLICATE
         breaker = self._breaker
-        if breaker is not None and not breaker.allow_request():
-            self._forget(dedup_key)
-            return self._refuse("circuit open", breaker.retry_after)
+        ticket: CallTicket | None = None
+        if breaker is not None:
+            # The call's own ticket: its result is matched to it, so a result from before a
+            # transition (a stale probe, a call of an earlier closed period) changes nothing.
+            ticket = breaker.allow_request()
+            if ticket is None:
+                self._forget(dedup_key)
+                return self._refuse("circuit open", breaker.retry_after)
         limit = self._results_limit
         if limit is not None and (self._result_room_waiters or len(self._results) >= limit):
-            refused = await self._wait_for_result_room(dedup_key, limit)
+            refused = await self._wait_for_result_room(dedup_key, limit, ticket)
             if refused is not None:
                 return refused
         permit: Permit | bool = False
@@ -636,31 +796,26 @@ class MessageProcessor:
             if backpressure._try_take():
                 permit = True
             elif self._reject_at_capacity:
-                self._undo_admission(dedup_key, False)
+                self._undo_admission(dedup_key, False, ticket)
                 return self._refuse("overloaded")
             else:
                 self._admitting += 1
                 try:
                     permit = await backpressure.acquire()
                 except BaseException:
-                    self._undo_admission(dedup_key, False)
-                    raise
-                finally:
                     self._admitting -= 1
+                    self._undo_admission(dedup_key, False, ticket)
+                    if self.closing:  # a shutdown may be waiting for this admission to end
+                        self._check_drained()
+                    raise
+                self._admitting -= 1
                 # The property, not _closing: mypy would keep the narrowing from the top across
                 # the await. Shutdown may have begun while this call waited.
                 if self.closing:
-                    return self._refuse_after_wait(dedup_key, permit)
+                    return self._refuse_after_wait(dedup_key, permit, ticket)
         elif self._in_flight >= self._hard_limit:
-            self._undo_admission(dedup_key, False)
+            self._undo_admission(dedup_key, False, ticket)
             return self._refuse("overloaded")
-        key_of = self._conversation_key_of
-        key = (
-            (channel_name, message.reply_target or message.sender)
-            if key_of is None
-            else key_of(channel_name, message)
-        )
-        self._in_flight += 1
         entry = self._lanes.get(key)
         if entry is None:  # a new conversation
             cached = self._channel_priorities
@@ -668,8 +823,15 @@ class MessageProcessor:
                 cached.get(channel_name) if cached is not None and not message.metadata else None
             )
             if priority is None:
-                priority = self._priority_for(channel_name, message)
-            item = _Item(self, channel, message, handler, dedup_key, permit, key, priority)
+                try:
+                    priority = self._priority_for(channel_name, message)
+                except BaseException:
+                    self._undo_admission(dedup_key, permit, ticket)
+                    if self.closing:
+                        self._check_drained()
+                    raise
+            self._in_flight += 1
+            item = _Item(self, channel, message, handler, dedup_key, permit, key, priority, ticket)
             pool = self._pool
             if not self._ready and pool._queued < pool._queue_size:
                 self._lanes[key] = item  # the common case: no lane, straight into the pool
@@ -683,17 +845,18 @@ class MessageProcessor:
                 self._make_ready(lane)
                 self._pump()
             return _ACCEPTED
+        self._in_flight += 1
         if entry.__class__ is _Item:  # its one message runs: open a lane behind it
             lane = self._lanes[key] = _Lane(key, entry._priority, _RUNNING)
         else:
             lane = cast(_Lane, entry)
         lane.pending.append(
-            _Item(self, channel, message, handler, dedup_key, permit, key, lane.priority)
+            _Item(self, channel, message, handler, dedup_key, permit, key, lane.priority, ticket)
         )
         return _ACCEPTED
 
     async def _wait_for_result_room(
-        self, dedup_key: DedupKey | str | None, limit: int
+        self, dedup_key: DedupKey | str | None, limit: int, ticket: CallTicket | None
     ) -> Admission | None:
         """Hold an admission while ``limit`` results are unread (``None``: go on), or refuse it.
 
@@ -701,7 +864,7 @@ class MessageProcessor:
         On refusal, cancellation or shutdown it gives back the dedup claim and the breaker's slot.
         """
         if self._reject_at_capacity:
-            self._undo_admission(dedup_key, False)
+            self._undo_admission(dedup_key, False, ticket)
             return self._refuse("results unread")
         loop = asyncio.get_running_loop()
         waiters = self._result_room_waiters
@@ -724,12 +887,14 @@ class MessageProcessor:
                         self._wake_result_room()  # pass the room it was given to the next one
                     raise
         except BaseException:
-            self._undo_admission(dedup_key, False)
-            raise
-        finally:
             self._admitting -= 1
+            self._undo_admission(dedup_key, False, ticket)
+            if self._closing:  # a shutdown may be waiting for this admission to end
+                self._check_drained()
+            raise
+        self._admitting -= 1
         if self._closing:
-            return self._refuse_after_wait(dedup_key, False)
+            return self._refuse_after_wait(dedup_key, False, ticket)
         if waiters and len(self._results) < limit:
             self._wake_result_room()  # more room than this admission needs
         return None
@@ -744,10 +909,10 @@ class MessageProcessor:
                 return
 
     def _refuse_after_wait(
-        self, dedup_key: DedupKey | str | None, permit: Permit | bool
+        self, dedup_key: DedupKey | str | None, permit: Permit | bool, ticket: CallTicket | None
     ) -> Admission:
         """Shutdown began while an admission waited: undo it, and let the drain see it gone."""
-        self._undo_admission(dedup_key, permit)
+        self._undo_admission(dedup_key, permit, ticket)
         self._check_drained()
         return self._refuse("shutting down")
 
@@ -759,11 +924,13 @@ class MessageProcessor:
         if dedup_key is not None and self._dedup is not None:
             self._dedup.remove(dedup_key)
 
-    def _undo_admission(self, dedup_key: DedupKey | str | None, permit: Permit | bool) -> None:
+    def _undo_admission(
+        self, dedup_key: DedupKey | str | None, permit: Permit | bool, ticket: CallTicket | None
+    ) -> None:
         """Refused after the breaker admitted it: give back the claim, the probe, the permit."""
         self._forget(dedup_key)
         if self._breaker is not None:
-            self._breaker.record_ignored()
+            self._breaker.record_ignored(ticket)
         self._give_permit_back(permit)
 
     def _give_permit_back(self, permit: Permit | bool) -> None:
@@ -791,7 +958,13 @@ class MessageProcessor:
             self._start(item)
 
     def _priority_for(self, channel_name: str, message: ChannelMessage) -> TaskPriority:
+        """The configuration's priority for a message; TypeError if it is not a TaskPriority."""
         priority = self._priority_of(channel_name, message)
+        if not isinstance(priority, TaskPriority):
+            raise TypeError(
+                "MessageProcessorConfig.priority must return a TaskPriority, "
+                f"got {priority!r} ({type(priority).__name__})"
+            )
         cached = self._channel_priorities
         if cached is not None and not message.metadata and len(cached) < _PRIORITY_MEMO_SIZE:
             cached[channel_name] = priority
@@ -847,14 +1020,16 @@ class MessageProcessor:
     ) -> None:
         """Put an unsuccessful message's effects in place, then deliver its result."""
         self._count_unsuccessful(kind)
+        if kind is MessageResultKind.FAILED or kind is MessageResultKind.TIMEOUT:
+            self._log_failure(item, kind, error)
         breaker = self._breaker
         if breaker is not None:
             if kind is MessageResultKind.TIMEOUT or (
                 kind is MessageResultKind.FAILED and self._counts_as_failure(error)
             ):
-                breaker.record_failure()
+                breaker.record_failure(item.ticket)
             else:
-                breaker.record_ignored()
+                breaker.record_ignored(item.ticket)
         self._forget(item.dedup_key)
         self._give_permit_back(item.permit)
         self._in_flight -= 1
@@ -864,6 +1039,23 @@ class MessageProcessor:
             )
         )
         self._wake_results()
+
+    def _log_failure(
+        self, item: _Item, kind: MessageResultKind, error: BaseException | None
+    ) -> None:
+        """One line per failed or timed-out message (rate-limited: :class:`_FailureLog`)."""
+        if not self._failure_log.admit():
+            return
+        _logger.warning(
+            "%s: message %r of conversation %r %s: %s: %s",
+            self.name,
+            item.message.id,
+            item.key,
+            "failed" if kind is MessageResultKind.FAILED else "timed out",
+            type(error).__name__,
+            error,
+            exc_info=error if kind is MessageResultKind.FAILED else None,
+        )
 
     def _count_unsuccessful(self, kind: MessageResultKind) -> None:
         if kind is MessageResultKind.FAILED:
@@ -956,6 +1148,7 @@ class MessageProcessor:
             finally:
                 timer.cancel()
         await self._pool.shutdown(drain=False, timeout=0)
+        self._failure_log.flush()
 
     def _give_up(self) -> None:
         """The shutdown timeout ended: cancel what has not started; the pool cancels the rest."""
@@ -1019,9 +1212,10 @@ class MessageProcessor:
         """A snapshot of the processor and its stages. Does not block."""
         return ProcessorStats(
             worker_pool=self._pool.stats(),
-            backpressure=self._backpressure.stats() if self._backpressure else None,
-            circuit_breaker=self._breaker.stats() if self._breaker else None,
-            deduplicator=self._dedup.stats() if self._dedup else None,
+            # "is not None": an empty deduplicator (or one with len 0) is falsy, yet enabled.
+            backpressure=self._backpressure.stats() if self._backpressure is not None else None,
+            circuit_breaker=self._breaker.stats() if self._breaker is not None else None,
+            deduplicator=self._dedup.stats() if self._dedup is not None else None,
             # Every accepted message is in flight or has exactly one outcome.
             accepted=self._in_flight
             + self._succeeded
@@ -1056,13 +1250,65 @@ class MessageProcessor:
 class Notices:
     """The short texts a user gets when their message could not be answered.
 
-    ``None`` for a text means: send nothing in that case.
+    ``None`` for a text means: send nothing in that case. ``unavailable`` replaces ``refused``
+    while the provider's circuit breaker is open (the refusal's reason is ``"circuit open"``, or the
+    breaker opened while the message waited): the service is down, not merely busy.
     """
 
     failed: str | None = "Sorry, something went wrong while answering. Please try again."
     timeout: str | None = "Sorry, that took too long to answer. Please try again."
     refused: str | None = "I'm busy right now. Please try again in a moment."
     cancelled: str | None = None
+    unavailable: str | None = "The service is unavailable right now. Please try again later."
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelCounters:
+    """What one channel did under a :class:`ConcurrentMessageProcessor` (a snapshot).
+
+    ``received``: messages taken from its listener or passed to
+    :meth:`~ConcurrentMessageProcessor.submit`; ``sent``: replies and notices sent (or delivered)
+    without error; ``send_failures``: sends that raised, exceeded ``send_timeout`` or were cancelled
+    by :meth:`~ConcurrentMessageProcessor.stop`; ``admission_errors``: messages whose admission
+    raised (a ``priority``/``conversation_key``/``dedup_key`` function that failed).
+    """
+
+    received: int = 0
+    sent: int = 0
+    send_failures: int = 0
+    admission_errors: int = 0
+
+
+class _Tally:
+    """A channel's counters while they change (:class:`ChannelCounters` is their snapshot)."""
+
+    __slots__ = ("admission_errors", "received", "send_failures", "sent")
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.sent = 0
+        self.send_failures = 0
+        self.admission_errors = 0
+
+
+class _SendTimer:
+    """Cancels a send that outlived ``send_timeout``, and remembers that it did.
+
+    A small class rather than a closure: mypyc compiles this module, and one is made per send.
+    """
+
+    __slots__ = ("fired", "task")
+
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self.task = task
+        self.fired = False
+
+    def fire(self) -> None:
+        self.fired = True
+        self.task.cancel()
+
+
+_GRACE_CAP = 30.0  # seconds sends get after the drain when send_timeout is None
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)
@@ -1074,9 +1320,12 @@ class ConcurrentMessageProcessor:
     each incoming message, answers each conversation in order and different conversations
     concurrently, sends each reply with ``channel.send(reply, message.reply_target or
     message.sender)``, and sends a short notice (:class:`Notices`) when a message failed, timed
-    out or was refused. It returns after :meth:`stop`, SIGINT or SIGTERM (installed while it runs,
-    when it runs in the main thread), once in-flight messages are drained, or once every listener
-    ended on its own and every message was answered.
+    out or was refused. A channel that has a ``deliver`` method
+    (:class:`~zeroclaw.concurrency.channels.DeliveringChannel`) gets every result through it
+    instead of ``send``. Push channels (webhooks) hand messages in with :meth:`submit`.
+    :meth:`start` returns after :meth:`stop`, SIGINT or SIGTERM (installed while it runs, when it
+    runs in the main thread), once in-flight messages are drained, or once every listener ended
+    on its own and every message was answered.
 
     One circuit breaker guards each provider and model, kept in :attr:`breakers`.
 
@@ -1086,9 +1335,18 @@ class ConcurrentMessageProcessor:
         temperature: passed to the provider.
         notices: the user-facing texts for failures.
         drain_timeout: how long :meth:`stop` lets in-flight messages finish.
-        listener_backoff: first and longest wait before restarting a failed listener, in seconds.
+        listener_backoff: first and longest wait before restarting a failed listener, in seconds
+            (both > 0, the first not above the longest).
         handle_signals: install SIGINT/SIGTERM handlers while :meth:`start` runs.
+        send_timeout: longest a ``send``/``deliver`` may take, in seconds; one that exceeds it is
+            cancelled, logged and counted as a send failure. ``None``: no limit.
+        handler: ``async (message) -> str`` answering every message instead of
+            ``provider.chat_with_system(system_prompt, message.content, model, temperature)``.
         clock: time source of every stage.
+
+    Raises:
+        TypeError: an argument of the wrong type (a ``handler`` that is not an async function).
+        ValueError: a ``listener_backoff`` or timeout out of range.
     """
 
     def __init__(
@@ -1101,6 +1359,8 @@ class ConcurrentMessageProcessor:
         drain_timeout: float | timedelta = 30.0,
         listener_backoff: tuple[float, float] = (1.0, 60.0),
         handle_signals: bool = True,
+        send_timeout: float | timedelta | None = 30.0,
+        handler: Handler | None = None,
         clock: Clock | None = None,
     ) -> None:
         self.config = config if config is not None else MessageProcessorConfig()
@@ -1109,26 +1369,72 @@ class ConcurrentMessageProcessor:
         self.notices = notices if notices is not None else Notices()
         self.breakers = CircuitBreakerGroup(self.config.circuit_config, clock=clock)
         self._drain_timeout = to_seconds(drain_timeout, what="drain_timeout")
-        self._backoff_first, self._backoff_max = listener_backoff
+        self._backoff_first, self._backoff_max = _backoff_bounds(listener_backoff)
+        self._send_timeout = to_timeout(send_timeout, what="send_timeout")
+        if self._send_timeout == 0.0:
+            raise ValueError("send_timeout must be > 0 seconds or None, got 0")
+        if handler is not None:
+            _check_handler(handler, "ConcurrentMessageProcessor(handler=...)")
+        self._handler = handler
         self._handle_signals = handle_signals
         self._clock = resolve_clock(clock)
         self._processor: MessageProcessor | None = None
+        self._active_handler: Handler | None = None
         self._stop_requested: asyncio.Event | None = None
+        self._stop_pending = False  # stop() came while no start() was running
+        self._running = False
+        self._stopping = False
+        self._start_waiters: list[asyncio.Future[None]] = []
         self._listener_restarts = 0
         self._unroutable = 0
-        self._sent = 0
-        self._send_failures = 0
+        self._tallies: dict[str, _Tally] = {}
         self._send_tails: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._sends: set[asyncio.Task[None]] = set()
+        self._send_log = _FailureLog("send failures", self._clock)
+        self._admission_log = _FailureLog("admission errors", self._clock)
 
     @property
     def processor(self) -> MessageProcessor | None:
         """The running processor (``None`` before :meth:`start`)."""
         return self._processor
 
+    @property
+    def started(self) -> bool:
+        """``True`` while :meth:`start` has its processor running (until it returns)."""
+        return self._running
+
+    async def wait_started(self) -> None:
+        """Return once :meth:`start` has its processor running (at once if it has).
+
+        Blocks until then. Raises ``RuntimeError`` if the ``start()`` it waited for ended without
+        running (it raised, or :meth:`stop` came first).
+        """
+        if self._running:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._start_waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if waiter in self._start_waiters:
+                self._start_waiters.remove(waiter)
+
+    def _resolve_start_waiters(self, failure: str | None) -> None:
+        waiters, self._start_waiters = self._start_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                if failure is None:
+                    waiter.set_result(None)
+                else:
+                    waiter.set_exception(RuntimeError(failure))
+
     async def start(
         self, channels: Sequence[Channel], provider: Provider, system_prompt: str | None
     ) -> None:
         """Process messages from ``channels`` with ``provider`` until stopped. Blocks until then.
+
+        If :meth:`stop` was called while no ``start()`` ran, this returns at once without
+        starting (and says so in the log): the stop is not lost.
 
         Raises:
             ValueError: two channels share a name.
@@ -1136,9 +1442,15 @@ class ConcurrentMessageProcessor:
         """
         by_name = {channel.name: channel for channel in channels}
         if len(by_name) != len(channels):
+            self._resolve_start_waiters("start() failed: channels must have distinct names")
             raise ValueError("channels must have distinct names")
-        if self._processor is not None and not self._processor._closing:
+        if self._running:
             raise RuntimeError("ConcurrentMessageProcessor is already running")
+        if self._stop_pending:
+            self._stop_pending = False
+            _logger.info("stop() was called before start() ran: not starting")
+            self._resolve_start_waiters("stop() was called before start() ran")
+            return
         provider_name = getattr(provider, "name", type(provider).__name__)
         breaker = self.breakers.get_or_create(f"{provider_name}:{self.model}")
         processor = self._processor = MessageProcessor(
@@ -1152,6 +1464,9 @@ class ConcurrentMessageProcessor:
                 system_prompt, message.content, model, temperature
             )
 
+        handler = self._active_handler = self._handler if self._handler is not None else answer
+        for name in by_name:
+            self._tally(name)
         inbox: asyncio.Queue[ChannelMessage] = asyncio.Queue(maxsize=1000)
         loop = asyncio.get_running_loop()
         listeners = [
@@ -1160,12 +1475,13 @@ class ConcurrentMessageProcessor:
         ]
         replier = loop.create_task(self._reply_all(processor), name="gateway:replies")
         intake = loop.create_task(
-            self._intake(inbox, by_name, processor, answer), name="gateway:intake"
+            self._intake(inbox, by_name, processor, handler), name="gateway:intake"
         )
         channels_ended = loop.create_task(self._all_ended(listeners, inbox))
         waiting_for_stop = loop.create_task(stop.wait())
-        background = [*listeners, intake, channels_ended, waiting_for_stop]
         installed = self._install_signal_handlers(loop)
+        self._running = True
+        self._resolve_start_waiters(None)
         try:
             await asyncio.wait(
                 [intake, channels_ended, waiting_for_stop], return_when=asyncio.FIRST_COMPLETED
@@ -1173,15 +1489,59 @@ class ConcurrentMessageProcessor:
             if intake.done() and not intake.cancelled() and intake.exception() is not None:
                 _logger.error("intake failed", exc_info=intake.exception())
         finally:
+            self._stopping = True
             for signum in installed:
                 loop.remove_signal_handler(signum)
-            for task in background:
+            ended = [*listeners, channels_ended, waiting_for_stop]
+            for task in ended:
                 task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
+            await asyncio.gather(*ended, return_exceptions=True)
+            # The intake keeps admitting while the processor drains; the processor refuses what
+            # comes after its shutdown began, and those messages get the refusal notice.
             await processor.shutdown(drain=True, timeout=self._drain_timeout)
+            intake.cancel()
+            await asyncio.gather(intake, return_exceptions=True)
+            while not inbox.empty():  # taken from a channel, never admitted: refuse each aloud
+                leftover = inbox.get_nowait()
+                inbox.task_done()
+                await self._admit_queued(leftover, by_name, processor, handler)
             await replier
-            while self._send_tails:
-                await asyncio.gather(*self._send_tails.values(), return_exceptions=True)
+            await self._finish_sends()
+            self._send_log.flush()
+            self._admission_log.flush()
+            self._active_handler = None
+            self._stop_requested = None
+            self._stop_pending = False
+            self._stopping = False
+            self._running = False
+
+    async def submit(self, channel: Channel, message: ChannelMessage) -> Admission:
+        """Admit ``message`` from a push channel (a webhook), as the listeners' messages are.
+
+        Same handler, dedup, breaker, backpressure and lanes; the result goes to ``channel``'s
+        ``deliver`` (or ``send``). Sends no refusal notice: the caller answers the platform. Blocks
+        as :meth:`MessageProcessor.process_message` does (at the admission bound, in ``"wait"``
+        mode). Returns REJECTED ``"shutting down"`` once a stop began.
+
+        Raises:
+            RuntimeError: :meth:`start` is not running.
+            Exception: what the configuration's ``priority``/``conversation_key``/``dedup_key``
+                function raised (TypeError for a result of the wrong type); nothing is taken.
+        """
+        processor = self._processor
+        handler = self._active_handler
+        if not self._running or processor is None or handler is None:
+            raise RuntimeError("ConcurrentMessageProcessor.submit() needs start() to be running")
+        tally = self._tally(channel.name)
+        tally.received += 1
+        stop = self._stop_requested
+        if self._stopping or (stop is not None and stop.is_set()):
+            return processor._refuse("shutting down")
+        try:
+            return await processor.process_message(channel, message, handler)
+        except Exception:
+            tally.admission_errors += 1
+            raise
 
     @staticmethod
     async def _all_ended(
@@ -1192,9 +1552,15 @@ class ConcurrentMessageProcessor:
         await inbox.join()
 
     async def stop(self) -> None:
-        """Ask :meth:`start` to stop: no new messages, in-flight ones drained. Does not wait."""
+        """Ask :meth:`start` to stop: no new messages, in-flight ones drained. Does not wait.
+
+        Called while no ``start()`` runs (e.g. before a ``start()`` task got to run), it makes the
+        next ``start()`` return at once instead of being lost.
+        """
         if self._stop_requested is not None:
             self._stop_requested.set()
+        elif not self._running:
+            self._stop_pending = True
 
     def _install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> list[int]:
         if not self._handle_signals:
@@ -1236,81 +1602,217 @@ class ConcurrentMessageProcessor:
         inbox: asyncio.Queue[ChannelMessage],
         by_name: Mapping[str, Channel],
         processor: MessageProcessor,
-        answer: Handler,
+        handler: Handler,
     ) -> None:
         """Admit every message from the inbox; refused ones get a notice at once.
 
         With ``admission="wait"`` this waits at the processor's bound, the inbox fills, and the
-        listeners wait on it: backpressure reaches the channels.
+        listeners wait on it: backpressure reaches the channels. An error admitting one message is
+        logged and counted (:meth:`_admit_queued`); the loop goes on.
         """
         while True:
             message = await inbox.get()
             try:
-                channel = by_name.get(message.channel)
-                if channel is None:
-                    self._unroutable += 1
-                    _logger.warning(
-                        "message %r names unknown channel %r; dropped", message.id, message.channel
-                    )
-                else:
-                    admission = await processor.process_message(channel, message, answer)
-                    if admission.kind is AdmissionKind.REJECTED and self.notices.refused:
-                        self._queue_send(channel, self.notices.refused, message)
+                await self._admit_queued(message, by_name, processor, handler)
+            except Exception:  # a defect of ours: keep answering the others
+                _logger.exception("intake: message %r could not be handled", message.id)
             finally:
                 inbox.task_done()
 
+    async def _admit_queued(
+        self,
+        message: ChannelMessage,
+        by_name: Mapping[str, Channel],
+        processor: MessageProcessor,
+        handler: Handler,
+    ) -> None:
+        """Admit one message taken from a channel; a refusal or an error gets its notice."""
+        channel = by_name.get(message.channel)
+        if channel is None:
+            self._unroutable += 1
+            _logger.warning(
+                "message %r names unknown channel %r; dropped", message.id, message.channel
+            )
+            return
+        tally = self._tally(channel.name)
+        tally.received += 1
+        try:
+            admission = await processor.process_message(channel, message, handler)
+        except Exception as error:
+            tally.admission_errors += 1
+            if self._admission_log.admit():
+                _logger.error(
+                    "message %r of channel %r could not be admitted: %s: %s",
+                    message.id,
+                    channel.name,
+                    type(error).__name__,
+                    error,
+                    exc_info=error,
+                )
+            self._answer(
+                channel,
+                message,
+                MessageResult(MessageResultKind.FAILED, error=error),
+                self.notices.failed,
+            )
+            return
+        if admission.kind is AdmissionKind.REJECTED:
+            notices = self.notices
+            text = notices.unavailable if admission.reason == "circuit open" else notices.refused
+            refusal = Rejected(admission.reason or "refused", retry_after=admission.retry_after)
+            self._answer(
+                channel, message, MessageResult(MessageResultKind.REJECTED, error=refusal), text
+            )
+
     async def _reply_all(self, processor: MessageProcessor) -> None:
         """Send every result's reply or notice; sends of one conversation keep their order."""
+        notices = self.notices
         async for channel, message, result in processor.responses:
             if isinstance(channel, str):
                 continue
-            if result.kind is MessageResultKind.SUCCESS:
+            kind = result.kind
+            if kind is MessageResultKind.SUCCESS:
                 text: str | None = result.value
-            elif result.kind is MessageResultKind.TIMEOUT:
-                text = self.notices.timeout
-            elif result.kind is MessageResultKind.FAILED:
-                text = self.notices.failed
-            elif result.kind is MessageResultKind.REJECTED:
-                text = self.notices.refused
+            elif kind is MessageResultKind.TIMEOUT:
+                text = notices.timeout
+            elif kind is MessageResultKind.FAILED:
+                text = notices.failed
+            elif kind is MessageResultKind.REJECTED:  # the breaker opened while it waited
+                text = notices.unavailable
             else:
-                text = self.notices.cancelled
-            if text:
-                self._queue_send(channel, text, message)
+                text = notices.cancelled
+            self._answer(channel, message, result, text)
 
-    def _queue_send(self, channel: Channel, text: str, message: ChannelMessage) -> None:
-        """Send in the background, after the previous send to the same conversation."""
+    def _answer(
+        self, channel: Channel, message: ChannelMessage, result: MessageResult, text: str | None
+    ) -> None:
+        """Queue the answer to ``message``: ``channel.deliver(...)`` when the channel has it (for
+        every result, ``text`` or not), else ``channel.send(text, ...)`` when there is a text.
+
+        Runs in the background, after the previous answer to the same conversation.
+        """
+        deliver = getattr(channel, "deliver", None)
+        if deliver is None and not text:
+            return
         key = (channel.name, message.reply_to)
         previous = self._send_tails.get(key)
         task = asyncio.get_running_loop().create_task(
-            self._send_after(previous, channel, text, message)
+            self._send_after(previous, key, channel, deliver, message, result, text)
         )
         self._send_tails[key] = task
-
-        def forget(done: asyncio.Task[None]) -> None:
-            if self._send_tails.get(key) is done:
-                del self._send_tails[key]
-
-        task.add_done_callback(forget)
+        self._sends.add(task)
 
     async def _send_after(
         self,
         previous: asyncio.Task[None] | None,
+        key: tuple[str, str],
         channel: Channel,
-        text: str,
+        deliver: Any,
         message: ChannelMessage,
+        result: MessageResult,
+        text: str | None,
     ) -> None:
-        if previous is not None:
-            await asyncio.wait([previous])
-        await self._send(channel, text, message)
-
-    async def _send(self, channel: Channel, text: str, message: ChannelMessage) -> None:
+        me = asyncio.current_task()
         try:
-            await channel.send(text, message.reply_to)
-        except Exception:
-            self._send_failures += 1
-            _logger.exception("sending to %r on %r failed", message.reply_to, channel.name)
-        else:
-            self._sent += 1
+            if previous is not None and not previous.done():
+                await asyncio.wait([previous])
+            await self._send(channel, deliver, message, result, text)
+        except asyncio.CancelledError:
+            self._send_failed(channel, message, "cancelled by stop() after the drain")
+            raise
+        finally:
+            if self._send_tails.get(key) is me:
+                del self._send_tails[key]
+            if me is not None:
+                self._sends.discard(cast("asyncio.Task[None]", me))
+
+    async def _send(
+        self,
+        channel: Channel,
+        deliver: Any,
+        message: ChannelMessage,
+        result: MessageResult,
+        text: str | None,
+    ) -> None:
+        """One send (or deliver) under ``send_timeout``; its outcome is counted and, if it
+        failed, logged. Raises only ``CancelledError`` (a cancellation from outside)."""
+        timer: _SendTimer | None = None
+        handle: Cancellable | None = None
+        if self._send_timeout is not None:
+            me = asyncio.current_task()
+            assert me is not None
+            timer = _SendTimer(me)
+            handle = call_later(self._clock, self._send_timeout, timer.fire)
+        try:
+            if deliver is not None:
+                await deliver(message, result, text)
+            else:
+                await channel.send(cast(str, text), message.reply_to)
+        except asyncio.CancelledError:
+            if timer is None or not timer.fired:
+                raise
+            timer.task.uncancel()
+            self._send_failed(channel, message, f"timed out after {self._send_timeout:g}s")
+            return
+        except Exception as error:
+            self._send_failed(channel, message, f"{type(error).__name__}: {error}", error)
+            return
+        finally:
+            if handle is not None:
+                handle.cancel()
+        self._tally(channel.name).sent += 1
+
+    def _send_failed(
+        self,
+        channel: Channel,
+        message: ChannelMessage,
+        why: str,
+        error: BaseException | None = None,
+    ) -> None:
+        self._tally(channel.name).send_failures += 1
+        if self._send_log.admit():
+            _logger.warning(
+                "answer to message %r (to %r on channel %r) not sent: %s",
+                message.id,
+                message.reply_to,
+                channel.name,
+                why,
+                exc_info=error,
+            )
+
+    async def _finish_sends(self) -> None:
+        """After the drain: let the sends still running finish within a grace period (one
+        ``send_timeout``), then cancel the rest (each is counted and logged as a send failure)."""
+        if not self._sends:
+            return
+        grace = self._send_timeout if self._send_timeout is not None else _GRACE_CAP
+        loop = asyncio.get_running_loop()
+        timer = loop.create_task(self._clock.sleep(grace))
+        try:
+            while self._sends and not timer.done():
+                await asyncio.wait([*self._sends, timer], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            timer.cancel()
+        remaining = list(self._sends)
+        for task in remaining:
+            task.cancel()
+        await asyncio.gather(*remaining, timer, return_exceptions=True)
+
+    def _tally(self, name: str) -> _Tally:
+        tally = self._tallies.get(name)
+        if tally is None:
+            tally = self._tallies[name] = _Tally()
+        return tally
+
+    def channel_stats(self) -> dict[str, ChannelCounters]:
+        """Per channel name: messages received, answers sent, send failures, admission errors.
+
+        Counts since this object was made (across runs). Does not block.
+        """
+        return {
+            name: ChannelCounters(t.received, t.sent, t.send_failures, t.admission_errors)
+            for name, t in self._tallies.items()
+        }
 
     def stats(self) -> ProcessorStats | None:
         """The running processor's statistics (``None`` before :meth:`start`)."""
@@ -1319,3 +1821,19 @@ class ConcurrentMessageProcessor:
     def circuit_breaker_stats(self) -> dict[str, CircuitBreakerStats]:
         """One entry per provider and model (``"<provider>:<model>"``)."""
         return self.breakers.all_stats()
+
+
+def _backoff_bounds(listener_backoff: object) -> tuple[float, float]:
+    """``listener_backoff`` checked: two positive numbers of seconds, the first <= the second."""
+    if not isinstance(listener_backoff, tuple | list) or len(listener_backoff) != 2:
+        raise TypeError(
+            "listener_backoff must be a pair (first, longest) of seconds, "
+            f"not {type(listener_backoff).__name__}"
+        )
+    first = to_positive_number(listener_backoff[0], what="listener_backoff[0]")
+    longest = to_positive_number(listener_backoff[1], what="listener_backoff[1]")
+    if longest < first:
+        raise ValueError(
+            f"listener_backoff's longest wait ({longest:g}s) is below its first ({first:g}s)"
+        )
+    return first, longest

@@ -1,4 +1,5 @@
-"""What the message pipeline talks to: :class:`ChannelMessage`, :class:`Channel`, :class:`Provider`.
+"""What the message pipeline talks to: :class:`ChannelMessage`, :class:`Channel`, :class:`Provider`,
+and the optional :class:`DeliveringChannel` hook.
 
 Re-exported by :mod:`zeroclaw.concurrency.channel_integration`, where the contract names them. They
 live in a module of their own because they are ``runtime_checkable`` protocols (``isinstance``
@@ -11,9 +12,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-__all__ = ["Channel", "ChannelMessage", "Provider"]
+if TYPE_CHECKING:
+    from zeroclaw.concurrency.channel_integration import MessageResult
+
+__all__ = ["Channel", "ChannelMessage", "DeliveringChannel", "Provider"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +63,29 @@ class Channel(Protocol):
 
     async def health_check(self) -> bool:
         """``True`` when the channel can send and receive."""
+        ...
+
+
+class DeliveringChannel(Channel, Protocol):
+    """A :class:`Channel` that takes each result itself: the optional ``deliver`` hook.
+
+    :class:`~zeroclaw.concurrency.channel_integration.ConcurrentMessageProcessor` looks it up with
+    ``getattr(channel, "deliver", None)``; when a channel has it, the processor calls it **instead
+    of** ``send`` for every answer to a message from that channel, one at a time per conversation
+    and in order, under the processor's ``send_timeout``. A sync-mode webhook resolves the HTTP
+    request that waits for the answer from it. (Not ``runtime_checkable``: the lookup is by name.)
+    """
+
+    async def deliver(
+        self, message: ChannelMessage, result: MessageResult, text: str | None
+    ) -> None:
+        """Deliver the answer to ``message``.
+
+        ``result`` is how it ended (a refusal by the intake has kind ``REJECTED`` and a
+        :class:`~zeroclaw.concurrency.errors.Rejected` error carrying the reason); ``text`` is the
+        reply on SUCCESS, else the notice that would have been sent, or ``None`` when the notice
+        for that case is off. Raising or exceeding the send timeout counts as a send failure.
+        """
         ...
 
 

@@ -1,0 +1,370 @@
+"""``zeroclaw serve``: the channels, the provider and the processor wired together, and the server.
+
+:func:`serve` builds, from a :class:`~zeroclaw.gateway.config.GatewayConfig`:
+
+- the provider: the configured backend (``zeroclaw.providers.build_backend``) inside a
+  ``ManagedProvider`` (rate limit, adaptive concurrency, retries);
+- the conversation history (the last ``history_turns`` successful exchanges go with each call;
+  ``/new`` clears the conversation and is answered without calling the provider);
+- a ``ConcurrentMessageProcessor`` with the processor config, whose handler is
+  :meth:`Gateway.answer`;
+- the channels (by kind, from the channel registry) and the HTTP server.
+
+It logs ``zeroclaw: listening on http://HOST:PORT`` to stderr once it serves. SIGINT or SIGTERM
+starts the drain: ``/healthz`` answers 503, new messages are refused 503 with ``Retry-After``
+while the listener stays up, running work gets ``gateway.shutdown_timeout`` to finish and its
+replies go out, then :func:`serve` returns 0. It also returns (0) once every channel ended on its
+own (the terminal at end of input) and every message was answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import signal
+import sys
+import time
+from collections.abc import Hashable
+from typing import Any, TextIO
+
+from zeroclaw import __version__
+from zeroclaw.channels import ChannelContext, build_channel
+from zeroclaw.concurrency.channel_integration import (
+    Channel,
+    ChannelMessage,
+    ConcurrentMessageProcessor,
+)
+from zeroclaw.gateway.config import GatewayConfig, ProviderSettings
+from zeroclaw.gateway.history import ConversationHistory
+from zeroclaw.gateway.intake import GatewayIntake
+from zeroclaw.gateway.metrics import GatewayCollector, MessageLedger, MetricSources
+from zeroclaw.gateway.server import GatewayServer, HttpChannel
+from zeroclaw.providers import ManagedProvider, backend_options, build_backend
+
+__all__ = ["NEW_CONVERSATION_COMMAND", "NEW_CONVERSATION_REPLY", "Gateway", "serve"]
+
+_logger = logging.getLogger("zeroclaw.gateway")
+
+NEW_CONVERSATION_COMMAND = "/new"
+NEW_CONVERSATION_REPLY = "Started a new conversation."
+
+# The shortest send/deliver timeout: a reply that cannot be sent within it is given up (logged,
+# counted). Raised to cover the slowest webhook callback (every attempt and backoff).
+_MIN_SEND_TIMEOUT = 30.0
+# How long the listener waits for requests still open once the processor has drained (their
+# answers are ready by then; this only bounds a client that does not read its answer).
+_SERVER_LINGER = 5.0
+_HEALTH_CHECK_TIMEOUT = 2.0
+
+# ProviderSettings fields a backend may take as constructor arguments, when it does.
+_BACKEND_FIELDS = ("base_url", "api_key", "request_timeout")
+
+
+def serve(config: GatewayConfig) -> int:
+    """Run the gateway until SIGINT/SIGTERM and the drain (or until every channel ended).
+
+    Blocks; returns the exit code: 0 after a clean stop, 1 when the listener cannot be bound or
+    the processor fails to start (the reason is logged), 2 when a channel or the provider
+    cannot be built from the config (a kind not available in this version, a missing extra:
+    said on stderr).
+    """
+    try:
+        gateway = Gateway(config)
+    except (ValueError, TypeError, ImportError) as exc:
+        print(f"zeroclaw serve: {config.source}: {exc}", file=sys.stderr, flush=True)
+        return 2
+    return asyncio.run(gateway.run())
+
+
+def _backend_kwargs(settings: ProviderSettings) -> dict[str, Any]:
+    accepted = backend_options(settings.kind)
+    kwargs: dict[str, Any] = {}
+    for name in _BACKEND_FIELDS:
+        value = getattr(settings, name)
+        if name in accepted and value is not None:
+            kwargs[name] = value
+    kwargs.update(settings.options)
+    return kwargs
+
+
+class Gateway:
+    """One gateway: its provider, history, processor, channels and server. See the module doc.
+
+    Args:
+        config: what to run.
+        stdin_fd: the terminal channel's input.
+        stdout: the terminal channel's output.
+
+    Raises:
+        ValueError, TypeError: a channel or provider refuses its settings.
+        ImportError: a channel kind or backend needs an extra that is not installed.
+    """
+
+    def __init__(
+        self, config: GatewayConfig, *, stdin_fd: int = 0, stdout: TextIO | None = None
+    ) -> None:
+        self.config = config
+        settings = config.provider
+        self.model = settings.model or settings.kind
+        self.temperature = settings.temperature
+        self.system_prompt = settings.system_prompt
+        backend = build_backend(settings.kind, **_backend_kwargs(settings))
+        self.provider = ManagedProvider(
+            backend,
+            max_retries=settings.max_retries,
+            requests_per_second=settings.requests_per_second,
+            max_concurrency=settings.max_concurrency,
+        )
+        self.history = ConversationHistory(settings.history_turns)
+        self.ledger = MessageLedger()
+        self._kinds = {spec.name: spec.kind for spec in config.channels}
+        self._unset_queue_modes(config)
+        server_settings = config.gateway
+        # The processor is made before the channels (they submit to it through the intake), and
+        # its send timeout must cover the slowest channel's delivery, known once they exist.
+        self.intake = GatewayIntake(None, self.ledger)
+        context = ChannelContext(
+            intake=self.intake,
+            max_body_bytes=server_settings.max_body_bytes,
+            stdin_fd=stdin_fd,
+            stdout=stdout if stdout is not None else sys.stdout,
+        )
+        self.channels: list[Channel] = [build_channel(spec, context) for spec in config.channels]
+        budgets = [getattr(c, "delivery_budget", 0.0) for c in self.channels]
+        self.processor = ConcurrentMessageProcessor(
+            config.processor,
+            model=self.model,
+            temperature=self.temperature,
+            handler=self.answer,
+            send_timeout=max(_MIN_SEND_TIMEOUT, *budgets),
+            drain_timeout=server_settings.shutdown_timeout,
+            handle_signals=False,
+        )
+        self.intake.attach(self.processor)
+        self.collector = GatewayCollector(
+            MetricSources(
+                processor=self.processor.stats,
+                breakers=self.processor.circuit_breaker_stats,
+                provider=self.provider.stats,
+                channels=self.processor.channel_stats,
+                ledger=self.ledger,
+            )
+        )
+        http_channels: list[HttpChannel] = [
+            c  # type: ignore[misc]
+            for c in self.channels
+            if hasattr(c, "handle") and hasattr(c, "path")
+        ]
+        self.server = GatewayServer(
+            host=server_settings.host,
+            port=server_settings.port,
+            channels=http_channels,
+            metrics=self.collector.render,
+            status=self.status,
+            max_body_bytes=server_settings.max_body_bytes,
+            shutdown_timeout=min(_SERVER_LINGER, server_settings.shutdown_timeout),
+        )
+        self._started_at = time.monotonic()
+        self._stopping = False
+        self._stop_task: asyncio.Task[None] | None = None
+
+    @staticmethod
+    def _unset_queue_modes(config: GatewayConfig) -> None:
+        processor_mode = getattr(config.processor, "queue_mode", "followup")
+        for spec in config.channels:
+            if spec.queue_mode != processor_mode:
+                _logger.warning(
+                    "channel %r: queue_mode %r is not applied per channel yet; the processor's "
+                    "%r applies to every channel",
+                    spec.name,
+                    spec.queue_mode,
+                    processor_mode,
+                )
+
+    # ------------------------------------------------------------------ the handler
+
+    @staticmethod
+    def conversation_of(message: ChannelMessage) -> Hashable:
+        """The history key of ``message``: channel, reply target (else sender), thread."""
+        return (message.channel, message.reply_to, message.thread_id)
+
+    async def answer(self, message: ChannelMessage) -> str:
+        """The reply to ``message``, with the conversation's history; ``/new`` clears it.
+
+        Waits for the provider. Raises what the provider raises (``ProviderError``); the
+        exchange is recorded only when it succeeds.
+        """
+        conversation = self.conversation_of(message)
+        if message.content.strip() == NEW_CONVERSATION_COMMAND:
+            self.history.clear(conversation)
+            return NEW_CONVERSATION_REPLY
+        messages = self.history.messages_for(conversation, self.system_prompt, message.content)
+        reply = await self.provider.complete(
+            messages, model=self.model, temperature=self.temperature
+        )
+        self.history.record(conversation, message.content, reply)
+        return reply
+
+    # ------------------------------------------------------------------ running
+
+    async def run(self) -> int:
+        """Serve until stopped (see :func:`serve`); returns the exit code. Blocks until then."""
+        loop = asyncio.get_running_loop()
+        processing = loop.create_task(
+            self.processor.start(self.channels, self.provider, self.system_prompt),
+            name="gateway:processor",
+        )
+        started = loop.create_task(self.processor.wait_started())
+        await asyncio.wait([processing, started], return_when=asyncio.FIRST_COMPLETED)
+        if not started.done() or started.exception() is not None:
+            started.cancel()
+            with contextlib.suppress(asyncio.CancelledError, RuntimeError):
+                await started
+            if not processing.done():
+                await self.processor.stop()
+            with contextlib.suppress(Exception):
+                await processing
+            _logger.error("the processor stopped before it started", exc_info=_error(processing))
+            await self._close()
+            return 1
+        try:
+            await self.server.start()
+        except OSError as exc:
+            _logger.error(
+                "cannot listen on %s:%s: %s",
+                self.config.gateway.host,
+                self.config.gateway.port,
+                exc,
+            )
+            await self.processor.stop()
+            with contextlib.suppress(Exception):
+                await processing
+            await self._close()
+            return 1
+        print(f"zeroclaw: listening on {self.server.url}", file=sys.stderr, flush=True)
+        installed = self._install_signal_handlers(loop)
+        try:
+            await processing
+        except Exception:
+            _logger.exception("the processor failed")
+        finally:
+            for signum in installed:
+                loop.remove_signal_handler(signum)
+            self._begin_drain(None)
+            await self._close()
+        _logger.info("stopped")
+        return 0
+
+    def _install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> list[int]:
+        installed: list[int] = []
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(signum, self._begin_drain, signum)
+            except (ValueError, RuntimeError, NotImplementedError):
+                continue  # not the main thread: whoever runs us stops us
+            installed.append(signum)
+        return installed
+
+    def _begin_drain(self, signum: int | None) -> None:
+        """Refuse new messages, turn ``/healthz`` 503, ask the processor to drain. Idempotent."""
+        if self._stopping:
+            if signum is not None:
+                _logger.warning(
+                    "%s again: already draining (at most %gs)",
+                    signal.Signals(signum).name,
+                    self.config.gateway.shutdown_timeout,
+                )
+            return
+        self._stopping = True
+        timeout = self.config.gateway.shutdown_timeout
+        if signum is not None:
+            _logger.info(
+                "received %s: draining (at most %gs); new messages are refused",
+                signal.Signals(signum).name,
+                timeout,
+            )
+        self.intake.begin_draining(timeout)
+        self.server.begin_draining()
+        self._stop_task = asyncio.get_running_loop().create_task(self.processor.stop())
+
+    async def _close(self) -> None:
+        for channel in self.channels:
+            close = getattr(channel, "aclose", None)
+            if close is not None:
+                try:
+                    await close()
+                except Exception:
+                    _logger.exception("closing channel %r failed", channel.name)
+        await self.server.stop()
+        await self.provider.aclose()
+
+    # ------------------------------------------------------------------ /status
+
+    async def status(self) -> dict[str, Any]:
+        """The ``/status`` document (DESIGN §4.4). Waits for the channels' health checks."""
+        stats = self.processor.stats()
+        nested = ("worker_pool", "backpressure", "circuit_breaker", "deduplicator")
+        processor: dict[str, Any] | None = None
+        if stats is not None:
+            processor = {
+                f.name: getattr(stats, f.name)
+                for f in dataclasses.fields(stats)
+                if f.name not in nested
+            }
+        counters = self.processor.channel_stats()
+        ledger = self.ledger.snapshot()
+        channels: dict[str, Any] = {}
+        for channel in self.channels:
+            count = counters.get(channel.name)
+            channels[channel.name] = {
+                "kind": self._kinds.get(channel.name, getattr(channel, "kind", "unknown")),
+                "healthy": await _healthy(channel),
+                "received": count.received if count else 0,
+                "sent": count.sent if count else 0,
+                "send_failures": count.send_failures if count else 0,
+                "messages": ledger[channel.name].outcomes if channel.name in ledger else {},
+            }
+        provider = self.provider.stats()
+        return {
+            "version": __version__,
+            "uptime_seconds": round(time.monotonic() - self._started_at, 3),
+            "draining": self._stopping,
+            "processor": processor,
+            "pool": stats.worker_pool if stats else None,
+            "backpressure": stats.backpressure if stats else None,
+            "dedup": stats.deduplicator if stats else None,
+            "breakers": self.processor.circuit_breaker_stats(),
+            "provider": {
+                "name": self.provider.name,
+                "model": self.model,
+                "calls": provider.calls,
+                "successes": provider.successes,
+                "failures": provider.failures,
+                "errors_by_class": provider.errors_by_class,
+                "retries": provider.retries,
+                "requests_by_status": provider.requests_by_status,
+                "concurrency_limit": provider.concurrency_limit,
+                "in_flight": provider.in_flight,
+            },
+            "conversations": len(self.history),
+            "channels": channels,
+        }
+
+    def __repr__(self) -> str:
+        return f"<Gateway {self.server.url} channels={[c.name for c in self.channels]}>"
+
+
+async def _healthy(channel: Channel) -> bool:
+    try:
+        async with asyncio.timeout(_HEALTH_CHECK_TIMEOUT):
+            return bool(await channel.health_check())
+    except Exception:
+        return False
+
+
+def _error(task: asyncio.Task[None]) -> BaseException | None:
+    if task.cancelled():
+        return None
+    return task.exception()
