@@ -143,3 +143,43 @@ def test_ci_runs_the_readme_install_and_test_commands() -> None:
     for command in ("-m venv .venv", "-e . --group dev", ".venv/bin/python -m pytest"):
         assert command in readme.code
         assert command in ci
+
+
+# Notes that helped write this code but are not in the repository: a reader cannot open them, so
+# the code and docs name the source itself (a project, an issue thread) instead. Spelled in pieces
+# so that this file does not match itself.
+_OUTSIDE = re.compile(
+    "|".join(
+        [
+            "research" + "/",
+            "DESIGN" + r"(\.md| ?§)",
+            "original" + r"\.md",
+            r"\.\./" + "shared",
+            "/work" + "/",
+            "GATEWAY_" + "INTERFACES",
+            "COMMON" + r"\.md",
+        ]
+    )
+)
+_LINK = re.compile(r"\]\(([^)#\s]+)(#[^)]*)?\)")
+
+
+def test_no_reference_to_files_outside_the_repository() -> None:
+    paths = [ROOT / "README.md", ROOT / "pyproject.toml", ROOT / ".ci" / "run"]
+    for folder in ("src", "docs", "tests", "benchmarks"):
+        paths += [p for p in (ROOT / folder).rglob("*") if p.suffix in {".py", ".md"}]
+    found = []
+    for path in paths:
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if _OUTSIDE.search(line):
+                found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert found == []
+
+
+def test_every_relative_link_in_the_docs_resolves() -> None:
+    broken = []
+    for path in DOCS:
+        for target, _ in _LINK.findall(path.read_text(encoding="utf-8")):
+            if "://" not in target and not (path.parent / target).exists():
+                broken.append(f"{path.relative_to(ROOT)}: {target}")
+    assert broken == []

@@ -1,4 +1,4 @@
-"""The public names match DESIGN.md (sections 1-3): code outside this repo imports them."""
+"""The public names are the project's contract: code outside this repo imports them."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ CONTRACT: dict[str, set[str]] = {
 }
 
 
-# Importable from its module; not re-exported from zeroclaw.concurrency (DESIGN.md section 1).
+# Importable from its module; not re-exported from zeroclaw.concurrency (the contract says so).
 CHANNEL_INTEGRATION = {
     "Admission",
     "AdmissionKind",

@@ -7,12 +7,12 @@ Each message goes through::
 
 :class:`MessageProcessor` is that pipeline; :class:`ConcurrentMessageProcessor` runs it between
 real channels and an LLM provider. What the Rust original got wrong and this gets right
-(``research/original.md`` §2.10–2.11, §4): ``process_message`` returns as soon as the message is
+(from its own defect list): ``process_message`` returns as soon as the message is
 admitted or refused, never reports success for a failure, never loses a message silently, keys
 dedup on the platform's message id (so a user's second "ok" is answered), and releases the dedup
 claim of a message that was refused or failed (so the platform's redelivery is processed); the
 breaker sees the handler's real outcomes; and messages really run concurrently, one at a time per
-conversation (``research/processing.md`` §5–6: aiogram's per-chat isolation, OpenClaw's lanes).
+conversation (aiogram's per-chat isolation, OpenClaw's lanes).
 
 Lanes: messages of one conversation (by default channel + reply target) run one at a time, in
 arrival order; different conversations run in parallel on the pool; between conversations the pool

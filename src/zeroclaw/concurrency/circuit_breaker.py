@@ -17,7 +17,7 @@ A :class:`CircuitBreaker` guards calls to one dependency (an LLM provider, say):
             raise
         breaker.record_success()
 
-States (DESIGN §3.4):
+States (the contract's breaker section; docs/circuit_breaker.md):
 
 - CLOSED: every call is admitted. It trips to OPEN when ``failure_threshold`` consecutive failures
   have been recorded, or when the window of the last ``window_size`` outcomes holds at least
@@ -31,9 +31,9 @@ States (DESIGN §3.4):
   failure re-opens it and restarts the open timer. A probe that never reports back is reclaimed
   once its deadline (``probe_timeout``, by default ``timeout_duration``) has passed, so a lost probe
   cannot wedge the breaker (resilience4j's ``maxWaitDurationInHalfOpenState``, Polly's one probe
-  per break duration; research/resilience.md §2 item 4).
+  per break duration; resilience4j#903 asked for the deadline).
 
-Outcomes are four-valued (research/resilience.md §2 item 1): success, failure, *ignored* (neither:
+Outcomes are four-valued (as resilience4j's record/ignore): success, failure, *ignored* (neither:
 ``is_failure`` returned ``False``, or the call was cancelled) and, with ``slow_call_duration`` set,
 *slow* (a success that took too long: it counts toward the failure rate, and re-opens a half-open
 breaker, but does not count as a consecutive failure). ``CancelledError`` is never a failure.
@@ -969,7 +969,7 @@ class CircuitBreakerGroup:
             breakers that are CLOSED, have no call in flight and no failure in their window are
             forgotten (forgetting them loses nothing). OPEN and HALF_OPEN breakers, and any with
             failure history, are never evicted: evicting them would let a caller reset a failing
-            dependency's history (research/resilience.md, "Per-key breakers"). If no breaker is
+            dependency's history (resilience4j#650 and #703 asked how). If no breaker is
             evictable, the group goes over the bound rather than evict wrongly; ``evictions`` and
             ``len()`` show it.
         clock: passed to every breaker the group makes.
