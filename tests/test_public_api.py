@@ -188,7 +188,7 @@ def test_the_build_compiles_the_modules_the_package_lists() -> None:
 
     root = pathlib.Path(__file__).parents[1]
     pyproject = tomllib.loads((root / "pyproject.toml").read_text())
-    hook = pyproject["tool"]["hatch"]["build"]["targets"]["wheel"]["hooks"]["mypyc"]
+    hook = pyproject["tool"]["hatch"]["build"]["targets"]["wheel"]["hooks"]["custom"]
     listed = [
         path.removeprefix("src/").removesuffix(".py").replace("/", ".") for path in hook["include"]
     ]

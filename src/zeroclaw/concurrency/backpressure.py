@@ -27,7 +27,7 @@ from datetime import timedelta
 from types import TracebackType
 
 from zeroclaw.concurrency._clock import Cancellable, Clock, call_later, resolve_clock, to_seconds
-from zeroclaw.concurrency._mypyc import mypyc_attr
+from zeroclaw.concurrency._mypyc import describe_compiled, mypyc_attr
 from zeroclaw.concurrency.errors import Rejected
 
 __all__ = [
@@ -1196,3 +1196,6 @@ class AdaptiveLimiter:
             f"[{self._min}..{self._max}] inflight={self._inflight} "
             f"target={self._target:g}ms{rate}>"
         )
+
+
+describe_compiled(__name__)  # docstrings and signatures the compiled build lacks (_mypyc.py)

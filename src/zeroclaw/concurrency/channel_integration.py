@@ -36,7 +36,7 @@ from datetime import timedelta
 from typing import Any, Literal, NamedTuple, cast
 
 from zeroclaw.concurrency._clock import Cancellable, Clock, call_later, resolve_clock, to_seconds
-from zeroclaw.concurrency._mypyc import mypyc_attr
+from zeroclaw.concurrency._mypyc import describe_compiled, mypyc_attr
 from zeroclaw.concurrency.backpressure import Backpressure, BackpressureStats, Permit
 from zeroclaw.concurrency.channels import Channel, ChannelMessage, Provider
 from zeroclaw.concurrency.circuit_breaker import (
@@ -144,6 +144,7 @@ class MessageResult(NamedTuple):
 
     @property
     def ok(self) -> bool:
+        """``True`` when the handler succeeded (``kind`` is ``SUCCESS``)."""
         return self.kind is MessageResultKind.SUCCESS
 
 
@@ -1319,3 +1320,6 @@ class ConcurrentMessageProcessor:
     def circuit_breaker_stats(self) -> dict[str, CircuitBreakerStats]:
         """One entry per provider and model (``"<provider>:<model>"``)."""
         return self.breakers.all_stats()
+
+
+describe_compiled(__name__)  # docstrings and signatures the compiled build lacks (_mypyc.py)

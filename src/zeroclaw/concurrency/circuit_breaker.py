@@ -71,7 +71,7 @@ from types import TracebackType
 from typing import Any, Final, ParamSpec, TypeVar
 
 from zeroclaw.concurrency._clock import Clock, resolve_clock, to_seconds
-from zeroclaw.concurrency._mypyc import mypyc_attr
+from zeroclaw.concurrency._mypyc import describe_compiled, mypyc_attr
 from zeroclaw.concurrency.errors import CircuitOpenError
 
 __all__ = [
@@ -1073,3 +1073,6 @@ class CircuitBreakerGroup:
             f"CircuitBreakerGroup(breakers={len(self._breakers)}/{self.max_breakers}, "
             f"not_closed={open_}, evictions={self.evictions})"
         )
+
+
+describe_compiled(__name__)  # docstrings and signatures the compiled build lacks (_mypyc.py)

@@ -43,7 +43,7 @@ from hashlib import blake2b, sha256
 from typing import Any, Final
 
 from zeroclaw.concurrency._clock import Clock, resolve_clock, to_seconds
-from zeroclaw.concurrency._mypyc import mypyc_attr
+from zeroclaw.concurrency._mypyc import describe_compiled, mypyc_attr
 
 __all__ = ["DedupKey", "DedupStats", "DedupStrategy", "Deduplicator"]
 
@@ -1236,3 +1236,5 @@ _IMPLEMENTATIONS: Final[dict[DedupStrategy, type[Deduplicator]]] = {
 }
 # Deduplicator.__init__ leaves these alone: Deduplicator.__new__ set them up.
 _SET_UP_BY_NEW: Final = frozenset(_IMPLEMENTATIONS.values())
+
+describe_compiled(__name__)  # docstrings and signatures the compiled build lacks (_mypyc.py)

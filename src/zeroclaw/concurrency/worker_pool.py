@@ -38,7 +38,7 @@ from enum import Enum, IntEnum
 from typing import Any, Generic, NamedTuple, TypeVar, cast
 
 from zeroclaw.concurrency._clock import Cancellable, Clock, call_later, resolve_clock, to_seconds
-from zeroclaw.concurrency._mypyc import mypyc_attr
+from zeroclaw.concurrency._mypyc import describe_compiled, mypyc_attr
 from zeroclaw.concurrency.errors import PoolClosed, QueueFull, TaskCancelled
 
 __all__ = [
@@ -1021,3 +1021,6 @@ class WorkerPool:
     async def _join_workers(self) -> None:
         while pending := self._workers - self._abandoned:
             await asyncio.wait(pending)
+
+
+describe_compiled(__name__)  # docstrings and signatures the compiled build lacks (_mypyc.py)
