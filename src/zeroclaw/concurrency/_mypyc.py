@@ -116,6 +116,9 @@ class _PropertyDoc:
             found = inspect.getattr_static(found, part)
         return found.__doc__  # type: ignore[no-any-return]
 
+    def __set__(self, prop: _SourceProperty, value: object) -> None:
+        """Ignored: ``property.__init__`` writes the compiled getter's empty docstring here."""
+
 
 class _SourceProperty(property):
     """A property whose ``__doc__`` is its getter's in the source (read on first use)."""
