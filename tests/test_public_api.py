@@ -130,8 +130,8 @@ def test_error_tree() -> None:
 def source_module(name: str) -> ModuleType:
     """``name`` as plain Python, loaded from its ``.py`` file even where the build compiled it.
 
-    Compiled (mypyc) callables do not all carry a signature ``inspect`` can read; the source is
-    what they were compiled from.
+    The source is what the contract is written in; tests/test_help_and_signatures.py checks that
+    the compiled build shows the same signatures.
     """
     module = importlib.import_module(name)
     source = pathlib.Path(module.__file__ or "").with_suffix("")
