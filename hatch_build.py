@@ -73,8 +73,9 @@ def _source_index(root: str) -> dict[tuple[str, str | None, str], ast.AST]:
     return index
 
 
-def _add(index: dict[tuple[str, str | None, str], ast.AST], module: str, cls: str | None,
-         node: ast.AST) -> None:  # fmt: skip
+def _add(
+    index: dict[tuple[str, str | None, str], ast.AST], module: str, cls: str | None, node: ast.AST
+) -> None:
     if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
         key = (module, cls, node.name)
         # Overloads and property setters share a name: keep the definition with a docstring.
