@@ -272,7 +272,7 @@ def fp_figures(report: Report) -> None:
 
 async def run(report: Report, quick: bool) -> None:
     rounds = 5 if quick else 15
-    # ~60k ids sit in a 10-minute Slack window at 100 msg/s (research/flow_dedup.md B.4), so the
+    # ~60k ids sit in a 10-minute Slack window at 100 msg/s (Slack retries), so the
     # headline EXACT comparison uses 100k-call streams in both modes.
     n = 100_000
     streams = Streams(n, 4)

@@ -7,7 +7,8 @@ Starts ``zeroclaw serve`` (echo provider, one webhook channel, port 0), lints it
 package) with a config scraping it every second, sends a few webhook messages, waits until
 Prometheus reports the target ``up``, then queries Prometheus's HTTP API for every zeroclaw
 family it stored and prints them. Exits non-zero when the target never comes up or a family of
-DESIGN §4.7 is missing from what Prometheus stored. Not a test: it needs the prometheus binary.
+the metrics table (docs/gateway.md) is missing from what Prometheus stored. Not a test: it
+needs the prometheus binary.
 
 The scrape config it writes is the one to use in production, with your host and port::
 
@@ -157,7 +158,7 @@ async def main(prometheus: str, seconds: float) -> int:
     if missing:
         print(f"missing from Prometheus: {', '.join(missing)}", file=sys.stderr)
         return 1
-    print("every family of DESIGN §4.7 was scraped and stored")
+    print("every family of the metrics table in docs/gateway.md was scraped and stored")
     return 0
 
 

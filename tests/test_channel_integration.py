@@ -1,4 +1,4 @@
-"""MessageProcessor: DESIGN.md section 3.5 and issue 6, bullet by bullet."""
+"""MessageProcessor: docs/channel_integration.md and issue 6, bullet by bullet."""
 
 from __future__ import annotations
 

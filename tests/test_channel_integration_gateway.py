@@ -1,4 +1,4 @@
-"""ConcurrentMessageProcessor: the gateway hooks (GATEWAY_INTERFACES.md section 1) and its stop.
+"""ConcurrentMessageProcessor: the gateway hooks and its stop.
 
 submit() for push channels, wait_started(), the deliver() channel hook, send_timeout, handler=,
 channel_stats(); and the stop paths: stop() before start(), sends that never return, messages

@@ -1,4 +1,4 @@
-"""Example tests for the circuit breaker: one (or more) per bullet of DESIGN §3.4 and issue 5."""
+"""Example tests for the circuit breaker: one (or more) per bullet of its docs and issue 5."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Stateful property test: random allow / success / failure / ignored / cancel / slow / clock
-moves / force_open / force_close / reset against a small reference model of DESIGN §3.4, plus
+moves / force_open / force_close / reset against a small reference model of the breaker docs, plus
 invariants checked independently of it. Manual calls report with their ticket or without it (and
 results with no ``allow_request`` before them, and tickets recorded twice, are tried too).
 
@@ -70,7 +70,7 @@ Ticket = tuple[str, int] | None  # ("closed", period) / ("probe", id); None: rec
 
 @dataclass
 class Model:
-    """DESIGN §3.4 written the plain way: lists, no ring buffer, no tricks."""
+    """docs/circuit_breaker.md's rules written the plain way: lists, no ring buffer, no tricks."""
 
     config: CircuitConfig
     timeout: float

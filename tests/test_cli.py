@@ -1,4 +1,4 @@
-"""The ``zeroclaw`` command (DESIGN §4.2): ``serve``, ``check``, ``init``, ``--version``.
+"""The ``zeroclaw`` command (docs/gateway.md): ``serve``, ``check``, ``init``, ``--version``.
 
 Most cases call :func:`zeroclaw.cli.main` in-process for speed; a few run the real command,
 ``python -m zeroclaw``, in a subprocess.

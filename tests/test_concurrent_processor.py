@@ -1,4 +1,4 @@
-"""ConcurrentMessageProcessor: channels in, provider replies out (DESIGN.md section 3.5)."""
+"""ConcurrentMessageProcessor: channels in, provider replies out (docs/channel_integration.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The gateway's config file (DESIGN §4.3): every problem at once, named by key; presets then
+"""The gateway's config file (docs/gateway.md): every problem at once, named by key; presets then
 fields; environment references; and a reference in docs/gateway.md that matches the loader."""
 
 from __future__ import annotations

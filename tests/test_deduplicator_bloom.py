@@ -23,7 +23,7 @@ def make(
 
 
 def fp_bound(probes: int, p: float) -> float:
-    """M·p + 4 sigma for a Binomial(M, p) count of false positives (research/flow_dedup.md B.7)."""
+    """M·p + 4 sigma for a Binomial(M, p) count of false positives (python-bloomfilter#24)."""
     return probes * p + 4.0 * math.sqrt(probes * p * (1.0 - p))
 
 

@@ -1,4 +1,4 @@
-"""The metrics collector: every family of DESIGN §4.7 from stats() snapshots, parsed back.
+"""The metrics collector: every family of docs/gateway.md's table from stats(), parsed back.
 
 The snapshots come from a real ``MessageProcessor`` (run over a few messages) and real breakers;
 the provider's stats are a frozen dataclass of the shape ``ManagedProvider.stats()`` returns.

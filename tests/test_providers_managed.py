@@ -1,4 +1,4 @@
-"""ManagedProvider: the retry rules, waits and pause of DESIGN §4.6, the adaptive limiter in front,
+"""ManagedProvider: the retry rules, waits and pause (docs/providers.md), the adaptive limiter,
 stats and logging; over real loopback sockets against the fake OpenAI server where HTTP matters.
 
 The backoff sleeps and the rate limiter run on a fake clock, so the waits are exact and instant;
@@ -675,7 +675,7 @@ def scripted_error(outcome: int | str, retry_after: float | None) -> ProviderErr
 def test_attempts_and_waits_follow_the_rule(
     script: list[int | str], max_retries: int, retry_after: float | None, fraction: float
 ) -> None:
-    # The model: walk the script as DESIGN §4.6 says.
+    # The model: walk the script as docs/providers.md says.
     retryable = {"conn", 408, 409, 429, 500, 503}
     expected_at = [0.0]
     expect_success = True

@@ -1,4 +1,4 @@
-"""The public names match DESIGN.md (sections 1-3): code outside this repo imports them."""
+"""The public names are the project's contract: code outside this repo imports them."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ CONTRACT: dict[str, set[str]] = {
 }
 
 
-# Importable from its module; not re-exported from zeroclaw.concurrency (DESIGN.md section 1).
+# Importable from its module; not re-exported from zeroclaw.concurrency (the contract says so).
 CHANNEL_INTEGRATION = {
     "Admission",
     "AdmissionKind",
@@ -130,8 +130,8 @@ def test_error_tree() -> None:
 def source_module(name: str) -> ModuleType:
     """``name`` as plain Python, loaded from its ``.py`` file even where the build compiled it.
 
-    Compiled (mypyc) callables do not all carry a signature ``inspect`` can read; the source is
-    what they were compiled from.
+    The source is what the contract is written in; tests/test_help_and_signatures.py checks that
+    the compiled build shows the same signatures.
     """
     module = importlib.import_module(name)
     source = pathlib.Path(module.__file__ or "").with_suffix("")
@@ -191,7 +191,7 @@ def test_the_build_compiles_the_modules_the_package_lists() -> None:
 
     root = pathlib.Path(__file__).parents[1]
     pyproject = tomllib.loads((root / "pyproject.toml").read_text())
-    hook = pyproject["tool"]["hatch"]["build"]["targets"]["wheel"]["hooks"]["mypyc"]
+    hook = pyproject["tool"]["hatch"]["build"]["targets"]["wheel"]["hooks"]["custom"]
     listed = [
         path.removeprefix("src/").removesuffix(".py").replace("/", ".") for path in hook["include"]
     ]

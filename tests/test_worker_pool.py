@@ -1,4 +1,4 @@
-"""WorkerPool: DESIGN.md §3.1, bullet by bullet."""
+"""WorkerPool: docs/worker_pool.md, bullet by bullet."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ bytes, and refused as soon as the count passes the limit. aiohttp's own ``client
 only refuse after buffering, which is what a 100 MB body must not cause.
 
 A refused admission answers 429 (queue full, rate, overload) or 503 (breaker open, shutting down)
-with ``Retry-After`` in whole seconds, rounded up (DESIGN §4.5).
+with ``Retry-After`` in whole seconds, rounded up (docs/gateway.md).
 """
 
 from __future__ import annotations

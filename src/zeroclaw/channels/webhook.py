@@ -1,4 +1,4 @@
-"""The generic JSON webhook channel (DESIGN §4.5).
+"""The generic JSON webhook channel (docs/gateway.md).
 
 ``POST`` a JSON object ``{"sender", "content", "id"?, "reply_target"?, "thread_id"?, "metadata"?}``
 to the channel's path. Checks, in order: bearer token (401), ``Content-Type: application/json``

@@ -1,4 +1,5 @@
-"""mypyc, which compiles the hot modules of this package: ``mypyc_attr`` and ``compiled_modules``.
+"""mypyc, which compiles the hot modules of this package: ``mypyc_attr``, ``compiled_modules`` and
+``describe_compiled``.
 
 The wheel compiles :data:`COMPILED` with mypyc (``pyproject.toml``). mypyc reads ``mypyc_attr``
 from ``mypy_extensions`` while it compiles (it type-checks with ``TYPE_CHECKING`` true); at run
@@ -10,10 +11,15 @@ would reject the ``else`` branch below as unreachable.
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import inspect
+import pathlib
+import sys
+import types
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-__all__ = ["COMPILED", "compiled_modules", "mypyc_attr"]
+__all__ = ["COMPILED", "compiled_modules", "describe_compiled", "mypyc_attr"]
 
 _T = TypeVar("_T")
 
@@ -47,3 +53,114 @@ def compiled_modules() -> dict[str, str]:
         if not path.endswith(".py"):
             found[name] = path
     return found
+
+
+# What mypyc puts in a plain-Python class's dict in place of its docstring.
+_FILLER_DOC = "mypyc filler docstring"
+_sources: dict[str, types.ModuleType] = {}
+
+
+def _source_module(name: str) -> types.ModuleType:
+    """Module ``name`` run from the ``.py`` file that ships beside its extension (cached)."""
+    if name not in _sources:
+        extension = pathlib.Path(sys.modules[name].__file__ or "")
+        source = extension.with_name(extension.name.split(".")[0] + ".py")
+        spec = importlib.util.spec_from_file_location(f"_source_of_{name}", source)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"no source beside {extension}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up while a class is made
+        try:
+            spec.loader.exec_module(module)
+        finally:
+            del sys.modules[spec.name]
+        _sources[name] = module
+    return _sources[name]
+
+
+class _FromSource:
+    """The ``__doc__`` or ``__signature__`` of ``qualname`` in the source of ``module``, read on
+    first use. ``instances``: served to instances of the owner (a callable object) rather than to
+    the class itself."""
+
+    def __init__(self, module: str, qualname: str, what: str, target: type, instances: bool):
+        self._module, self._qualname, self._what = module, qualname, what
+        self._target, self._instances = target, instances
+        self._value: Any = None
+        self._loaded = False
+
+    def __get__(self, instance: object, owner: type | None = None) -> Any:
+        if self._what == "__signature__":
+            serve = instance is not None if self._instances else instance is None
+            if not serve or (not self._instances and owner is not self._target):
+                return None  # inspect then reads the signature as usual
+        if not self._loaded:
+            found: Any = _source_module(self._module)
+            for part in self._qualname.split("."):
+                found = inspect.getattr_static(found, part)
+            found = getattr(found, "__func__", found)  # a classmethod's or staticmethod's function
+            self._value = found.__doc__ if self._what == "__doc__" else inspect.signature(found)
+            self._loaded = True
+        return self._value
+
+    def __set__(self, instance: object, value: object) -> None:
+        raise AttributeError(f"{self._what} is read-only")
+
+
+class _PropertyDoc:
+    def __get__(self, prop: _SourceProperty | None, owner: type | None = None) -> str | None:
+        if prop is None:
+            return property.__doc__
+        module, qualname = prop.source
+        found: Any = _source_module(module)
+        for part in qualname.split("."):
+            found = inspect.getattr_static(found, part)
+        return found.__doc__  # type: ignore[no-any-return]
+
+    def __set__(self, prop: _SourceProperty, value: object) -> None:
+        """Ignored: ``property.__init__`` writes the compiled getter's empty docstring here."""
+
+
+class _SourceProperty(property):
+    """A property whose ``__doc__`` is its getter's in the source (read on first use)."""
+
+    __doc__ = _PropertyDoc()
+    source: tuple[str, str]
+
+
+def describe_compiled(name: str) -> None:
+    """Serve from the source the docstrings and signatures a compiled module cannot carry in C.
+
+    The build (``hatch_build.py``) writes each docstring and signature into the C of the
+    extension. Three kinds of object are left without: a class whose signature has a default
+    ``inspect`` cannot read from C (a plain ``Enum`` member); a plain-Python class inside a
+    compiled module (an enum, a ``NamedTuple``, a plain dataclass), which mypyc gives a filler
+    docstring; and its methods, which mypyc makes callable objects without a signature. Each of
+    these gets a descriptor (a property: a ``__doc__``) that reads the same name from the ``.py``
+    file beside the extension the first time someone asks. Nothing runs per call. Does nothing
+    to a plain-Python module (nothing there matches), so the modules call it unconditionally,
+    last.
+    """
+    module = sys.modules[name]
+    for public in getattr(module, "__all__", ()):
+        cls = getattr(module, public, None)
+        if not isinstance(cls, type) or cls.__module__ != name:
+            continue
+        init = vars(cls).get("__init__")
+        if isinstance(init, types.WrapperDescriptorType) and cls.__text_signature__ is None:
+            cls.__signature__ = _FromSource(name, public, "__signature__", cls, False)  # type: ignore[attr-defined]
+        if vars(cls).get("__doc__") != _FILLER_DOC:
+            continue
+        cls.__doc__ = _FromSource(name, public, "__doc__", cls, False)  # type: ignore[assignment]
+        for attribute, value in list(vars(cls).items()):
+            function = getattr(value, "__func__", getattr(value, "fget", value))
+            kind = type(function)
+            if kind.__module__ == name and kind.__name__.endswith("_obj"):  # mypyc's callable
+                qualname = f"{public}.{attribute}"
+                if isinstance(value, property):  # it copied the getter's empty docstring
+                    documented = _SourceProperty(value.fget, value.fset, value.fdel)
+                    documented.source = (name, qualname)
+                    setattr(cls, attribute, documented)
+                    continue
+                kind.__doc__ = _FromSource(name, qualname, "__doc__", kind, True)  # type: ignore[assignment]
+                kind.__signature__ = _FromSource(name, qualname, "__signature__", kind, True)

@@ -5,7 +5,7 @@
   barge past a queued waiter (CPython gh-90155 and anyio#947 are the bugs this avoids). A waiter
   cancelled at any point, even after it was granted but before it resumed, gives back what it got.
 * :class:`RateLimiter` is a token bucket kept as one GCRA timestamp (the "theoretical arrival
-  time", as in redis-cell and throttled; see ``research/flow_dedup.md`` A.5.1). Refill is exact
+  time", as in brandur/redis-cell and throttled/throttled rate.go). Refill is exact
   and fractional, waiters sleep exactly as long as needed behind one timer for all of them (the
   fix of aiolimiter#290, without aiolimiter's smallest-request-first heap), and for every window
   of length ``W`` at most ``burst + rate * W`` tokens are granted.
@@ -36,7 +36,7 @@ from zeroclaw.concurrency._limit_rules import (
     LimitMode,
     next_limit,
 )
-from zeroclaw.concurrency._mypyc import mypyc_attr
+from zeroclaw.concurrency._mypyc import describe_compiled, mypyc_attr
 from zeroclaw.concurrency._validate import to_measurement, to_positive_number
 from zeroclaw.concurrency.errors import Rejected
 
@@ -1276,3 +1276,6 @@ class AdaptiveLimiter:
             f"<AdaptiveLimiter {self.name!r} limit={self.current_limit} "
             f"[{self._min}..{self._max}] inflight={self._inflight} {aim}{rate}>"
         )
+
+
+describe_compiled(__name__)  # docstrings and signatures the compiled build lacks (_mypyc.py)

@@ -7,12 +7,12 @@ Each message goes through::
 
 :class:`MessageProcessor` is that pipeline; :class:`ConcurrentMessageProcessor` runs it between
 real channels and an LLM provider. What the Rust original got wrong and this gets right
-(``research/original.md`` §2.10–2.11, §4): ``process_message`` returns as soon as the message is
+(from its own defect list): ``process_message`` returns as soon as the message is
 admitted or refused, never reports success for a failure, never loses a message silently, keys
 dedup on the platform's message id (so a user's second "ok" is answered), and releases the dedup
 claim of a message that was refused or failed (so the platform's redelivery is processed); the
 breaker sees the handler's real outcomes; and messages really run concurrently, one at a time per
-conversation (``research/processing.md`` §5–6: aiogram's per-chat isolation, OpenClaw's lanes).
+conversation (aiogram's per-chat isolation, OpenClaw's lanes).
 
 Lanes: messages of one conversation (by default channel + reply target) run one at a time, in
 arrival order; different conversations run in parallel on the pool; between conversations the pool
@@ -39,7 +39,7 @@ from datetime import timedelta
 from typing import Any, Literal, NamedTuple, cast
 
 from zeroclaw.concurrency._clock import Cancellable, Clock, call_later, resolve_clock
-from zeroclaw.concurrency._mypyc import mypyc_attr
+from zeroclaw.concurrency._mypyc import describe_compiled, mypyc_attr
 from zeroclaw.concurrency._validate import to_positive_number, to_seconds, to_timeout
 from zeroclaw.concurrency.backpressure import Backpressure, BackpressureStats, Permit
 from zeroclaw.concurrency.channels import Channel, ChannelMessage, DeliveringChannel, Provider
@@ -145,6 +145,7 @@ class MessageResult(NamedTuple):
 
     @property
     def ok(self) -> bool:
+        """``True`` when the handler succeeded (``kind`` is ``SUCCESS``)."""
         return self.kind is MessageResultKind.SUCCESS
 
 
@@ -1837,3 +1838,6 @@ def _backoff_bounds(listener_backoff: object) -> tuple[float, float]:
             f"listener_backoff's longest wait ({longest:g}s) is below its first ({first:g}s)"
         )
     return first, longest
+
+
+describe_compiled(__name__)  # docstrings and signatures the compiled build lacks (_mypyc.py)

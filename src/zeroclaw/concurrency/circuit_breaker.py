@@ -17,7 +17,7 @@ A :class:`CircuitBreaker` guards calls to one dependency (an LLM provider, say):
             raise
         breaker.record_success(ticket)
 
-States (DESIGN §3.4):
+States (the contract's breaker section; docs/circuit_breaker.md):
 
 - CLOSED: every call is admitted. It trips to OPEN when ``failure_threshold`` consecutive failures
   have been recorded, or when the window of the last ``window_size`` outcomes holds at least
@@ -31,9 +31,9 @@ States (DESIGN §3.4):
   failure re-opens it and restarts the open timer. A probe that never reports back is reclaimed
   once its deadline (``probe_timeout``, by default ``timeout_duration``) has passed, so a lost probe
   cannot wedge the breaker (resilience4j's ``maxWaitDurationInHalfOpenState``, Polly's one probe
-  per break duration; research/resilience.md §2 item 4).
+  per break duration; resilience4j#903 asked for the deadline).
 
-Outcomes are four-valued (research/resilience.md §2 item 1): success, failure, *ignored* (neither:
+Outcomes are four-valued (as resilience4j's record/ignore): success, failure, *ignored* (neither:
 ``is_failure`` returned ``False``, or the call was cancelled) and, with ``slow_call_duration`` set,
 *slow* (a success that took too long: it counts toward the failure rate, and re-opens a half-open
 breaker, but does not count as a consecutive failure). ``CancelledError`` is never a failure.
@@ -74,7 +74,7 @@ from types import TracebackType
 from typing import Any, Final, ParamSpec, TypeVar
 
 from zeroclaw.concurrency._clock import Clock, resolve_clock
-from zeroclaw.concurrency._mypyc import mypyc_attr
+from zeroclaw.concurrency._mypyc import describe_compiled, mypyc_attr
 from zeroclaw.concurrency._validate import to_count, to_fraction, to_seconds
 from zeroclaw.concurrency.errors import CircuitOpenError
 
@@ -286,7 +286,7 @@ def _next_state(
     window_n: int,
     config: CircuitConfig,
 ) -> CircuitState:
-    """The breaker's transition rule (DESIGN §3.4): the state ``event`` takes ``state`` to.
+    """The breaker's transition rule: the state ``event`` takes ``state`` to.
 
     Every transition of :class:`CircuitBreaker` is decided here, and nowhere else. Pure: a function
     of its arguments only. For an outcome (``_SUCCESS``, ``_FAILURE``, ``_SLOW``, ``_IGNORED``) the
@@ -1171,7 +1171,7 @@ class CircuitBreakerGroup:
             breakers that are CLOSED, have no call in flight and no failure in their window are
             forgotten (forgetting them loses nothing). OPEN and HALF_OPEN breakers, and any with
             failure history, are never evicted: evicting them would let a caller reset a failing
-            dependency's history (research/resilience.md, "Per-key breakers"). If no breaker is
+            dependency's history (resilience4j#650 and #703 asked how). If no breaker is
             evictable, the group goes over the bound rather than evict wrongly; ``evictions`` and
             ``len()`` show it.
         clock: passed to every breaker the group makes.
@@ -1337,3 +1337,6 @@ class CircuitBreakerGroup:
             f"CircuitBreakerGroup(breakers={len(self)}/{self.max_breakers}, "
             f"not_closed={open_}, evictions={self.evictions})"
         )
+
+
+describe_compiled(__name__)  # docstrings and signatures the compiled build lacks (_mypyc.py)

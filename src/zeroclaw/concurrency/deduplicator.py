@@ -19,7 +19,7 @@ Strategies (see ``docs/deduplicator.md`` for the full semantics and the measured
   original's TTL slid on every repeat, so a key re-sent once per TTL was suppressed forever).
 - ``SLIDING_WINDOW``: a key is a duplicate while ``now < last_seen + ttl``; every sighting restarts
   the window and :meth:`Deduplicator.count_in_window` counts the sightings within it.
-- ``BLOOM``: rotating generations of bloom filters (research/flow_dedup.md B.3, B.6: rotate, query
+- ``BLOOM``: rotating generations of bloom filters (the standard sizing math; rotate, query
   every live generation, size each for ``p / generations`` (here with a 0.8 margin), re-salt each
   new generation as Bitcoin Core's ``CRollingBloomFilter`` does). Memory per key does not depend
   on the key's length.
@@ -43,7 +43,7 @@ from hashlib import blake2b, sha256
 from typing import Any, Final
 
 from zeroclaw.concurrency._clock import Clock, resolve_clock
-from zeroclaw.concurrency._mypyc import mypyc_attr
+from zeroclaw.concurrency._mypyc import describe_compiled, mypyc_attr
 from zeroclaw.concurrency._validate import to_count, to_fraction, to_seconds
 
 __all__ = ["DedupKey", "DedupStats", "DedupStrategy", "Deduplicator"]
@@ -317,7 +317,7 @@ class _BloomFilter:
     def __init__(self, capacity: int, p: float, salt: int) -> None:
         self.capacity = capacity
         self.p = p
-        # m = -n·ln p / ln²2 bits and k = log2(1/p) are optimal (research/flow_dedup.md B.3).
+        # m = -n·ln p / ln²2 bits and k = log2(1/p) are optimal (the classic bloom sizing).
         # A floor of 1021 bits keeps tiny filters away from the hash-collision floor; a prime m
         # means steps never share a factor with m, so positions do not cycle early.
         m = _next_prime(max(1021, math.ceil(-capacity * math.log(p) / _LN2_SQ)))
@@ -1019,7 +1019,7 @@ class _Bloom(Deduplicator):
     generation is needed while ``generations`` are live, the oldest is dropped early and its keys
     are counted as evicted: that takes more than ``max_entries`` new keys within one ``ttl``.
     Each generation is sized for ``0.8·p / generations`` so that all of them together stay within
-    ``p`` (research/flow_dedup.md B.3, "rotating generations").
+    ``p`` (the classic bloom sizing, applied per generation).
     """
 
     __slots__ = ("_gen_rate", "_generations", "_gens", "_next_event")
@@ -1241,3 +1241,5 @@ _IMPLEMENTATIONS: Final[dict[DedupStrategy, type[Deduplicator]]] = {
 }
 # Deduplicator.__init__ leaves these alone: Deduplicator.__new__ set them up.
 _SET_UP_BY_NEW: Final = frozenset(_IMPLEMENTATIONS.values())
+
+describe_compiled(__name__)  # docstrings and signatures the compiled build lacks (_mypyc.py)

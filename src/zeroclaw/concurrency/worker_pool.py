@@ -4,7 +4,7 @@
 urgent queued task first (``CRITICAL > HIGH > NORMAL > LOW > BACKGROUND``) and, inside one priority,
 the oldest first. The Rust original this replaces shipped a FIFO queue that ignored priority, put a
 silent 30 s timeout on every task, dropped queued tasks on shutdown and lost a worker for good on
-every panic (``research/original.md``); none of that holds here.
+every panic (the Rust original's defect list); none of that holds here.
 
 Design notes:
 
@@ -15,7 +15,7 @@ Design notes:
   (``handle.cancel()``, its timeout, a shutdown) cancels the worker task and takes the cancellation
   back with ``Task.uncancel()``, the way :func:`asyncio.timeout` does, so the worker survives.
 * A full queue sheds instead of blocking urgent work (after aiojobs' bounded pending queue and
-  Tower's load-shed layer, ``research/processing.md``): a task strictly more urgent than the
+  Tower's load-shed layer): a task strictly more urgent than the
   least urgent queued task evicts the newest of those, which resolves ``REJECTED``.
 * Submitters waiting for room are served most urgent first, then first come first served; a freed
   slot is handed straight to the waiter (no barging by later callers).
@@ -38,7 +38,7 @@ from enum import IntEnum, StrEnum
 from typing import Any, Generic, NamedTuple, SupportsIndex, TypeVar, cast
 
 from zeroclaw.concurrency._clock import Cancellable, Clock, call_later, resolve_clock
-from zeroclaw.concurrency._mypyc import mypyc_attr
+from zeroclaw.concurrency._mypyc import describe_compiled, mypyc_attr
 from zeroclaw.concurrency._validate import to_count, to_seconds, to_timeout
 from zeroclaw.concurrency.errors import PoolClosed, QueueFull, TaskCancelled
 
@@ -1051,3 +1051,6 @@ class WorkerPool:
     async def _join_workers(self) -> None:
         while pending := self._workers - self._abandoned:
             await asyncio.wait(pending)
+
+
+describe_compiled(__name__)  # docstrings and signatures the compiled build lacks (_mypyc.py)

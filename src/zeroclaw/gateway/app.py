@@ -303,7 +303,7 @@ class Gateway:
     # ------------------------------------------------------------------ /status
 
     async def status(self) -> dict[str, Any]:
-        """The ``/status`` document (DESIGN §4.4). Waits for the channels' health checks."""
+        """The ``/status`` document (docs/gateway.md). Waits for the channels' health checks."""
         stats = self.processor.stats()
         nested = ("worker_pool", "backpressure", "circuit_breaker", "deduplicator")
         processor: dict[str, Any] | None = None

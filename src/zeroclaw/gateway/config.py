@@ -58,7 +58,7 @@ __all__ = [
 
 CHANNEL_KINDS: Final = ("webhook", "telegram", "slack", "terminal")
 PROVIDER_KINDS: Final = ("openai", "echo", "simulated")
-QUEUE_MODES_LATER: Final = ("collect", "interrupt")  # DESIGN §3.6, not built yet
+QUEUE_MODES_LATER: Final = ("collect", "interrupt")  # queue modes: not built yet
 # Paths the server answers itself; a channel cannot take them.
 RESERVED_PATHS: Final = ("/healthz", "/metrics", "/status")
 
@@ -616,7 +616,7 @@ SECTIONS: Final[Mapping[str, Section]] = MappingProxyType(
 PROCESSOR_FIELDS_NOT_IN_TOML: Final = frozenset({"circuit_config", "conversation_key", "priority"})
 CIRCUIT_FIELDS_NOT_IN_TOML: Final = frozenset({"is_failure"})
 _TOP_LEVEL: Final = ("gateway", "processor", "provider", "channels")
-# Tables of DESIGN.md this version does not implement: refused with a reason, not "unknown key".
+# Planned tables this version does not implement: refused with a reason, not "unknown key".
 _LATER: Final = {"redis": "scale-out on Redis is not available in this version"}
 
 

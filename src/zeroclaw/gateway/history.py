@@ -3,7 +3,7 @@ conversations (least recently used dropped first).
 
 The caller records an exchange only when the provider answered (a failed call leaves no
 half-exchange behind), and asks :meth:`ConversationHistory.messages_for` for the messages of the
-next call: ``[system?, earlier turns..., user]`` (DESIGN §4.6).
+next call: ``[system?, earlier turns..., user]`` (docs/providers.md).
 """
 
 from __future__ import annotations

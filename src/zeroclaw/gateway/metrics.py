@@ -1,4 +1,4 @@
-"""``/metrics``: every family of DESIGN §4.7, built from ``stats()`` snapshots at scrape time.
+"""``/metrics``: every family of docs/gateway.md's metrics table, from ``stats()`` at scrape time.
 
 :class:`GatewayCollector` is a custom ``prometheus_client`` collector: nothing is incremented in
 the hot path for the primitives' families; each scrape reads the processor's, breakers',

@@ -1,4 +1,4 @@
-"""The gateway's HTTP server (DESIGN §4.4), on aiohttp.
+"""The gateway's HTTP server (docs/gateway.md), on aiohttp.
 
 Routes: ``POST <path>`` for every push channel (default ``/channels/<name>``), ``GET /healthz``
 (200 ``ok`` while serving, 503 ``draining`` once a drain began), ``GET /metrics`` (Prometheus text

@@ -2,8 +2,8 @@
 
 A backend turns a list of messages into one reply and nothing more: no retries, no rate limit, no
 concurrency limit. :class:`zeroclaw.providers.managed.ManagedProvider` adds those around any
-backend. The retry rule of DESIGN §4.6 lives here (:func:`is_retryable`), so a backend marks its
-errors and the wrapper decides by the same rule.
+backend. The retry rule of docs/providers.md lives here (:func:`is_retryable`), so a backend
+marks its errors and the wrapper decides by the same rule.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ __all__ = [
 Role = Literal["system", "user", "assistant"]
 _ROLES = frozenset(("system", "user", "assistant"))
 
-#: The longest ``Retry-After`` honoured, in seconds; a longer one is cut to this (DESIGN §4.6).
+#: The longest ``Retry-After`` honoured, in seconds; a longer one is cut to this.
 MAX_RETRY_AFTER = 60.0
 
 #: HTTP statuses that are retried (with 5xx), unless the body says the quota is exhausted.
@@ -82,7 +82,7 @@ class ErrorClass(enum.StrEnum):
 
 
 def is_retryable(status: int | None, code: str | None) -> bool:
-    """The retry rule of DESIGN §4.6, a pure function.
+    """The retry rule of docs/providers.md, a pure function.
 
     Retried: 408, 409, 429, every status >= 500, and failures with no status (connection errors,
     timeouts) except an invalid response. Not retried: 429 with ``insufficient_quota`` (waiting

@@ -1,5 +1,5 @@
 """ManagedProvider: retries, a provider-wide rate limit and pause, and an adaptive concurrency limit
-around any :class:`~zeroclaw.providers.base.ChatBackend` (DESIGN §4.6).
+around any :class:`~zeroclaw.providers.base.ChatBackend` (docs/providers.md).
 
 Each attempt of a call goes::
 
@@ -229,7 +229,7 @@ class ManagedProvider:
     async def complete(
         self, messages: Sequence[ChatMessage], *, model: str, temperature: float
     ) -> str:
-        """Return the backend's reply to ``messages``, retrying by the rules of DESIGN §4.6.
+        """Return the backend's reply to ``messages``, retrying by the rules of docs/providers.md.
 
         Blocks for the rate limit, a concurrency permit, each attempt and the waits between them.
 
