@@ -5,12 +5,16 @@
   barge past a queued waiter (CPython gh-90155 and anyio#947 are the bugs this avoids). A waiter
   cancelled at any point, even after it was granted but before it resumed, gives back what it got.
 * :class:`RateLimiter` is a token bucket kept as one GCRA timestamp (the "theoretical arrival
-  time", as in redis-cell and throttled; see ``research/flow_dedup.md`` A.5.1). Refill is exact
+  time", as in redis-cell and throttled; research: flow_dedup.md, A.5.1). Refill is exact
   and fractional, waiters sleep exactly as long as needed behind one timer for all of them (the
   fix of aiolimiter#290, without aiolimiter's smallest-request-first heap), and for every window
   of length ``W`` at most ``burst + rate * W`` tokens are granted.
 * :class:`AdaptiveLimiter` moves a concurrency limit towards a latency target and enforces it
   with the same FIFO queue as :class:`Backpressure`; it can be combined with a rate limit.
+
+All three wait in one kind of FIFO queue, :class:`~zeroclaw.concurrency._parking_lot.ParkingLot`
+(modelled on trio's), which holds the rules for order, cancellation and timeouts; the classes here
+only decide what is free. Every argument goes through :mod:`zeroclaw.concurrency._validate`.
 
 Like asyncio's own primitives, an instance belongs to one event loop (one thread). Constructors
 and the synchronous methods (``try_acquire``, ``release``, ``stats``…) work without a running loop.
@@ -25,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from types import TracebackType
+from typing import Final
 
 from zeroclaw.concurrency._clock import Cancellable, Clock, call_later, resolve_clock
 from zeroclaw.concurrency._mypyc import mypyc_attr
@@ -53,7 +58,21 @@ __all__ = [
 # Float slack when comparing times, in seconds: a request is granted when it would have to wait
 # at most this long. Without it a timer that fires exactly at its deadline can find the bucket
 # short by one rounding error and re-arm itself for 0 seconds.
-_EPS = 1e-9
+_EPS: Final = 1e-9
+
+
+def _as_tokens(tokens: object) -> float:
+    """A token count as a float: any ``int`` or ``float`` (range checks come later, where a
+    failure is cheap); TypeError for anything else, a ``bool`` included.
+
+    Written with ``isinstance`` because compiled code turns each into a pointer test (converting
+    a ``float | int`` parameter directly costs mypyc several times as much).
+    """
+    if isinstance(tokens, int) and not isinstance(tokens, bool):
+        return float(tokens)
+    if isinstance(tokens, float):
+        return tokens
+    return to_positive_number(tokens, what="tokens")
 
 
 def _check_limit(value: object, what: str) -> int:
@@ -229,7 +248,8 @@ class Backpressure:
         ``refusal=True``: pass ``False`` when a failure is followed by :meth:`acquire` (which
         counts the attempt) or the caller keeps counts of its own. Never blocks.
         """
-        if self._available >= 1 and self._lot.empty():
+        lot = self._lot
+        if self._available >= 1 and (not lot.waiters or lot.empty()):
             self._available -= 1
             self._total += 1
             return True
@@ -520,10 +540,7 @@ class RateLimiter:
             TypeError: for ``tokens`` that is not a number (a ``bool`` is not).
             ValueError: for ``tokens <= 0`` or not finite.
         """
-        kind = tokens.__class__
-        if kind is not int and kind is not float:
-            tokens = self._check_tokens(tokens)
-        amount: float = tokens
+        amount = _as_tokens(tokens)
         lot = self._lot
         if not lot.waiters or lot.empty():
             now = self._now()
@@ -549,10 +566,7 @@ class RateLimiter:
                 or a negative or NaN ``timeout``.
             TimeoutError: when ``timeout`` seconds pass first (nothing is taken then).
         """
-        kind = tokens.__class__
-        if kind is not int and kind is not float:
-            tokens = self._check_tokens(tokens)
-        amount: float = tokens
+        amount = _as_tokens(tokens)
         seconds = None if timeout is None else to_timeout(timeout)
         if not 0.0 < amount <= self._burst:
             self._check_tokens(amount)
@@ -580,7 +594,7 @@ class RateLimiter:
             TypeError: for ``tokens`` that is not a number (a ``bool`` is not).
             ValueError: for ``tokens <= 0`` or ``tokens > burst``.
         """
-        amount = self._check_tokens(tokens)
+        amount = _as_tokens(tokens)
         if amount > self._burst:
             raise self._too_big(amount)
         _, wait = gcra_decide(
