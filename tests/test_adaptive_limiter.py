@@ -841,3 +841,34 @@ def test_a_latency_that_is_not_a_number_is_a_type_error() -> None:
         permit.release("5")  # type: ignore[arg-type]
     permit.release(5)
     assert limiter.stats().samples == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs"),
+    [
+        ((True, 1, 4, None, 100.0), {}),
+        ((2, 1, True, None, 100.0), {}),
+        ((2, 1, 4, True, 100.0), {}),
+        ((2, 1, 4, None, True), {}),
+        ((2, 1, 4, None, 100.0), {"tolerance": True}),
+        ((2, 1, 4, None, 100.0), {"window_size": True}),
+    ],
+)
+def test_bool_arguments_are_refused_on_both_builds(
+    args: tuple[object, ...], kwargs: dict[str, object]
+) -> None:
+    # Compiled code turns True into 1 at a parameter declared int or float; these are declared
+    # CountArg/NumberArg so the shared check sees the bool.
+    with pytest.raises(TypeError):
+        AdaptiveLimiter(*args, **kwargs)  # type: ignore[arg-type]
+
+
+def test_bool_latency_is_refused_on_both_builds() -> None:
+    limiter = AdaptiveLimiter(2, 1, 4, None, 100.0)
+    with pytest.raises(TypeError):
+        limiter.report_latency(True)
+    permit = limiter.try_acquire()
+    assert permit is not None
+    with pytest.raises(TypeError):
+        permit.release(True)
+    assert limiter.stats().current_limit == 2

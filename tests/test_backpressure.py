@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
+import warnings
 from datetime import timedelta
 
 import pytest
@@ -64,6 +66,8 @@ def test_try_acquire_outside_a_loop_and_stats() -> None:
     assert s.load_percentage == pytest.approx(200 / 3)
     with pytest.raises(AttributeError):
         s.active_count = 0  # type: ignore[misc]
+    p2.release()
+    p3.release()
 
 
 def test_held_duration_reads_the_clock_and_freezes_on_release() -> None:
@@ -353,5 +357,271 @@ def test_random_interleavings_conserve_permits(limit: int, ops: list[tuple[str, 
         assert bp.active_count == 0
         assert bp.available_permits == bp.max_concurrent
         assert bp.waiting_count == 0
+
+    asyncio.run(scenario())
+
+
+# ---------------------------------------------------------------- argument checks
+
+
+async def test_sizes_refuse_bools_and_non_ints_on_every_path() -> None:
+    # The compiled build used to take True as 1 (a C int parameter); both builds refuse it now.
+    for bad in (True, False):
+        with pytest.raises(TypeError, match="max_concurrent must be an int, not bool"):
+            Backpressure(bad)
+    bp = Backpressure(2, name="api")
+    with pytest.raises(TypeError, match="n must be an int, not bool"):
+        await bp.acquire_many(True)
+    with pytest.raises(TypeError, match="max_concurrent must be an int, not bool"):
+        bp.set_limit(True)
+    # Another wrong type is a TypeError too; compiled code words it itself, where it enters.
+    with pytest.raises(TypeError):
+        await bp.acquire_many(1.0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=">= 1"):
+        bp.set_limit(0)
+    assert bp.max_concurrent == 2  # a refused call changes nothing
+    assert bp.available_permits == 2
+    assert bp.stats().total_count == 0
+
+
+async def test_every_blocking_call_validates_its_timeout_even_when_it_would_not_wait() -> None:
+    # The uncontended fast path used to skip the check: acquire(timeout="soon") succeeded.
+    bp = Backpressure(2)
+    for bad, error in (("soon", TypeError), (float("nan"), ValueError), (-1, ValueError)):
+        with pytest.raises(error, match="timeout must be"):
+            await bp.acquire(timeout=bad)  # type: ignore[arg-type]
+        with pytest.raises(error, match="timeout must be"):
+            await bp.acquire_many(2, timeout=bad)  # type: ignore[arg-type]
+    assert bp.available_permits == 2
+    assert bp.stats().total_count == 0
+    permit = await bp.acquire(timeout=float("inf"))  # infinity means no limit
+    permit.release()
+
+
+# ---------------------------------------------------------------- rejected_count
+
+
+async def test_rejected_count_counts_refusals_not_admissions_that_waited() -> None:
+    clock = FakeClock()
+    bp = Backpressure(1, clock=clock)
+    first = await bp.acquire()
+    waited = asyncio.create_task(bp.acquire())
+    timed_out = asyncio.create_task(bp.acquire(timeout=1))
+    await settle()
+    assert bp.try_acquire() is None  # refusal 1
+    await clock.run_for(1)  # refusal 2: the timeout
+    first.release()
+    (await waited).release()
+    with pytest.raises(TimeoutError):
+        await timed_out
+    stats = bp.stats()
+    assert stats.rejected_count == 2
+    assert stats.total_count == 4
+
+
+async def test_processor_admissions_that_wait_for_a_permit_are_not_rejections() -> None:
+    # The processor probes with a try first and then waits: the failed probe was counted as a
+    # refusal (and the admission as two attempts).
+    from zeroclaw.concurrency.channel_integration import (
+        AdmissionKind,
+        ChannelMessage,
+        MessageProcessor,
+        MessageProcessorConfig,
+    )
+
+    clock = FakeClock()
+    config = MessageProcessorConfig(
+        max_concurrent_requests=1,
+        worker_pool_size=1,
+        enable_dedup=False,
+        enable_circuit_breaker=False,
+    )
+    processor = MessageProcessor(config, clock=clock)
+
+    async def handler(message: ChannelMessage) -> str:
+        await clock.sleep(1)
+        return message.content
+
+    def message(i: int) -> ChannelMessage:
+        return ChannelMessage(
+            id=str(i), sender=f"user{i}", content=str(i), channel="test", timestamp=0.0
+        )
+
+    admissions = [
+        asyncio.create_task(processor.process_message("test", message(i), handler))
+        for i in range(3)
+    ]
+    await clock.run_for(5)
+    assert [(await a).kind for a in admissions] == [AdmissionKind.ACCEPTED] * 3
+    await processor.shutdown(timeout=1)
+    stats = processor.stats().backpressure
+    assert stats is not None
+    assert stats.rejected_count == 0
+    assert stats.total_count == 3
+
+
+async def test_processor_refusals_at_capacity_are_counted() -> None:
+    from zeroclaw.concurrency.channel_integration import (
+        AdmissionKind,
+        ChannelMessage,
+        MessageProcessor,
+        MessageProcessorConfig,
+    )
+
+    clock = FakeClock()
+    config = MessageProcessorConfig(
+        max_concurrent_requests=1,
+        worker_pool_size=1,
+        enable_dedup=False,
+        enable_circuit_breaker=False,
+        admission="reject",
+    )
+    processor = MessageProcessor(config, clock=clock)
+
+    async def handler(message: ChannelMessage) -> str:
+        await clock.sleep(1)
+        return message.content
+
+    kinds = []
+    for i in range(3):
+        m = ChannelMessage(id=str(i), sender=f"u{i}", content="x", channel="t", timestamp=0.0)
+        kinds.append((await processor.process_message("t", m, handler)).kind)
+    assert kinds == [AdmissionKind.ACCEPTED, AdmissionKind.REJECTED, AdmissionKind.REJECTED]
+    await clock.run_for(2)
+    await processor.shutdown(timeout=1)
+    stats = processor.stats().backpressure
+    assert stats is not None
+    assert (stats.rejected_count, stats.total_count) == (2, 3)
+
+
+# ---------------------------------------------------------------- a Permit that is dropped
+
+
+def test_a_permit_dropped_without_release_warns_and_is_given_back() -> None:
+    bp = Backpressure(1, name="api")
+    permit = bp.try_acquire()
+    assert permit is not None
+    assert bp.available_permits == 0
+    with pytest.warns(ResourceWarning, match=r"backpressure 'api': a Permit of 1 .*release\(\)"):
+        del permit  # the last reference: collected at once
+    assert bp.available_permits == 1
+    assert bp.active_count == 0
+
+
+def test_a_released_permit_says_nothing_when_collected() -> None:
+    bp = Backpressure(1)
+    permit = bp.try_acquire()
+    assert permit is not None
+    permit.release()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        del permit
+        gc.collect()
+    assert bp.available_permits == 1
+
+
+async def test_a_dropped_permit_held_in_a_cycle_wakes_the_next_waiter() -> None:
+    bp = Backpressure(2, name="llm")
+    holder: list[object] = []
+    holder.append(holder)  # a reference cycle: only the cyclic collector frees it
+    holder.append(await bp.acquire_many(2))
+    waiter = asyncio.create_task(bp.acquire())
+    await settle()
+    assert not waiter.done()
+    del holder
+    assert not waiter.done()  # a cycle waits for the collector
+    with pytest.warns(ResourceWarning, match="'llm': a Permit of 2"):
+        gc.collect()
+    await settle()
+    assert waiter.done()
+    (await waiter).release()
+    assert bp.available_permits == 2
+
+
+# ---------------------------------------------------------------- the waiter queue, as a model
+
+
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    limit=st.integers(1, 4),
+    ops=st.lists(
+        st.tuples(
+            st.sampled_from(["acq", "many", "timed", "try", "release", "cancel", "tick"]),
+            st.integers(0, 50),
+        ),
+        max_size=60,
+    ),
+)
+def test_grants_are_fifo_without_barging_and_nothing_leaks(
+    limit: int, ops: list[tuple[str, int]]
+) -> None:
+    """The queue's rules against a random schedule: waiters are granted in arrival order (an
+    earlier waiter that is still queued is never overtaken), a try_acquire succeeds only when
+    nobody waits, and cancellations and timeouts at any point leave every permit accounted for."""
+
+    async def scenario() -> None:
+        clock = FakeClock()
+        bp = Backpressure(limit, clock=clock)
+        arrivals: list[int] = []  # waiter ids, in arrival order
+        granted: list[int] = []  # waiter ids, in the order they got their permits
+        tasks: dict[int, asyncio.Task[None]] = {}
+        held: list[Permit] = []
+
+        cancel_requested: set[int] = set()
+
+        async def waiter(i: int, n: int, timeout: float | None) -> None:
+            permit = await bp.acquire_many(n, timeout=timeout)
+            # Waiters resume in grant order, and a waiter that timed out resumes before the
+            # grant its expiry made: an earlier waiter still pending now was overtaken.
+            overtaken = [
+                e for e in arrivals[:i] if not tasks[e].done() and e not in cancel_requested
+            ]
+            assert not overtaken, (i, overtaken)
+            granted.append(i)
+            held.append(permit)
+
+        for op, arg in ops:
+            if op in ("acq", "many", "timed"):
+                i = len(arrivals)
+                n = 1 if op == "acq" else 1 + arg % limit
+                timeout = 0.5 + arg % 3 if op == "timed" else None
+                arrivals.append(i)
+                tasks[i] = asyncio.create_task(waiter(i, n, timeout))
+                # It takes its place now: waiters then resume in the order they were granted.
+                await settle()
+            elif op == "try":
+                nobody_waits = bp.waiting_count == 0
+                permit = bp.try_acquire()
+                if permit is not None:
+                    assert nobody_waits
+                    held.append(permit)
+            elif op == "release" and held:
+                held.pop(arg % len(held)).release()
+            elif op == "cancel" and tasks:
+                cancel_requested.add(arg % len(tasks))
+                tasks[arg % len(tasks)].cancel()
+            else:
+                await clock.run_for(0.5)
+            # Granted permits count as held before their waiter resumes.
+            assert bp.active_count >= sum(p.permits for p in held if not p.released)
+            assert bp.available_permits + bp.active_count >= bp.max_concurrent
+        await settle()
+        # Everyone granted has resumed: each held permit belongs to exactly one Permit.
+        assert bp.active_count == sum(p.permits for p in held if not p.released)
+        # FIFO: the granted waiters, in grant order, appear in arrival order.
+        assert granted == sorted(granted)
+        for permit in held:
+            permit.release()
+        for task in tasks.values():
+            task.cancel()
+        await asyncio.gather(*tasks.values(), return_exceptions=True)
+        for permit in held:
+            permit.release()
+        assert bp.active_count == 0
+        assert bp.available_permits == limit
+        assert bp.waiting_count == 0
+        assert clock.pending_timers == 0
 
     asyncio.run(scenario())

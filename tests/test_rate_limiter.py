@@ -304,3 +304,128 @@ def test_no_window_grants_more_than_burst_plus_rate_times_w(
         assert limiter.stats().granted_tokens == pytest.approx(sum(t for _, t in grants))
 
     asyncio.run(scenario())
+
+
+# ---------------------------------------------------------------- argument checks
+
+
+def test_rates_whose_inverse_overflows_are_refused() -> None:
+    # 1 / 1e-309 is inf: the bucket never refilled (or, as a tolerance, never limited).
+    with pytest.raises(ValueError, match="too small"):
+        RateLimiter(1e-309)
+    with pytest.raises(ValueError, match="burst / rate must be finite"):
+        RateLimiter(1e-300, 1e300)
+    with pytest.raises(TypeError, match="rate must be a number, not bool"):
+        RateLimiter(True)
+    with pytest.raises(TypeError):  # compiled code words it itself, where it enters
+        RateLimiter(1, "2")  # type: ignore[arg-type]
+
+
+async def test_tokens_and_timeouts_are_checked_on_every_path() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(10, 10, clock=clock)
+    # The uncontended fast path used to skip the timeout check, and True passed for 1 token.
+    with pytest.raises(TypeError, match="timeout must be seconds"):
+        await limiter.acquire(timeout="soon")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="timeout must be >= 0"):
+        await limiter.acquire(timeout=float("nan"))
+    for call in (limiter.try_acquire, limiter.retry_after):
+        with pytest.raises(TypeError, match="tokens must be a number, not bool"):
+            call(True)
+    with pytest.raises(TypeError, match="tokens must be a number, not bool"):
+        await limiter.acquire(True)
+    for bad in (0, -1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="tokens must be a finite number > 0"):
+            limiter.try_acquire(bad)
+    assert limiter.available_tokens == 10  # nothing was taken
+    assert limiter.stats().total_count == 0
+    with pytest.raises(ValueError, match="pause must be finite"):
+        limiter.pause(float("inf"))
+    with pytest.raises(TypeError, match="pause must be seconds"):
+        limiter.pause("1")  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- one rule
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rate=st.sampled_from([0.5, 3.0, 10.0]),
+    burst=st.sampled_from([1, 2.5, 5]),
+    steps=st.lists(
+        st.tuples(st.floats(0, 2), st.sampled_from([0.25, 0.5, 1, 2, 5]), st.booleans()),
+        max_size=30,
+    ),
+)
+def test_available_tokens_retry_after_and_try_acquire_agree(
+    rate: float, burst: float, steps: list[tuple[float, float, bool]]
+) -> None:
+    """They read the one GCRA rule: ``try_acquire(t)`` succeeds iff ``t <= available_tokens``
+    (up to float slack), and ``retry_after(t)`` is 0 exactly then; after a failed try, waiting
+    ``retry_after(t)`` is enough."""
+    clock = FakeClock()
+    limiter = RateLimiter(rate, burst, clock=clock)
+    for gap, tokens, pause in steps:
+        clock.advance(gap)
+        if pause:
+            limiter.pause(gap)
+        if tokens > burst:
+            continue
+        available = limiter.available_tokens
+        wait = limiter.retry_after(tokens)
+        ok = limiter.try_acquire(tokens)
+        if abs(available - tokens) > 1e-6:
+            assert ok == (tokens < available)
+        assert (wait <= 1e-6) == ok or abs(available - tokens) <= 1e-6
+        if not ok:
+            clock.advance(wait)
+            assert limiter.try_acquire(tokens)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    burst=st.sampled_from([1, 3]),
+    arrivals=st.lists(
+        st.tuples(
+            st.floats(0, 1),
+            st.sampled_from(["acquire", "timed", "cancel", "cancel_after_grant"]),
+            st.integers(1, 3),
+        ),
+        max_size=30,
+    ),
+)
+def test_waiters_are_granted_in_arrival_order_and_cancellation_leaks_nothing(
+    burst: int, arrivals: list[tuple[float, str, int]]
+) -> None:
+    async def scenario() -> None:
+        clock = FakeClock()
+        limiter = RateLimiter(2.0, burst, clock=clock)
+        granted: list[int] = []
+        tasks: list[asyncio.Task[None]] = []
+
+        async def acquire(i: int, tokens: float, timeout: float | None) -> None:
+            await limiter.acquire(tokens, timeout=timeout)
+            granted.append(i)
+
+        for i, (gap, kind, tokens) in enumerate(arrivals):
+            await clock.run_for(gap)
+            tokens = min(tokens, burst)
+            task = asyncio.create_task(acquire(i, tokens, 0.7 if kind == "timed" else None))
+            tasks.append(task)
+            await settle()
+            if kind == "cancel":
+                task.cancel()
+            elif kind == "cancel_after_grant":
+                # granted by a timer, cancelled before it resumes: the tokens must come back
+                clock.call_later(gap, task.cancel)
+        await clock.run_for(1000)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        assert granted == sorted(granted)  # FIFO
+        stats = limiter.stats()
+        assert stats.waiting_count == 0
+        assert stats.granted_count == len(granted)
+        assert stats.total_count == len(tasks)
+        assert stats.granted_count + stats.rejected_count + stats.cancelled_count == len(tasks)
+        assert clock.pending_timers == 0
+
+    asyncio.run(scenario())

@@ -26,6 +26,7 @@ _T = TypeVar("_T")
 # What pyproject.toml's mypyc hook compiles (the per-message and per-call paths).
 COMPILED = (
     "zeroclaw.concurrency.worker_pool",
+    "zeroclaw.concurrency._parking_lot",
     "zeroclaw.concurrency.backpressure",
     "zeroclaw.concurrency.circuit_breaker",
     "zeroclaw.concurrency.channel_integration",

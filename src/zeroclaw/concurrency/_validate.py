@@ -13,8 +13,11 @@ from __future__ import annotations
 import math
 import operator
 from datetime import timedelta
+from typing import TypeAlias
 
 __all__ = [
+    "CountArg",
+    "NumberArg",
     "to_count",
     "to_fraction",
     "to_measurement",
@@ -22,6 +25,13 @@ __all__ = [
     "to_seconds",
     "to_timeout",
 ]
+
+# Parameter annotations for compiled modules. To a type checker ``CountArg`` is exactly ``int``
+# and ``NumberArg`` exactly ``float`` (``bool`` is an ``int``, an ``int`` passes for a ``float``).
+# To mypyc a union is an object: a parameter declared plain ``int`` or ``float`` is converted to
+# a C number on entry, which turns ``True`` into ``1`` before a check here could refuse it.
+CountArg: TypeAlias = "int | bool"
+NumberArg: TypeAlias = "float | int"
 
 
 def _real(value: object, what: str, expected: str) -> float:

@@ -13,6 +13,10 @@
   mode, towards a tolerance over the provider's learned no-load latency) and enforces it with
   the same FIFO queue as :class:`Backpressure`; it can be combined with a rate limit.
 
+All three wait in one kind of FIFO queue, :class:`~zeroclaw.concurrency._parking_lot.ParkingLot`
+(modelled on trio's), which holds the rules for order, cancellation and timeouts; the classes here
+only decide what is free. Every argument goes through :mod:`zeroclaw.concurrency._validate`.
+
 Like asyncio's own primitives, an instance belongs to one event loop (one thread). Constructors
 and the synchronous methods (``try_acquire``, ``release``, ``stats``…) work without a running loop.
 """
@@ -21,13 +25,14 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections import deque
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from types import TracebackType
+from typing import Final
 
-from zeroclaw.concurrency._clock import Cancellable, Clock, call_later, resolve_clock, to_seconds
+from zeroclaw.concurrency._clock import Cancellable, Clock, call_later, resolve_clock
 from zeroclaw.concurrency._limit_rules import (
     DEFAULT_TOLERANCE,
     DROP_BACKOFF,
@@ -37,7 +42,16 @@ from zeroclaw.concurrency._limit_rules import (
     next_limit,
 )
 from zeroclaw.concurrency._mypyc import describe_compiled, mypyc_attr
-from zeroclaw.concurrency._validate import to_measurement, to_positive_number
+from zeroclaw.concurrency._parking_lot import ParkingLot
+from zeroclaw.concurrency._validate import (
+    CountArg,
+    NumberArg,
+    to_count,
+    to_measurement,
+    to_positive_number,
+    to_seconds,
+    to_timeout,
+)
 from zeroclaw.concurrency.errors import Rejected
 
 __all__ = [
@@ -52,24 +66,29 @@ __all__ = [
     "RateLimiterStats",
 ]
 
-# A waiter in a FIFO queue: its future (result: the grant time) and what it asked for.
-_Waiter = tuple["asyncio.Future[float]", float]
+# Float slack when comparing times, in seconds: a request is granted when it would have to wait
+# at most this long. Without it a timer that fires exactly at its deadline can find the bucket
+# short by one rounding error and re-arm itself for 0 seconds.
+_EPS: Final = 1e-9
 
-# Float slack when comparing times, in seconds. Without it a timer that fires exactly at its
-# deadline can find the bucket short by one rounding error and re-arm itself for 0 seconds.
-_EPS = 1e-9
+
+def _as_tokens(tokens: object) -> float:
+    """A token count as a float: any ``int`` or ``float`` (range checks come later, where a
+    failure is cheap); TypeError for anything else, a ``bool`` included.
+
+    Written with ``isinstance`` because compiled code turns each into a pointer test (converting
+    a ``float | int`` parameter directly costs mypyc several times as much).
+    """
+    if isinstance(tokens, int) and not isinstance(tokens, bool):
+        return float(tokens)
+    if isinstance(tokens, float):
+        return tokens
+    return to_positive_number(tokens, what="tokens")
 
 
 def _check_limit(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{what} must be >= 1, got {value}")
-    return value
-
-
-def _timeout_seconds(timeout: float | timedelta | None) -> float | None:
-    return None if timeout is None else to_seconds(timeout, what="timeout")
+    """A permit count: an ``int`` >= 1 (never a ``bool``); TypeError / ValueError otherwise."""
+    return to_count(value, what=what, minimum=1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -98,7 +117,10 @@ class BackpressureStats:
 class Permit:
     """Permits held from a :class:`Backpressure`; give them back with :meth:`release`.
 
-    Usable as ``with permit:`` and ``async with permit:`` (both release on exit).
+    Usable as ``with permit:`` and ``async with permit:`` (both release on exit). A permit that
+    is garbage-collected unreleased is given back then, with a :class:`ResourceWarning` naming
+    its limiter (shown with ``python -X dev`` or ``-W default``): a leak is repaired and said,
+    never silent.
     """
 
     __slots__ = ("_acquired_at", "_owner", "_released_at", "permits")
@@ -111,13 +133,10 @@ class Permit:
 
     def release(self) -> None:
         """Give the permits back; wake the first waiter that now fits. Idempotent, non-blocking."""
-        if self._released_at is not None:
-            return
-        owner = self._owner
-        self._released_at = owner._now()
-        owner._available += self.permits
-        if owner._waiters:
-            owner._wake()
+        if self._released_at is None:
+            owner = self._owner
+            self._released_at = owner._now()
+            owner._give_back(self.permits)
 
     @property
     def released(self) -> bool:
@@ -144,6 +163,21 @@ class Permit:
     async def __aexit__(self, *exc: object) -> None:
         self.release()
 
+    def __del__(self) -> None:
+        # mypyc compiles __del__ into the type's tp_finalize, so both builds run this.
+        if self._released_at is None:
+            try:
+                self.release()
+            finally:
+                warnings.warn(
+                    f"backpressure {self._owner.name!r}: a Permit of {self.permits} was "
+                    "garbage-collected without release() and was given back then; release it "
+                    "(or use `with permit:`) so that it is not held until the collector runs",
+                    ResourceWarning,
+                    source=self,
+                    stacklevel=1,
+                )
+
     def __repr__(self) -> str:
         state = "released" if self.released else "held"
         return (
@@ -157,33 +191,35 @@ class Backpressure:
     """A fair (FIFO, no barging) counting semaphore with timeouts, stats and a resizable limit.
 
     ``Backpressure(max_concurrent, *, name="backpressure", clock=None)``. ``clock`` is only read
-    for :attr:`Permit.held_duration` and drives ``timeout=``.
+    for :attr:`Permit.held_duration` and drives ``timeout=``. Waiters wait in a
+    :class:`~zeroclaw.concurrency._parking_lot.ParkingLot`, which holds the FIFO, cancellation and
+    timeout rules; this class decides only how many permits are free.
 
     Raises:
-        TypeError / ValueError: unless ``max_concurrent`` is an int >= 1.
+        TypeError / ValueError: unless ``max_concurrent`` is an int >= 1 (not a ``bool``).
     """
 
     __slots__ = (
         "_available",
         "_clock",
         "_limit",
+        "_lot",
         "_now",
         "_rejected",
         "_total",
-        "_waiters",
         "name",
     )
 
     def __init__(
-        self, max_concurrent: int, *, name: str = "backpressure", clock: Clock | None = None
+        self, max_concurrent: CountArg, *, name: str = "backpressure", clock: Clock | None = None
     ) -> None:
         self._limit = _check_limit(max_concurrent, "max_concurrent")
         # available = limit - held; negative while a shrunk limit drains.
         self._available = self._limit
         self._clock = resolve_clock(clock)
         self._now: Callable[[], float] = self._clock.now
-        self._waiters: deque[_Waiter] = deque()
-        self._rejected = 0
+        self._lot = ParkingLot()
+        self._rejected = 0  # failed try_acquire calls; timeouts are counted by the lot
         self._total = 0
         self.name = name
 
@@ -207,7 +243,7 @@ class Backpressure:
     @property
     def waiting_count(self) -> int:
         """Waiters queued (not counting cancelled or timed-out ones)."""
-        return sum(1 for fut, _ in self._waiters if not fut.done())
+        return self._lot.live_count()
 
     # -- acquiring ----------------------------------------------------------------------------
 
@@ -215,21 +251,30 @@ class Backpressure:
         """Take one permit now if one is free and nobody waits; otherwise ``None``. Never blocks."""
         return Permit(self, 1, self._now()) if self._try_take() else None
 
-    def _try_take(self) -> bool:
-        """:meth:`try_acquire` without the :class:`Permit`: for package code that gives the permit
-        back with :meth:`_give_back` (the message processor's per-message path). Never blocks."""
-        self._total += 1
-        if self._available >= 1 and (not self._waiters or self._no_live_waiters()):
+    def _try_take(self, refusal: bool = True) -> bool:
+        """:meth:`try_acquire` without the :class:`Permit`, for package code that gives the
+        permit back with :meth:`_give_back` (the message processor, :class:`AdaptiveLimiter`).
+
+        A success counts as an attempt. A failure counts as an attempt and a refusal only with
+        ``refusal=True``: pass ``False`` when a failure is followed by :meth:`acquire` (which
+        counts the attempt) or the caller keeps counts of its own. Never blocks.
+        """
+        lot = self._lot
+        if self._available >= 1 and (not lot.waiters or lot.empty()):
             self._available -= 1
+            self._total += 1
             return True
-        self._rejected += 1
+        if refusal:
+            self._total += 1
+            self._rejected += 1
         return False
 
-    def _give_back(self) -> None:
-        """Return one permit taken by :meth:`_try_take`. Never blocks."""
-        self._available += 1
-        if self._waiters:
-            self._wake()
+    def _give_back(self, n: int = 1) -> None:
+        """Return ``n`` permits (taken by :meth:`_try_take` or held by a Permit); wake the
+        waiters that now fit. Never blocks."""
+        self._available += n
+        if self._lot.waiters:
+            self._grant()
 
     async def acquire(self, *, timeout: float | timedelta | None = None) -> Permit:
         """Wait for one permit (FIFO) and return it.
@@ -237,44 +282,52 @@ class Backpressure:
         Blocks until a permit is free and every earlier waiter has been served.
 
         Raises:
+            TypeError / ValueError: for a ``timeout`` that is not seconds >= 0 (or a timedelta).
             TimeoutError: when ``timeout`` seconds pass first (nothing is held then).
         """
+        seconds = None if timeout is None else to_timeout(timeout)
         self._total += 1
-        if self._available >= 1 and not self._waiters:
+        if self._available >= 1 and not self._lot.waiters:
             self._available -= 1
         else:
-            await self._wait(1, timeout)
+            await self._lot.park(self, 1, seconds, self._clock)
         return Permit(self, 1, self._now())
 
-    async def acquire_many(self, n: int, *, timeout: float | timedelta | None = None) -> Permit:
+    async def acquire_many(
+        self, n: CountArg, *, timeout: float | timedelta | None = None
+    ) -> Permit:
         """Wait for ``n`` permits at once (FIFO) and return them as one :class:`Permit`.
 
         A large request at the head of the queue holds back later small ones (no barging), so it
         cannot starve.
 
         Raises:
+            TypeError: if ``n`` is not an ``int`` (a ``bool`` is not), or ``timeout`` is not
+                seconds (or a timedelta).
             ValueError: if ``n < 1`` or ``n > max_concurrent`` (also when the limit is later
-                shrunk below ``n`` while this call waits).
+                shrunk below ``n`` while this call waits), or ``timeout`` is negative or NaN.
             TimeoutError: when ``timeout`` seconds pass first.
         """
-        _check_limit(n, "n")
-        if n > self._limit:
+        count = _check_limit(n, "n")
+        seconds = to_timeout(timeout)
+        if count > self._limit:
             raise ValueError(
-                f"backpressure {self.name!r}: cannot acquire {n} permits, limit is {self._limit}"
+                f"backpressure {self.name!r}: cannot acquire {count} permits, limit is "
+                f"{self._limit}"
             )
         self._total += 1
-        if self._available >= n and not self._waiters:
-            self._available -= n
-            return Permit(self, n, self._now())
-        await self._wait(n, timeout)
-        return Permit(self, n, self._now())
+        if self._available >= count and not self._lot.waiters:
+            self._available -= count
+        else:
+            await self._lot.park(self, count, seconds, self._clock)
+        return Permit(self, count, self._now())
 
     async def __aenter__(self) -> None:
         self._total += 1
-        if self._available >= 1 and not self._waiters:
+        if self._available >= 1 and not self._lot.waiters:
             self._available -= 1
-            return
-        await self._wait(1, None)
+        else:
+            await self._lot.park(self, 1, None, self._clock)
 
     async def __aexit__(
         self,
@@ -282,87 +335,53 @@ class Backpressure:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._give_back()
+        self._give_back(1)
 
-    def set_limit(self, max_concurrent: int) -> None:
+    def set_limit(self, max_concurrent: CountArg) -> None:
         """Change the limit now. Never blocks.
 
         Growing wakes waiters that now fit. Shrinking takes nothing away from holders: new
         acquires wait until enough held permits have been released. Waiters that asked for more
         than the new limit fail with ``ValueError``.
+
+        Raises:
+            TypeError / ValueError: unless ``max_concurrent`` is an int >= 1 (not a ``bool``).
         """
         new = _check_limit(max_concurrent, "max_concurrent")
         self._available += new - self._limit
         self._limit = new
-        for fut, n in self._waiters:
-            if n > new and not fut.done():
-                fut.set_exception(
-                    ValueError(
-                        f"backpressure {self.name!r}: limit shrunk to {new}, "
-                        f"below the {n:g} permits requested"
-                    )
-                )
-        self._wake()
+        self._lot.fail_over(new, self._shrunk_below)
+        self._grant()
 
-    # -- internals ----------------------------------------------------------------------------
+    # -- the waiter queue: what the ParkingLot asks of its owner ------------------------------
 
-    def _no_live_waiters(self) -> bool:
-        waiters = self._waiters
-        while waiters and waiters[0][0].done():
-            waiters.popleft()
-        return not waiters
-
-    def _wake(self) -> None:
-        """Grant queued requests, in order, while the head fits."""
-        waiters = self._waiters
-        while waiters:
-            fut, n = waiters[0]
-            if fut.done():  # cancelled or timed out; its accounting is done already
-                waiters.popleft()
-                continue
-            if n > self._available:
-                return
-            waiters.popleft()
-            self._available -= int(n)
-            fut.set_result(0.0)
-
-    async def _wait(self, n: int, timeout: float | timedelta | None) -> None:
-        """Queue for ``n`` permits; return once they are ours (already counted as held)."""
-        seconds = _timeout_seconds(timeout)
-        if self._no_live_waiters() and self._available >= n:
+    async def _wait(self, n: int, seconds: float | None) -> None:
+        """Take ``n`` permits, waiting in line if they are not free now; ``seconds`` is the
+        validated timeout. Returns once they are ours (already counted as held), for package
+        code that counts its own attempts (:class:`AdaptiveLimiter`)."""
+        if self._available >= n and not self._lot.waiters:
             self._available -= n
-            return
-        if seconds is not None and seconds <= 0:
-            self._rejected += 1
-            raise TimeoutError(f"backpressure {self.name!r}: no permit free (timeout 0)")
-        fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-        self._waiters.append((fut, n))
-        timer: Cancellable | None = None
-        if seconds is not None:
-            timer = call_later(self._clock, seconds, lambda: self._expire(fut, seconds))
-        try:
-            await fut
-        except BaseException:
-            if fut.cancelled():
-                # Cancelled while queued: we may have been the head holding others back.
-                self._wake()
-            elif fut.exception() is None:
-                # Granted, then cancelled before we resumed: hand the permits on.
-                self._available += n
-                self._wake()
-            raise
-        finally:
-            if timer is not None:
-                timer.cancel()
+        else:
+            await self._lot.park(self, n, seconds, self._clock)
 
-    def _expire(self, fut: asyncio.Future[float], seconds: float) -> None:
-        if fut.done():
-            return
-        self._rejected += 1
-        fut.set_exception(
-            TimeoutError(f"backpressure {self.name!r}: no permit within {seconds:g}s")
+    def _grant(self) -> None:
+        """Grant queued requests, in order, while the head fits."""
+        if self._available > 0:
+            self._available -= int(self._lot.unpark_within(self._available))
+
+    def _undo_grant(self, amount: float, granted_at: float) -> None:
+        self._available += int(amount)
+
+    def _timeout_error(self, amount: float, seconds: float) -> TimeoutError:
+        if seconds <= 0.0:
+            return TimeoutError(f"backpressure {self.name!r}: no permit free (timeout 0)")
+        return TimeoutError(f"backpressure {self.name!r}: no permit within {seconds:g}s")
+
+    def _shrunk_below(self, amount: float) -> ValueError:
+        return ValueError(
+            f"backpressure {self.name!r}: limit shrunk to {self._limit}, "
+            f"below the {amount:g} permits requested"
         )
-        self._wake()
 
     def stats(self) -> BackpressureStats:
         """A snapshot of the counters. Never blocks."""
@@ -372,7 +391,7 @@ class Backpressure:
             available_permits=self.available_permits,
             active_count=active,
             waiting_count=self.waiting_count,
-            rejected_count=self._rejected,
+            rejected_count=self._rejected + self._lot.timed_out,
             total_count=self._total,
             load_percentage=min(100.0, active * 100.0 / self._limit),
         )
@@ -392,15 +411,17 @@ class Backpressure:
 def gcra_decide(
     tat: float, now: float, tokens: float, interval: float, tolerance: float
 ) -> tuple[float, float]:
-    """One GCRA decision, a pure function. Returns ``(new_tat, wait)``.
+    """The token-bucket rule (GCRA), a pure function. Returns ``(new_tat, wait)``.
 
     ``tat`` is the theoretical arrival time (the bucket is full when ``tat <= now``), ``interval``
     the seconds per token, ``tolerance`` ``burst * interval``. The request for ``tokens`` may be
     granted now iff ``wait <= 0`` (the caller then stores ``new_tat``); otherwise ``wait`` is the
     number of seconds until it could be, if nothing else is granted in between.
+    :class:`RateLimiter` asks nothing else: ``wait`` for a full burst gives the tokens missing
+    from the bucket, and a pause is a full burst taken when it ends.
     """
     new_tat = (tat if tat > now else now) + tokens * interval
-    return new_tat, new_tat - tolerance - now
+    return new_tat, (new_tat - now) - tolerance
 
 
 @dataclass(frozen=True, slots=True)
@@ -431,22 +452,26 @@ class RateLimiter:
     """A token bucket: ``rate`` tokens per second, capacity ``burst``, starts full.
 
     ``RateLimiter(rate, burst=None, *, clock=None, name="rate_limiter")``; ``burst`` defaults to
-    ``max(1, ceil(rate))``. Stored as one GCRA timestamp, so refill is exact and fractional.
-    Waiters are served first in, first out (a large weighted request at the head holds back small
-    ones, so it cannot starve) and sleep exactly until their tokens are there, behind a single
-    timer. For every window of length ``W``, at most ``burst + rate * W`` tokens are granted.
+    ``max(1, ceil(rate))``. Stored as one GCRA timestamp, so refill is exact and fractional; every
+    decision is :func:`gcra_decide`. Waiters are served first in, first out from a
+    :class:`~zeroclaw.concurrency._parking_lot.ParkingLot` (a large weighted request at the head
+    holds back small ones, so it cannot starve) and sleep exactly until their tokens are there,
+    behind a single timer. For every window of length ``W``, at most ``burst + rate * W`` tokens
+    are granted.
 
     Raises:
-        ValueError: unless ``rate`` and ``burst`` are finite and > 0.
+        TypeError: unless ``rate`` and ``burst`` are numbers (a ``bool`` is not).
+        ValueError: unless they are finite and > 0, with ``1 / rate`` and ``burst / rate``
+            finite (``RateLimiter(1e-309)`` would otherwise never refill, or never limit).
     """
 
     __slots__ = (
         "_burst",
-        "_cancelled",
         "_clock",
         "_extra_tokens",
         "_granted",
         "_interval",
+        "_lot",
         "_now",
         "_paused_until",
         "_rate",
@@ -455,42 +480,38 @@ class RateLimiter:
         "_timer",
         "_timer_at",
         "_tolerance",
-        "_waiters",
         "name",
     )
 
     def __init__(
         self,
-        rate: float,
-        burst: float | None = None,
+        rate: NumberArg,
+        burst: NumberArg | None = None,
         *,
         clock: Clock | None = None,
         name: str = "rate_limiter",
     ) -> None:
-        if not (isinstance(rate, int | float) and math.isfinite(rate) and rate > 0):
-            raise ValueError(f"rate must be a finite number > 0, got {rate!r}")
-        if burst is None:
-            burst = max(1, math.ceil(rate))
-        if not (isinstance(burst, int | float) and math.isfinite(burst) and burst > 0):
-            raise ValueError(f"burst must be a finite number > 0, got {burst!r}")
-        self._rate = float(rate)
-        self._burst = float(burst)
+        self._rate = to_positive_number(rate, what="rate")
+        self._burst = to_positive_number(
+            max(1, math.ceil(self._rate)) if burst is None else burst, what="burst"
+        )
         self._interval = 1.0 / self._rate
-        # Slack folded into the tolerance so the hot path makes one comparison.
-        self._tolerance = self._burst * self._interval + _EPS
+        self._tolerance = self._burst * self._interval
+        if not math.isfinite(self._tolerance):
+            raise ValueError(
+                f"burst / rate must be finite, got burst={self._burst!r}, rate={self._rate!r}"
+            )
         self._tat = -math.inf
         self._paused_until = -math.inf
         self._clock = resolve_clock(clock)
         self._now: Callable[[], float] = self._clock.now
-        self._waiters: deque[_Waiter] = deque()
+        self._lot = ParkingLot()
         self._timer: Cancellable | None = None
         self._timer_at = math.inf
         self._granted = 0
         # granted_tokens = _granted + _extra_tokens: a grant of one token (the usual) adds no float.
         self._extra_tokens = 0.0
-        self._rejected = 0
-        # total_count = granted + rejected + cancelled + waiting, so the hot paths count once.
-        self._cancelled = 0
+        self._rejected = 0  # failed try_acquire calls; timeouts are counted by the lot
         self.name = name
 
     @property
@@ -506,66 +527,68 @@ class RateLimiter:
     @property
     def available_tokens(self) -> float:
         """Tokens in the bucket now (fractional; 0 during a pause). Never blocks."""
-        owed = self._tat - self._now()
-        if owed <= 0:
+        # The wait for a full burst, in tokens, is what the bucket lacks.
+        _, wait = gcra_decide(self._tat, self._now(), self._burst, self._interval, self._tolerance)
+        if wait <= _EPS:
             return self._burst
-        return max(0.0, self._burst - owed * self._rate)
+        return max(0.0, self._burst - wait * self._rate)
 
-    def _check_tokens(self, tokens: float) -> None:
-        if not (isinstance(tokens, int | float) and tokens > 0 and math.isfinite(tokens)):
-            raise ValueError(f"tokens must be a finite number > 0, got {tokens!r}")
+    def _check_tokens(self, tokens: object) -> float:
+        """``tokens`` as a float > 0, or TypeError (not a number, or a ``bool``) / ValueError."""
+        return to_positive_number(tokens, what="tokens")
 
     def _too_big(self, tokens: float) -> ValueError:
         return ValueError(
             f"rate limiter {self.name!r}: {tokens:g} tokens exceed the burst of {self._burst:g}"
         )
 
-    def try_acquire(self, tokens: float = 1) -> bool:
+    def try_acquire(self, tokens: NumberArg = 1) -> bool:
         """Take ``tokens`` now if the bucket has them and nobody waits. Never blocks.
 
         Returns ``False`` (and takes nothing) otherwise, including for ``tokens > burst``.
 
         Raises:
-            ValueError: for ``tokens <= 0``.
+            TypeError: for ``tokens`` that is not a number (a ``bool`` is not).
+            ValueError: for ``tokens <= 0`` or not finite.
         """
-        # Hot path: no validation up front; ``tokens > burst`` fails the tolerance test anyway.
-        if not self._waiters or self._no_live_waiters():
+        amount = _as_tokens(tokens)
+        lot = self._lot
+        if not lot.waiters or lot.empty():
             now = self._now()
-            tat = self._tat
-            new_tat = (tat if tat > now else now) + tokens * self._interval
-            if new_tat - now <= self._tolerance and tokens > 0:
-                self._tat = new_tat
-                self._granted += 1
-                if tokens != 1:
-                    self._extra_tokens += tokens - 1
+            new_tat, wait = gcra_decide(self._tat, now, amount, self._interval, self._tolerance)
+            if wait <= _EPS and amount > 0.0:
+                self._take(new_tat, amount)
                 return True
-        self._check_tokens(tokens)
+        self._check_tokens(amount)  # a refusal, unless the request itself is invalid
         self._rejected += 1
         return False
 
-    async def acquire(self, tokens: float = 1, *, timeout: float | timedelta | None = None) -> None:
+    async def acquire(
+        self, tokens: NumberArg = 1, *, timeout: float | timedelta | None = None
+    ) -> None:
         """Wait until ``tokens`` can be taken (FIFO), then take them.
 
         Blocks for exactly as long as the bucket needs to refill (no polling).
 
         Raises:
-            ValueError: for ``tokens <= 0`` or ``tokens > burst`` (it could never be granted).
+            TypeError: for ``tokens`` that is not a number (a ``bool`` is not), or a
+                ``timeout`` that is not seconds (or a timedelta).
+            ValueError: for ``tokens <= 0`` or ``tokens > burst`` (it could never be granted),
+                or a negative or NaN ``timeout``.
             TimeoutError: when ``timeout`` seconds pass first (nothing is taken then).
         """
-        if not 0 < tokens <= self._burst:
-            self._check_tokens(tokens)
-            raise self._too_big(tokens)
-        if not self._waiters:
+        amount = _as_tokens(tokens)
+        seconds = None if timeout is None else to_timeout(timeout)
+        if not 0.0 < amount <= self._burst:
+            self._check_tokens(amount)
+            raise self._too_big(amount)
+        if not self._lot.waiters:
             now = self._now()
-            tat = self._tat
-            new_tat = (tat if tat > now else now) + tokens * self._interval
-            if new_tat - now <= self._tolerance:
-                self._tat = new_tat
-                self._granted += 1
-                if tokens != 1:
-                    self._extra_tokens += tokens - 1
+            new_tat, wait = gcra_decide(self._tat, now, amount, self._interval, self._tolerance)
+            if wait <= _EPS:
+                self._take(new_tat, amount)
                 return
-        await self._wait(tokens, timeout)
+        await self._lot.park(self, amount, seconds, self._clock)
 
     async def __aenter__(self) -> None:
         await self.acquire()
@@ -573,20 +596,24 @@ class RateLimiter:
     async def __aexit__(self, *exc: object) -> None:
         return None
 
-    def retry_after(self, tokens: float = 1) -> float:
+    def retry_after(self, tokens: NumberArg = 1) -> float:
         """Seconds until ``tokens`` could be granted, after the requests already queued.
 
         0.0 means now. Never blocks.
 
         Raises:
+            TypeError: for ``tokens`` that is not a number (a ``bool`` is not).
             ValueError: for ``tokens <= 0`` or ``tokens > burst``.
         """
-        self._check_tokens(tokens)
-        if tokens > self._burst:
-            raise self._too_big(tokens)
-        queued = sum(n for fut, n in self._waiters if not fut.done())
+        amount = _as_tokens(tokens)
+        if amount > self._burst:
+            raise self._too_big(amount)
         _, wait = gcra_decide(
-            self._tat, self._now(), queued + tokens, self._interval, self._tolerance - _EPS
+            self._tat,
+            self._now(),
+            self._lot.live_amount() + amount,
+            self._interval,
+            self._tolerance,
         )
         return max(0.0, wait)
 
@@ -595,105 +622,76 @@ class RateLimiter:
 
         When the pause ends the bucket is empty and refills from that moment. A pause never
         shortens an earlier, longer one.
+
+        Raises:
+            TypeError: unless ``seconds`` is a number of seconds or a timedelta.
+            ValueError: for a negative, NaN or infinite ``seconds``.
         """
-        delay = to_seconds(seconds, what="pause")
-        now = self._now()
-        self._paused_until = max(self._paused_until, now + delay)
-        empty_at = now + delay + self._tolerance - _EPS
+        delay = to_seconds(seconds, what="pause", allow_infinite=False)
+        end = self._now() + delay
+        self._paused_until = max(self._paused_until, end)
+        # An empty bucket at the end of the pause: the state after a full burst taken then.
+        empty_at, _ = gcra_decide(end, end, self._burst, self._interval, self._tolerance)
         if empty_at > self._tat:
             self._tat = empty_at
-        if self._waiters:
-            self._drain()
+        if self._lot.waiters:
+            self._grant()
 
-    # -- internals ----------------------------------------------------------------------------
+    # -- the waiter queue: what the ParkingLot asks of its owner ------------------------------
 
-    def _no_live_waiters(self) -> bool:
-        waiters = self._waiters
-        while waiters and waiters[0][0].done():
-            waiters.popleft()
-        return not waiters
+    def _take(self, new_tat: float, tokens: float) -> None:
+        """Record a grant that :func:`gcra_decide` allowed."""
+        self._tat = new_tat
+        self._granted += 1
+        if tokens != 1.0:
+            self._extra_tokens += tokens - 1.0
 
-    async def _wait(self, tokens: float, timeout: float | timedelta | None) -> None:
-        seconds = _timeout_seconds(timeout)
-        fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-        self._waiters.append((fut, tokens))
-        self._drain()
-        if fut.done():  # granted at once (the queue ahead was empty or all dead)
-            return
-        if seconds is not None and seconds <= 0:
-            fut.cancel()  # not counted as a cancellation: it is a rejection
-            self._rejected += 1
-            self._drain()
-            raise TimeoutError(f"rate limiter {self.name!r}: {tokens:g} tokens not available now")
-        timer: Cancellable | None = None
-        if seconds is not None:
-            timer = call_later(self._clock, seconds, lambda: self._expire(fut, tokens, seconds))
-        try:
-            await fut
-        except BaseException:
-            if fut.cancelled():
-                self._cancelled += 1
-            elif fut.exception() is None:
-                self._give_back(tokens, fut.result())
-            self._drain()
-            raise
-        finally:
-            if timer is not None:
-                timer.cancel()
+    def _grant(self) -> None:
+        """Grant queued requests in order while the bucket has their tokens; arm the timer."""
+        lot = self._lot
+        now = self._now()
+        head = lot.first()
+        while head is not None:
+            tokens = head[1]
+            new_tat, wait = gcra_decide(self._tat, now, tokens, self._interval, self._tolerance)
+            if wait > _EPS:
+                # Armed half the slack early: when it fires the grant passes despite rounding,
+                # and a timer that fires on time never finds the bucket short and re-arms for ~0.
+                self._arm(now, wait - _EPS / 2)
+                return
+            self._take(new_tat, tokens)
+            lot.unpark_first(now)
+            head = lot.first()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+            self._timer_at = math.inf
 
-    def _give_back(self, tokens: float, granted_at: float) -> None:
-        """Undo a grant whose waiter was cancelled before it resumed.
+    def _undo_grant(self, amount: float, granted_at: float) -> None:
+        """Take back a grant whose waiter was cancelled before it resumed.
 
         The credit shrinks by what the bucket refilled since the grant: the bucket may have
         overflowed in that time without the grant, and crediting the full amount could then break
         ``burst + rate * W``.
         """
         now = self._now()
-        credit = tokens - (now - granted_at) * self._rate
+        credit = amount - (now - granted_at) * self._rate
         self._granted -= 1
-        self._extra_tokens -= tokens - 1
-        self._cancelled += 1
+        self._extra_tokens -= amount - 1.0
         if credit > 0:
             self._tat = max(self._tat - credit * self._interval, now)
 
-    def _expire(self, fut: asyncio.Future[float], tokens: float, seconds: float) -> None:
-        if fut.done():
-            return
-        self._rejected += 1
-        fut.set_exception(
-            TimeoutError(
-                f"rate limiter {self.name!r}: {tokens:g} tokens not available within {seconds:g}s"
-            )
+    def _timeout_error(self, amount: float, seconds: float) -> TimeoutError:
+        if seconds <= 0.0:
+            return TimeoutError(f"rate limiter {self.name!r}: {amount:g} tokens not available now")
+        return TimeoutError(
+            f"rate limiter {self.name!r}: {amount:g} tokens not available within {seconds:g}s"
         )
-        self._drain()
 
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = math.inf
-        self._drain()
-
-    def _drain(self) -> None:
-        """Grant queued requests in order while the bucket has their tokens; arm the timer."""
-        waiters = self._waiters
-        now = self._now()
-        while waiters:
-            fut, tokens = waiters[0]
-            if fut.done():
-                waiters.popleft()
-                continue
-            new_tat, wait = gcra_decide(self._tat, now, tokens, self._interval, self._tolerance)
-            if wait > 0:
-                self._arm(now, wait)
-                return
-            waiters.popleft()
-            self._tat = new_tat
-            self._granted += 1
-            self._extra_tokens += tokens - 1
-            fut.set_result(now)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-            self._timer_at = math.inf
+        self._grant()
 
     def _arm(self, now: float, wait: float) -> None:
         deadline = now + wait
@@ -706,7 +704,9 @@ class RateLimiter:
 
     def stats(self) -> RateLimiterStats:
         """A snapshot of the counters. Never blocks."""
-        waiting = sum(1 for fut, _ in self._waiters if not fut.done())
+        lot = self._lot
+        waiting = lot.live_count()
+        rejected = self._rejected + lot.timed_out
         return RateLimiterStats(
             rate=self._rate,
             burst=self._burst,
@@ -714,17 +714,16 @@ class RateLimiter:
             waiting_count=waiting,
             granted_count=self._granted,
             granted_tokens=self._granted + self._extra_tokens,
-            rejected_count=self._rejected,
-            cancelled_count=self._cancelled,
-            total_count=self._granted + self._rejected + self._cancelled + waiting,
+            rejected_count=rejected,
+            cancelled_count=lot.cancelled,
+            total_count=self._granted + rejected + lot.cancelled + waiting,
             paused_for=max(0.0, self._paused_until - self._now()),
         )
 
     def __repr__(self) -> str:
         return (
             f"<RateLimiter {self.name!r} rate={self._rate:g}/s burst={self._burst:g} "
-            f"available={self.available_tokens:.2f} "
-            f"waiting={sum(1 for fut, _ in self._waiters if not fut.done())}>"
+            f"available={self.available_tokens:.2f} waiting={self._lot.live_count()}>"
         )
 
 
@@ -798,7 +797,7 @@ class AdaptivePermit:
         return end - self._started_at
 
     def release(
-        self, latency_ms: float | None = None, *, dropped: bool = False, ignore: bool = False
+        self, latency_ms: NumberArg | None = None, *, dropped: bool = False, ignore: bool = False
     ) -> None:
         """Give the permit back and report the outcome. Idempotent; never blocks.
 
@@ -978,19 +977,19 @@ class AdaptiveLimiter:
 
     def __init__(
         self,
-        initial: int,
-        min_limit: int,
-        max_limit: int,
-        rate_per_sec: float | None,
-        target_latency_ms: float | None,
+        initial: CountArg,
+        min_limit: CountArg,
+        max_limit: CountArg,
+        rate_per_sec: NumberArg | None,
+        target_latency_ms: NumberArg | None,
         *,
         clock: Clock | None = None,
         name: str = "adaptive_limiter",
-        window_size: int = 20,
-        burst: float | None = None,
+        window_size: CountArg = 20,
+        burst: NumberArg | None = None,
         is_drop: Callable[[BaseException], bool] | None = None,
         mode: LimitMode | str = LimitMode.TARGET,
-        tolerance: float = DEFAULT_TOLERANCE,
+        tolerance: NumberArg = DEFAULT_TOLERANCE,
     ) -> None:
         for value, what in (
             (initial, "initial"),
@@ -1061,50 +1060,44 @@ class AdaptiveLimiter:
         """
         self._total += 1
         bp = self._bp
-        if bp._available < 1 or (bp._waiters and not bp._no_live_waiters()):
+        if not bp._try_take(False):
             self._window_saturated = True
             self._rejected += 1
             return None
         if self._rate is not None and not self._rate.try_acquire():
+            bp._give_back(1)
             self._rejected += 1
             return None
-        bp._available -= 1
         return self._grant()
 
     async def acquire(self, *, timeout: float | timedelta | None = None) -> AdaptivePermit:
         """Wait (FIFO) for a concurrency permit, then for a rate token, and return the permit.
 
         Raises:
+            TypeError / ValueError: for a ``timeout`` that is not seconds >= 0 (or a timedelta).
             TimeoutError: when ``timeout`` seconds pass first (nothing is held then).
         """
         self._total += 1
-        bp = self._bp
-        if self._rate is None and timeout is None and bp._available >= 1 and not bp._waiters:
-            bp._available -= 1  # the common uncontended case, inlined
-            return self._grant()
-        return await self._acquire_slow(_timeout_seconds(timeout))
+        if self._rate is None and timeout is None and self._bp._try_take(False):
+            return self._grant()  # the common uncontended case
+        return await self._acquire_slow(to_timeout(timeout))
 
     async def _acquire_slow(self, seconds: float | None) -> AdaptivePermit:
         bp = self._bp
-        if bp._available < 1 or bp._waiters:
-            self._window_saturated = True
         start = self._now()
-        try:
-            if bp._available >= 1 and bp._no_live_waiters():
-                bp._available -= 1
-            else:
+        if not bp._try_take(False):
+            self._window_saturated = True
+            try:
                 await bp._wait(1, seconds)
-        except TimeoutError:
-            self._rejected += 1
-            raise
+            except TimeoutError:
+                self._rejected += 1
+                raise
         if self._rate is not None:
             try:
                 left = None if seconds is None else max(0.0, seconds - (self._now() - start))
                 await self._rate.acquire(1, timeout=left)
             except BaseException as exc:
-                bp._available += 1
-                if bp._waiters:
-                    bp._wake()
+                bp._give_back(1)
                 if isinstance(exc, TimeoutError):
                     self._rejected += 1
                 raise
@@ -1134,7 +1127,7 @@ class AdaptiveLimiter:
         else:
             self._finish_with(permit, exc)
 
-    def report_latency(self, latency_ms: float) -> None:
+    def report_latency(self, latency_ms: NumberArg) -> None:
         """Feed a latency sample not tied to a permit (counts for the current limit).
 
         Raises:
@@ -1142,7 +1135,7 @@ class AdaptiveLimiter:
         """
         self._sample(_latency_ms(latency_ms))
 
-    def set_target_latency(self, target_latency_ms: float | None) -> None:
+    def set_target_latency(self, target_latency_ms: NumberArg | None) -> None:
         """Change the latency target (gradient mode: the floor; ``None`` removes it) from the
         next window on.
 
@@ -1187,10 +1180,7 @@ class AdaptiveLimiter:
             self._sample(latency_ms)
         # The slot goes back only after the decision: handed to a waiter first, it would run
         # over a limit this release just lowered, stamped with the new generation.
-        bp = self._bp
-        bp._available += 1
-        if bp._waiters:
-            bp._wake()
+        self._bp._give_back(1)
 
     def _sample(self, latency_ms: float) -> None:
         self._samples += 1

@@ -794,7 +794,8 @@ class MessageProcessor:
         permit: Permit | bool = False
         backpressure = self._backpressure
         if backpressure is not None:
-            if backpressure._try_take():
+            # A failed try is a refusal only if it refuses; otherwise acquire() counts the attempt.
+            if backpressure._try_take(self._reject_at_capacity):
                 permit = True
             elif self._reject_at_capacity:
                 self._undo_admission(dedup_key, False, ticket)
