@@ -1206,7 +1206,9 @@ class CircuitBreakerGroup:
         self,
         default_config: CircuitConfig | None = None,
         *,
-        max_breakers: int = 10_000,
+        # ``int | bool`` is ``int`` to a type checker; to mypyc it is an object, so a ``True`` gets
+        # as far as the check (a plain ``int`` parameter would turn it into 1 on entry).
+        max_breakers: int | bool = 10_000,
         clock: Clock | None = None,
     ) -> None:
         self._default = CircuitConfig() if default_config is None else default_config
