@@ -1359,7 +1359,9 @@ class ConcurrentMessageProcessor:
         temperature: float = 0.7,
         notices: Notices | None = None,
         drain_timeout: float | timedelta = 30.0,
-        listener_backoff: tuple[float, float] = (1.0, 60.0),
+        # Sequence, not tuple[float, float]: a compiled build would check (and convert) a native
+        # tuple's items itself, with its own wording, before _backoff_bounds could.
+        listener_backoff: Sequence[float] = (1.0, 60.0),
         handle_signals: bool = True,
         send_timeout: float | timedelta | None = 30.0,
         handler: Handler | None = None,
