@@ -805,10 +805,7 @@ class MessageProcessor:
                 try:
                     permit = await backpressure.acquire()
                 except BaseException:
-                    self._admitting -= 1
-                    self._undo_admission(dedup_key, False, ticket)
-                    if self.closing:  # a shutdown may be waiting for this admission to end
-                        self._check_drained()
+                    self._abandon_wait(dedup_key, ticket)
                     raise
                 self._admitting -= 1
                 # The property, not _closing: mypy would keep the narrowing from the top across
@@ -889,10 +886,7 @@ class MessageProcessor:
                         self._wake_result_room()  # pass the room it was given to the next one
                     raise
         except BaseException:
-            self._admitting -= 1
-            self._undo_admission(dedup_key, False, ticket)
-            if self._closing:  # a shutdown may be waiting for this admission to end
-                self._check_drained()
+            self._abandon_wait(dedup_key, ticket)
             raise
         self._admitting -= 1
         if self._closing:
@@ -909,6 +903,16 @@ class MessageProcessor:
             if not waiter.done():
                 waiter.set_result(None)
                 return
+
+    def _abandon_wait(self, dedup_key: DedupKey | str | None, ticket: CallTicket | None) -> None:
+        """An admission that waited was cancelled or failed: undo it.
+
+        A shutdown may be waiting for this admission to end, so the drain check runs again.
+        """
+        self._admitting -= 1
+        self._undo_admission(dedup_key, False, ticket)
+        if self._closing:
+            self._check_drained()
 
     def _refuse_after_wait(
         self, dedup_key: DedupKey | str | None, permit: Permit | bool, ticket: CallTicket | None

@@ -139,6 +139,17 @@ def _discard(awaitable: object) -> None:
         awaitable.close()
 
 
+#: The fields of :class:`CircuitConfig` that are counts (ints >= 1); the gateway's config loader
+#: reads this list too, so a new count field is checked and documented in one place.
+COUNT_FIELDS: Final = (
+    "failure_threshold",
+    "success_threshold",
+    "window_size",
+    "min_calls",
+    "half_open_max_calls",
+)
+
+
 # A plain Python class, not a compiled one: a compiled int field would store True as 1 before the
 # validation could refuse it.
 @mypyc_attr(native_class=False)
@@ -187,13 +198,7 @@ class CircuitConfig:
         # with the same words; values are stored converted (int counts, float rates and seconds).
         # getattr, not self.<field>: compiled code reads an int field as an int, True as 1.
         set_ = object.__setattr__
-        for name in (
-            "failure_threshold",
-            "success_threshold",
-            "window_size",
-            "min_calls",
-            "half_open_max_calls",
-        ):
+        for name in COUNT_FIELDS:
             set_(self, name, to_count(getattr(self, name), what=name, minimum=1))
         if self.min_calls > self.window_size:
             raise ValueError(

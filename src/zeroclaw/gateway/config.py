@@ -40,6 +40,7 @@ from typing import Any, Final
 
 from zeroclaw.concurrency._validate import to_fraction
 from zeroclaw.concurrency.channel_integration import MessageProcessorConfig
+from zeroclaw.concurrency.circuit_breaker import COUNT_FIELDS as CIRCUIT_COUNT_FIELDS
 from zeroclaw.concurrency.circuit_breaker import CircuitConfig
 
 __all__ = [
@@ -484,13 +485,7 @@ SECTIONS: Final[Mapping[str, Section]] = MappingProxyType(
                 Key("preset", "string", _string(choices=("fast_fail", "lenient", "strict"))),
                 *(
                     _core_key(name, "integer", _integer(), _CIRCUIT_DEFAULTS)
-                    for name in (
-                        "failure_threshold",
-                        "success_threshold",
-                        "window_size",
-                        "min_calls",
-                        "half_open_max_calls",
-                    )
+                    for name in CIRCUIT_COUNT_FIELDS
                 ),
                 _core_key("timeout_duration", "seconds", _finite, _CIRCUIT_DEFAULTS),
                 _core_key("failure_rate_threshold", "number", _finite, _CIRCUIT_DEFAULTS),
