@@ -6,8 +6,8 @@ What is run, and why:
   (``sys.executable``, so on the build under test) with a timeout; it must exit 0 and write
   nothing to stderr (no traceback, warning or "coroutine was never awaited"). When a ```text
   block follows it directly, that block is what the program prints, and stdout must match it.
-- A ```bash block is never run here: each one installs, builds or benchmarks, which takes
-  minutes and the network. Each is checked with ``bash -n`` and must carry the marker
+- A ```bash block is never run here: each one installs, builds or benchmarks (minutes and the
+  network), or starts and talks to a gateway (the end-to-end tests do that over real sockets). Each is checked with ``bash -n`` and must carry the marker
   :data:`NOT_RUN` on the line above it, with the reason; ``.ci/run`` runs the README's install and
   test commands itself (checked below). The markers stay rare (:data:`MAX_NOT_RUN`).
 - A ```text block is output or a diagram, not code. Every fence names its language.
@@ -30,10 +30,10 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 NOT_RUN = "<!-- not run by tests/test_docs.py:"
 # Installs, benchmarks, and shell sessions against a running gateway (whose behaviour the
 # end-to-end tests check over real sockets).
-MAX_NOT_RUN = 12
-# toml and json blocks are data, not programs: the config docs' examples are loaded by
-# tests/test_config.py, and a json block shows a body or a reply.
-LANGUAGES = {"python", "bash", "text", "toml", "json"}
+MAX_NOT_RUN = 16
+# toml, json and yaml blocks are data, not programs: the config docs' examples are loaded by
+# tests/test_config.py, a json block shows a body or a reply, a yaml one a Prometheus job.
+LANGUAGES = {"python", "bash", "text", "toml", "json", "yaml"}
 TIMEOUT = 60.0
 
 _FENCE = re.compile(r"^```(\S*)\s*$")

@@ -36,13 +36,14 @@ class RecordingIntake:
     admission: Admission = field(default_factory=lambda: Admission(AdmissionKind.ACCEPTED))
     submitted: list[ChannelMessage] = field(default_factory=list)
     finished_results: list[tuple[str, MessageResultKind]] = field(default_factory=list)
+    ignored_messages: list[tuple[str, str, str]] = field(default_factory=list)
 
     async def submit(self, channel: Channel, message: ChannelMessage) -> Admission:
         self.submitted.append(message)
         return self.admission
 
     def ignored(self, channel: str, message: ChannelMessage, reason: str) -> None:
-        raise AssertionError("the terminal never ignores its user")
+        self.ignored_messages.append((channel, message.content, reason))
 
     def finished(self, message: ChannelMessage, result: MessageResult) -> None:
         self.finished_results.append((message.id, result.kind))
@@ -74,6 +75,7 @@ async def test_each_line_is_a_message_and_eof_ends_listen(pipe: tuple[int, int])
     assert {m.sender for m in intake.submitted} == {SENDER}
     assert {m.channel for m in intake.submitted} == {"term"}
     assert len({m.id for m in intake.submitted}) == 3
+    assert intake.ignored_messages == []
     assert await channel.health_check() is False
 
 
@@ -121,6 +123,37 @@ async def test_replies_and_refusals_are_printed(pipe: tuple[int, int]) -> None:
         (message.id, MessageResultKind.SUCCESS),
         (message.id, MessageResultKind.CANCELLED),
     ]
+
+
+async def test_allowed_users_that_leave_out_the_terminal_are_honoured(
+    pipe: tuple[int, int],
+) -> None:
+    # `allowed_users = []` on [channels.terminal] was accepted (check showed "(none)") and then
+    # every line was answered anyway: a setting silently ignored.
+    read_fd, write_fd = pipe
+    out = io.StringIO()
+    intake = RecordingIntake()
+    context = ChannelContext(intake=intake, stdin_fd=read_fd, stdout=out)
+    channel = build_channel(Spec("terminal", "terminal", allowed_users=()), context)
+    os.write(write_fd, b"hello\n")
+    os.close(write_fd)
+    await asyncio.wait_for(channel.listen(asyncio.Queue()), 10)
+    assert intake.submitted == []
+    assert intake.ignored_messages == [("terminal", "hello", "sender not allowed")]
+    assert out.getvalue() == "[not processed: sender 'terminal' is not in allowed_users]\n"
+
+
+async def test_allowed_users_naming_the_terminal_let_it_through(pipe: tuple[int, int]) -> None:
+    read_fd, write_fd = pipe
+    intake = RecordingIntake()
+    channel = TerminalChannel(
+        intake=intake, stdin_fd=read_fd, stdout=io.StringIO(), allowed_users=(SENDER,)
+    )
+    os.write(write_fd, b"hello\n")
+    os.close(write_fd)
+    await asyncio.wait_for(channel.listen(asyncio.Queue()), 10)
+    assert [m.content for m in intake.submitted] == ["hello"]
+    assert intake.ignored_messages == []
 
 
 # ---------------------------------------------------------------------------- the registry

@@ -7,7 +7,9 @@ it with stdout), and a thread still parked in ``read`` neither holds a buffer lo
 process from exiting. End of input ends :meth:`TerminalChannel.listen`; the gateway then answers
 what it has and exits once every channel has ended.
 
-Empty lines are skipped. Refusals are printed as a notice (``busy, try again in N s``).
+Empty lines are skipped. Refusals are printed as a notice (``busy, try again in N s``). Every
+line's sender is ``terminal``: an ``allowed_users`` that leaves it out (``[]``) is honoured like
+any channel's (each line is logged as ignored and a notice says why), never silently dropped.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import threading
 import time
 from typing import TextIO
 
-from zeroclaw.channels.base import ChannelContext, ChannelSpec, Intake
+from zeroclaw.channels.base import ChannelContext, ChannelSpec, Intake, allows
 from zeroclaw.concurrency.channel_integration import (
     AdmissionKind,
     ChannelMessage,
@@ -47,6 +49,8 @@ class TerminalChannel:
         stdin_fd: the descriptor lines are read from.
         stdout: where replies are written.
         encoding: of the input bytes (undecodable bytes are replaced).
+        allowed_users: senders allowed (the sender is always ``terminal``); ``None`` or ``"*"``
+            allows it, ``()`` denies it: then no line is processed.
     """
 
     kind = "terminal"
@@ -59,8 +63,10 @@ class TerminalChannel:
         stdin_fd: int = 0,
         stdout: TextIO | None = None,
         encoding: str = "utf-8",
+        allowed_users: tuple[str, ...] | None = None,
     ) -> None:
         self._name = name
+        self._allowed = allowed_users
         self._intake = intake
         self._fd = stdin_fd
         self._out = stdout if stdout is not None else sys.stdout
@@ -104,6 +110,13 @@ class TerminalChannel:
                 channel=self._name,
                 timestamp=time.time(),
             )
+            if not allows(self._allowed, SENDER):
+                if self._intake is not None:
+                    self._intake.ignored(self._name, message, "sender not allowed")
+                else:
+                    _logger.info("terminal %r: line ignored: sender not allowed", self._name)
+                self._print(f"[not processed: sender {SENDER!r} is not in allowed_users]")
+                continue
             if self._intake is None:
                 await queue.put(message)
                 continue
@@ -176,5 +189,9 @@ class TerminalChannel:
 def build(spec: ChannelSpec, context: ChannelContext) -> TerminalChannel:
     """Build a terminal channel from its settings (the channel registry calls this)."""
     return TerminalChannel(
-        spec.name, intake=context.intake, stdin_fd=context.stdin_fd, stdout=context.stdout
+        spec.name,
+        intake=context.intake,
+        stdin_fd=context.stdin_fd,
+        stdout=context.stdout,
+        allowed_users=spec.allowed_users,
     )

@@ -18,6 +18,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from zeroclaw.concurrency._mypyc import describe_compiled
+
 __all__ = [
     "DEFAULT_TOLERANCE",
     "DROP_BACKOFF",
@@ -165,3 +167,6 @@ def next_limit(
             return min(float(max_limit), max(float(min_limit), limit)), None, None
         aim = gradient_target(baseline.latency_ms, tolerance, target_latency_ms)
     return adaptive_next_limit(limit, mean_ms, aim, used, min_limit, max_limit), baseline, aim
+
+
+describe_compiled(__name__)  # docstrings and signatures the compiled build lacks (_mypyc.py)

@@ -50,7 +50,7 @@ def compiled_modules() -> dict[str, str]:
     """
     found = {}
     for name in COMPILED:
-        path = importlib.import_module(name).__file__ or ""
+        path = _loaded_from(importlib.import_module(name))
         if not path.endswith(".py"):
             found[name] = path
     return found
@@ -61,10 +61,29 @@ _FILLER_DOC = "mypyc filler docstring"
 _sources: dict[str, types.ModuleType] = {}
 
 
+def _loaded_from(module: types.ModuleType) -> str:
+    """The file Python really imported ``module`` from.
+
+    A compiled module imported by another compiled module of its group can report, in both
+    ``__file__`` and its spec, the site-packages folder its build was meant for, where no file is
+    (seen in an editable install). Its package is plain Python and knows where it is, so the
+    file is looked up there: the extension beside the package's ``__init__.py``, else the source.
+    """
+    package, _, leaf = module.__name__.rpartition(".")
+    reported = pathlib.Path(module.__file__ or "")
+    if reported.exists() or not package:
+        return str(reported)
+    folder = pathlib.Path(sys.modules[package].__file__ or "").parent
+    for candidate in sorted(folder.glob(f"{leaf}.*")):
+        if candidate.suffix in {".so", ".pyd"}:
+            return str(candidate)
+    return str(folder / f"{leaf}.py")
+
+
 def _source_module(name: str) -> types.ModuleType:
     """Module ``name`` run from the ``.py`` file that ships beside its extension (cached)."""
     if name not in _sources:
-        extension = pathlib.Path(sys.modules[name].__file__ or "")
+        extension = pathlib.Path(_loaded_from(sys.modules[name]))
         source = extension.with_name(extension.name.split(".")[0] + ".py")
         spec = importlib.util.spec_from_file_location(f"_source_of_{name}", source)
         if spec is None or spec.loader is None:

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from zeroclaw.concurrency._clock import Cancellable, Clock, call_later
+from zeroclaw.concurrency._mypyc import describe_compiled
 
 __all__ = ["LotOwner", "ParkingLot", "Waiter"]
 
@@ -184,3 +185,6 @@ class ParkingLot:
 
     def __repr__(self) -> str:
         return f"<ParkingLot waiting={self.live_count()}>"
+
+
+describe_compiled(__name__)  # docstrings and signatures the compiled build lacks (_mypyc.py)

@@ -44,7 +44,7 @@ from typing import Any, Final
 
 from zeroclaw.concurrency._clock import Clock, resolve_clock
 from zeroclaw.concurrency._mypyc import describe_compiled, mypyc_attr
-from zeroclaw.concurrency._validate import to_count, to_fraction, to_seconds
+from zeroclaw.concurrency._validate import CountArg, to_count, to_fraction, to_seconds
 
 __all__ = ["DedupKey", "DedupStats", "DedupStrategy", "Deduplicator"]
 
@@ -497,8 +497,15 @@ class Deduplicator:
         ttl: float | timedelta = 60.0,
         *,
         strategy: DedupStrategy = DedupStrategy.EXACT,
-        **kwargs: Any,
+        max_entries: CountArg = 100_000,
+        false_positive_rate: float | int = 1e-6,
+        clock: Clock | None = None,
+        name: str = "dedup",
+        salt_seed: int | None = None,
+        **options: Any,
     ) -> Deduplicator:
+        # The same parameters as __init__, so that inspect.signature (which reads __new__ first)
+        # shows the real ones on both builds.
         # One subclass per strategy, so that each hot path is a plain method with no dispatch.
         if cls is not Deduplicator:
             return object.__new__(cls)  # a strategy's class, or a subclass defined in Python
@@ -506,9 +513,16 @@ class Deduplicator:
             raise TypeError(f"strategy must be a DedupStrategy, not {type(strategy).__name__}")
         impl = _IMPLEMENTATIONS[strategy]
         self = impl.__new__(impl)
+        options.update(
+            max_entries=max_entries,
+            false_positive_rate=false_positive_rate,
+            clock=clock,
+            name=name,
+            salt_seed=salt_seed,
+        )
         # Set up here, not by __init__: where compiled code calls Deduplicator(...), mypyc's
         # constructor skips __init__ when __new__ returns an instance of a subclass.
-        self._configure(ttl, strategy, kwargs)
+        self._configure(ttl, strategy, options)
         return self
 
     def __init__(
@@ -516,7 +530,7 @@ class Deduplicator:
         ttl: float | timedelta = 60.0,
         *,
         strategy: DedupStrategy = DedupStrategy.EXACT,
-        max_entries: int = 100_000,
+        max_entries: CountArg = 100_000,
         # float | int, not float: mypyc 2.4.1 fails to build a signature that has both a float
         # parameter with a default and **options. The same values are accepted either way.
         false_positive_rate: float | int = 1e-6,
