@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import aiohttp
 import pytest
@@ -34,6 +34,7 @@ from tests.fakes.slack_api import (
     signed_headers,
     slack_error,
 )
+from tests.helpers import Script, UnusedProvider
 from zeroclaw.channels import ChannelContext, build_channel
 from zeroclaw.channels.slack import (
     SlackApiError,
@@ -57,31 +58,6 @@ from zeroclaw.gateway.server import GatewayServer
 from zeroclaw.testing import FakeClock
 
 NOW = 1_800_000_000
-Handler = Callable[[ChannelMessage], Awaitable[str]]
-
-
-class UnusedProvider:
-    name = "unused"
-
-    async def chat_with_system(
-        self, system_prompt: str | None, message: str, model: str, temperature: float
-    ) -> str:
-        raise AssertionError("the handler answers, not the provider")
-
-    async def chat(self, message: str, model: str, temperature: float) -> str:
-        raise AssertionError("the handler answers, not the provider")
-
-
-@dataclass
-class Script:
-    calls: list[ChannelMessage] = field(default_factory=list)
-    behaviour: Handler | None = None
-
-    async def __call__(self, message: ChannelMessage) -> str:
-        self.calls.append(message)
-        if self.behaviour is not None:
-            return await self.behaviour(message)
-        return f"echo: {message.content}"
 
 
 @dataclass
@@ -194,6 +170,13 @@ async def stop_rig(rig: Rig) -> None:
     await rig.slack.stop()
 
 
+def single_slot(admission: Literal["wait", "reject"]) -> MessageProcessorConfig:
+    """One message at a time: the next one waits for room or is refused."""
+    return MessageProcessorConfig(
+        max_concurrent_requests=1, worker_pool_size=1, admission=admission, processing_timeout=5.0
+    )
+
+
 @pytest.fixture
 async def rig() -> AsyncIterator[Rig]:
     rig = await start_rig()
@@ -245,13 +228,7 @@ async def test_mention_is_answered_once_in_a_thread_started_from_it(rig: Rig) ->
 
 
 async def test_three_concurrent_deliveries_are_admitted_once(rig: Rig) -> None:
-    release = asyncio.Event()
-
-    async def slow(message: ChannelMessage) -> str:
-        await release.wait()
-        return "done"
-
-    rig.script.behaviour = slow
+    release = rig.script.hold()
     event = mention_event("hi", event_id="Ev0CONC")
     answers = await asyncio.gather(*(rig.deliver(event, retry_num=n or None) for n in range(3)))
     statuses = sorted(body["status"] for _, body, _ in answers)
@@ -424,22 +401,9 @@ async def test_malformed_json_with_a_good_signature_is_400(rig: Rig) -> None:
 
 
 async def test_a_refused_event_gets_429_and_is_processed_when_redelivered() -> None:
-    rig = await start_rig(
-        MessageProcessorConfig(
-            max_concurrent_requests=1,
-            worker_pool_size=1,
-            admission="reject",
-            processing_timeout=5.0,
-        )
-    )
+    rig = await start_rig(single_slot("reject"))
     try:
-        release = asyncio.Event()
-
-        async def slow(message: ChannelMessage) -> str:
-            await release.wait()
-            return "done"
-
-        rig.script.behaviour = slow
+        release = rig.script.hold()
         first = await rig.deliver(dm_event("one", event_id="Ev1", ts="1.1"))
         refused = await rig.deliver(dm_event("two", event_id="Ev2", ts="2.2"))
         assert first[1]["status"] == "accepted"
@@ -458,22 +422,11 @@ async def test_a_refused_event_gets_429_and_is_processed_when_redelivered() -> N
 
 async def test_admission_waits_at_most_the_admission_timeout() -> None:
     rig = await start_rig(
-        MessageProcessorConfig(
-            max_concurrent_requests=1,
-            worker_pool_size=1,
-            admission="wait",
-            processing_timeout=5.0,
-        ),
+        single_slot("wait"),
         admission_timeout=0.3,
     )
     try:
-        release = asyncio.Event()
-
-        async def slow(message: ChannelMessage) -> str:
-            await release.wait()
-            return "done"
-
-        rig.script.behaviour = slow
+        release = rig.script.hold()
         assert (await rig.deliver(dm_event("one", event_id="Ev1", ts="1.1")))[0] == 200
         started = time.monotonic()
         status, body, headers = await rig.deliver(dm_event("two", event_id="Ev2", ts="2.2"))
@@ -489,13 +442,7 @@ async def test_admission_waits_at_most_the_admission_timeout() -> None:
 
 
 async def test_the_ack_does_not_wait_for_the_reply(rig: Rig) -> None:
-    release = asyncio.Event()
-
-    async def slow(message: ChannelMessage) -> str:
-        await release.wait()
-        return "late"
-
-    rig.script.behaviour = slow
+    release = rig.script.hold()
     status, body, _ = await asyncio.wait_for(rig.deliver(dm_event("hi")), 2.0)
     assert (status, body["status"]) == (200, "accepted")
     assert rig.slack.posts == []

@@ -29,10 +29,11 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 
 from aiohttp import web
+
+from tests.fakes.loopback import LoopbackFake
 
 __all__ = [
     "BOT_TOKEN",
@@ -93,20 +94,18 @@ class Recorded:
     received_at: float
 
 
-class FakeSlack:
+class FakeSlack(LoopbackFake):
     """The fake Web API. ``await start()`` (or ``async with``) binds 127.0.0.1 on a free port;
     :attr:`base_url` is then ``http://127.0.0.1:<port>/api``. ``now`` stamps each request."""
 
     def __init__(self, *, token: str = BOT_TOKEN, now: Callable[[], float] = time.monotonic):
+        super().__init__()
         self.token = token
         self._now = now
         self.requests: list[Recorded] = []
         self._posted: list[Recorded] = []
         self._scripts: dict[str, deque[Reply]] = defaultdict(deque)
         self._ts = itertools.count(1)
-        self._runner: web.AppRunner | None = None
-        self._port: int | None = None
-        self._stopping = asyncio.Event()
         self._arrived = asyncio.Condition()
 
     def script(self, method: str, *replies: Reply) -> None:
@@ -131,42 +130,18 @@ class FakeSlack:
         async with asyncio.timeout(timeout), self._arrived:
             await self._arrived.wait_for(lambda: len(self._posted) >= count)
 
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post("/api/{method}", self._handle)
+
     @property
     def base_url(self) -> str:
-        if self._port is None:
-            raise RuntimeError("FakeSlack is not started")
-        return f"http://127.0.0.1:{self._port}/api"
+        """``http://127.0.0.1:<port>/api``."""
+        return f"http://127.0.0.1:{self.port}/api"
 
     async def start(self) -> str:
-        app = web.Application()
-        app.router.add_post("/api/{method}", self._handle)
-        runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1.0)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        server = site._server
-        assert isinstance(server, asyncio.base_events.Server)
-        self._port = server.sockets[0].getsockname()[1]
-        self._runner = runner
+        """Bind a free port on 127.0.0.1 and serve; returns :attr:`base_url`."""
+        await self.serve()
         return self.base_url
-
-    async def stop(self) -> None:
-        self._stopping.set()
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-
-    async def __aenter__(self) -> FakeSlack:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         method = request.match_info["method"]
@@ -254,7 +229,8 @@ def signed_headers(
     return headers
 
 
-def _envelope(event: dict[str, Any], event_id: str) -> dict[str, Any]:
+def _envelope(event_id: str, fields: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    event = {**fields, "event_ts": fields["ts"], **extra}
     return {
         "token": "deprecated-verification-token",
         "team_id": TEAM_ID,
@@ -278,17 +254,8 @@ def dm_event(
 ) -> dict[str, Any]:
     """A ``message.im`` event: a user's message in a DM with the bot (``extra`` adds fields:
     ``thread_ts``, ``subtype``, ``bot_id``...)."""
-    event = {
-        "type": "message",
-        "channel_type": "im",
-        "user": user,
-        "text": text,
-        "channel": channel,
-        "ts": ts,
-        "event_ts": ts,
-        **extra,
-    }
-    return _envelope(event, event_id)
+    fields = {"type": "message", "channel_type": "im", "user": user, "text": text}
+    return _envelope(event_id, {**fields, "channel": channel, "ts": ts}, extra)
 
 
 def mention_event(
@@ -301,13 +268,5 @@ def mention_event(
     **extra: Any,
 ) -> dict[str, Any]:
     """An ``app_mention`` event in a channel; ``text`` follows the bot's ``<@U...>`` mention."""
-    event = {
-        "type": "app_mention",
-        "user": user,
-        "text": f"<@{BOT_USER_ID}> {text}",
-        "channel": channel,
-        "ts": ts,
-        "event_ts": ts,
-        **extra,
-    }
-    return _envelope(event, event_id)
+    fields = {"type": "app_mention", "user": user, "text": f"<@{BOT_USER_ID}> {text}"}
+    return _envelope(event_id, {**fields, "channel": channel, "ts": ts}, extra)
