@@ -677,3 +677,53 @@ def test_split_text_prefers_line_breaks_then_spaces() -> None:
         split_text("x", 0)
     with pytest.raises(TypeError):
         split_text("x", True)
+
+
+async def test_retries_are_remembered_by_the_channel_for_seen_ttl() -> None:
+    # The processor's own dedup is off: only the channel's memory keeps the retries out, as it
+    # must after the processor's dedup_ttl (60 s) when Slack's last retry comes ~5 min later.
+    clock = FakeClock()
+    rig = await start_rig(
+        MessageProcessorConfig(enable_dedup=False, processing_timeout=5.0),
+        clock=clock,
+        seen_ttl=900.0,
+    )
+    try:
+        event = dm_event("once")
+        assert (await rig.deliver(event))[1]["status"] == "accepted"
+        await rig.settled(sent=1)
+        clock.advance(299.0)
+        assert (await rig.deliver(event, retry_num=1))[1]["status"] == "duplicate"
+        clock.advance(600.0)  # 899 s after the first delivery
+        assert (await rig.deliver(event, retry_num=2))[1]["status"] == "duplicate"
+        assert len(rig.script.calls) == 1
+        clock.advance(2.0)  # past seen_ttl: forgotten, the memory is bounded in time
+        assert (await rig.deliver(event, retry_num=3))[1]["status"] == "accepted"
+        await rig.settled(sent=2)
+    finally:
+        await stop_rig(rig)
+
+
+async def test_a_retry_after_longer_than_max_retry_wait_fails_the_send_at_once() -> None:
+    rig = await start_rig(max_retry_wait=10.0)
+    try:
+        rig.slack.script("chat.postMessage", rate_limited(retry_after="120"))
+        await rig.deliver(dm_event("hi"))
+        await rig.settled(failures=1)
+        assert len(rig.slack.calls("chat.postMessage")) == 1
+        assert (rig.channel.rate_limited, rig.channel.send_failures) == (1, 1)
+    finally:
+        await stop_rig(rig)
+
+
+def test_the_delivery_budget_covers_every_attempt_and_wait() -> None:
+    channel = SlackChannel(
+        "s",
+        intake=GatewayIntake(None, MessageLedger()),
+        bot_token=BOT_TOKEN,
+        signing_secret="x",
+        request_timeout=5.0,
+        send_retries=3,
+        max_retry_wait=10.0,
+    )
+    assert channel.delivery_budget == 4 * 5.0 + 3 * 10.0

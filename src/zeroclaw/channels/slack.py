@@ -239,9 +239,9 @@ class SlackChannel:
         replay_window: float = 300.0,
         seen_ttl: float = 900.0,
         seen_max: int = 100_000,
-        request_timeout: float = 10.0,
+        request_timeout: float = 5.0,
         send_retries: int = 3,
-        max_retry_wait: float = 15.0,
+        max_retry_wait: float = 10.0,
         retry_backoff: tuple[float, float] = (0.5, 4.0),
         max_text_chars: int = SLACK_TEXT_LIMIT,
         health_ttl: float = 30.0,
@@ -292,6 +292,7 @@ class SlackChannel:
         self._closed: asyncio.Event | None = None
         self._health: tuple[float, bool] | None = None
         self.bot_user_id: str | None = None
+        self.refused_requests = 0
         self.messages_posted = 0
         self.send_failures = 0
         self.rate_limited = 0
@@ -403,7 +404,11 @@ class SlackChannel:
             body = await read_limited_body(request, self._max_body)
             problem = self._unverified(timestamp, signature, body)
         if problem is not None or body is None:
-            _logger.warning("slack %r: request refused: %s", self._name, problem)
+            self.refused_requests += 1
+            # Loud once (a wrong signing secret shows at the first event), then quieter: anyone
+            # can send unsigned requests, and the log must not be theirs to fill.
+            log = _logger.warning if self.refused_requests == 1 else _logger.info
+            log("slack %r: request refused (401): %s", self._name, problem)
             return error_response(401, problem or "unsigned")
         try:
             envelope = json.loads(body)
