@@ -68,6 +68,7 @@ class Rig:
     script: Script
     cmp: ConcurrentMessageProcessor
     ledger: MessageLedger
+    intake: GatewayIntake
     server: GatewayServer
     channel: SlackChannel
     runner: asyncio.Task[None]
@@ -151,6 +152,7 @@ async def start_rig(config: MessageProcessorConfig | None = None, **channel_opti
         script,
         cmp,
         ledger,
+        intake,
         server,
         channel,
         runner,
@@ -727,3 +729,14 @@ def test_the_delivery_budget_covers_every_attempt_and_wait() -> None:
         max_retry_wait=10.0,
     )
     assert channel.delivery_budget == 4 * 5.0 + 3 * 10.0
+
+
+async def test_while_draining_events_get_503_with_retry_after(
+    rig: Rig,
+) -> None:
+    rig.intake.begin_draining(7.5)
+    status, body, headers = await rig.deliver(dm_event("late"))
+    assert (status, body["reason"]) == (503, "shutting down")
+    assert int(headers["Retry-After"]) >= 7
+    assert rig.script.calls == []
+    assert outcomes(rig) == {"rejected": 1}
