@@ -214,6 +214,7 @@ async def test_dm_is_answered_once_in_the_dm_even_when_delivered_three_times(rig
     assert post == {"channel": "D0DM", "text": "echo: hello there"}
     (call,) = rig.slack.calls("chat.postMessage")
     assert call.headers["Authorization"] == f"Bearer {BOT_TOKEN}"
+    assert outcomes(rig) == {"accepted": 1, "duplicate": 2, "success": 1}
 
 
 async def test_mention_is_answered_once_in_a_thread_started_from_it(rig: Rig) -> None:
@@ -699,6 +700,7 @@ async def test_retries_are_remembered_by_the_channel_for_seen_ttl() -> None:
         clock.advance(600.0)  # 899 s after the first delivery
         assert (await rig.deliver(event, retry_num=2))[1]["status"] == "duplicate"
         assert len(rig.script.calls) == 1
+        assert outcomes(rig)["duplicate"] == 2  # counted though the processor never saw them
         clock.advance(2.0)  # past seen_ttl: forgotten, the memory is bounded in time
         assert (await rig.deliver(event, retry_num=3))[1]["status"] == "accepted"
         await rig.settled(sent=2)

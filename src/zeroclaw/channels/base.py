@@ -33,7 +33,12 @@ _logger = logging.getLogger("zeroclaw.channels")
 
 
 class Intake(Protocol):
-    """Where a channel hands its messages to the gateway (implemented by ``GatewayIntake``)."""
+    """Where a channel hands its messages to the gateway (implemented by ``GatewayIntake``).
+
+    ``GatewayIntake`` also has ``duplicate(channel, message)``, looked up with ``getattr`` (an
+    intake may lack it): a channel that answers a redelivery from its own memory, without
+    submitting it, reports it there so that it is counted as a duplicate.
+    """
 
     async def submit(self, channel: Channel, message: ChannelMessage) -> Admission:
         """Admit ``message`` from ``channel``; returns the admission. Waits while admission waits.

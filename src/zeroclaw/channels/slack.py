@@ -503,6 +503,7 @@ class SlackChannel:
     async def _admit(self, message: ChannelMessage) -> web.Response:
         key = DedupKey.combine([message.metadata["slack_channel"], message.metadata["ts"]])
         if self._seen.contains(key):
+            self._count_duplicate(message)
             return _duplicate(message)
         pending = self._admitting.get(key)
         if pending is not None:
@@ -513,6 +514,7 @@ class SlackChannel:
             except TimeoutError:
                 accepted = False
             if accepted:
+                self._count_duplicate(message)
                 return _duplicate(message)
             return refusal_response("admission in progress", None, id=message.id)
         pending = asyncio.get_running_loop().create_future()
@@ -531,6 +533,11 @@ class SlackChannel:
         if admission.kind is AdmissionKind.REJECTED:
             return refusal_response(admission.reason, admission.retry_after, id=message.id)
         return web.json_response({"id": message.id, "status": "accepted"})
+
+    def _count_duplicate(self, message: ChannelMessage) -> None:
+        count = getattr(self._intake, "duplicate", None)
+        if count is not None:
+            count(self._name, message)
 
     # ------------------------------------------------------------------ Web API out
 
