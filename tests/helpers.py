@@ -6,10 +6,14 @@ Import them with ``from tests.helpers import ...`` (``tests`` is a package).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from zeroclaw.concurrency.channel_integration import ChannelMessage, MessageResult
 from zeroclaw.testing import FakeClock
+
+Handler = Callable[[ChannelMessage], Awaitable[str]]
 
 
 def msg(
@@ -135,3 +139,43 @@ class FakeProvider:
 
     async def chat(self, message: str, model: str, temperature: float) -> str:
         return await self.chat_with_system(None, message, model, temperature)
+
+
+class UnusedProvider:
+    """The processor's provider slot: the gateway's handler answers instead, never calling it."""
+
+    name = "unused"
+
+    async def chat_with_system(
+        self, system_prompt: str | None, message: str, model: str, temperature: float
+    ) -> str:
+        raise AssertionError("the handler answers, not the provider")
+
+    async def chat(self, message: str, model: str, temperature: float) -> str:
+        raise AssertionError("the handler answers, not the provider")
+
+
+@dataclass
+class Script:
+    """A gateway-style handler for the processor's ``handler=`` hook: echo by default (or
+    ``behaviour``), recording every message it is called with."""
+
+    calls: list[ChannelMessage] = field(default_factory=list)
+    behaviour: Handler | None = None
+
+    def hold(self) -> asyncio.Event:
+        """From now on, answer ``"done"`` only once the returned event is set."""
+        release = asyncio.Event()
+
+        async def held(message: ChannelMessage) -> str:
+            await release.wait()
+            return "done"
+
+        self.behaviour = held
+        return release
+
+    async def __call__(self, message: ChannelMessage) -> str:
+        self.calls.append(message)
+        if self.behaviour is not None:
+            return await self.behaviour(message)
+        return f"echo: {message.content}"

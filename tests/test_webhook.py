@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +18,7 @@ import pytest
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
+from tests.helpers import Script, UnusedProvider
 from zeroclaw.channels.webhook import WebhookChannel
 from zeroclaw.concurrency.channel_integration import (
     ChannelMessage,
@@ -29,37 +30,7 @@ from zeroclaw.gateway.intake import GatewayIntake
 from zeroclaw.gateway.metrics import MessageLedger
 from zeroclaw.gateway.server import GatewayServer
 
-Handler = Callable[[ChannelMessage], Awaitable[str]]
-
 TOKEN = "s3cret-token"
-
-
-class UnusedProvider:
-    """The processor's provider slot: the gateway's handler answers instead, never calling it."""
-
-    name = "unused"
-
-    async def chat_with_system(
-        self, system_prompt: str | None, message: str, model: str, temperature: float
-    ) -> str:
-        raise AssertionError("the handler answers, not the provider")
-
-    async def chat(self, message: str, model: str, temperature: float) -> str:
-        raise AssertionError("the handler answers, not the provider")
-
-
-@dataclass
-class Script:
-    """What the test's handler does: echo by default, counting calls."""
-
-    calls: list[ChannelMessage] = field(default_factory=list)
-    behaviour: Handler | None = None
-
-    async def __call__(self, message: ChannelMessage) -> str:
-        self.calls.append(message)
-        if self.behaviour is not None:
-            return await self.behaviour(message)
-        return f"echo: {message.content}"
 
 
 @dataclass

@@ -22,10 +22,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 
 from aiohttp import web
+
+from tests.fakes.loopback import LoopbackFake
 
 __all__ = [
     "FakeOpenAI",
@@ -176,19 +177,17 @@ def raw(
     return Respond(status, data, content_type=content_type, chunked=chunked)
 
 
-class FakeOpenAI:
+class FakeOpenAI(LoopbackFake):
     """The server. ``await start()`` binds 127.0.0.1 on a free port (or use ``async with``);
     :attr:`base_url` is then ``http://127.0.0.1:<port>/v1``. ``await stop()`` ends it, hung
     requests included. ``now`` stamps each request's ``received_at`` (pass a ``FakeClock``'s
     ``now`` to see when, in fake time, each attempt arrived)."""
 
     def __init__(self, *, now: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
         self._now = now
         self.requests: list[RecordedRequest] = []
         self._script: deque[Respond] = deque()
-        self._runner: web.AppRunner | None = None
-        self._port: int | None = None
-        self._stopping = asyncio.Event()
         self._arrived = asyncio.Condition()
 
     # -- script ------------------------------------------------------------------------------
@@ -228,11 +227,8 @@ class FakeOpenAI:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError("FakeOpenAI is not started")
-        return self._port
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post("/v1/chat/completions", self._handle)
 
     @property
     def base_url(self) -> str:
@@ -245,36 +241,8 @@ class FakeOpenAI:
 
     async def start_on(self, port: int) -> str:
         """Bind ``port`` on 127.0.0.1 (0: a free one) and serve; returns :attr:`base_url`."""
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", self._handle)
-        runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1.0)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", port)
-        await site.start()
-        server = site._server
-        assert isinstance(server, asyncio.base_events.Server)
-        self._port = server.sockets[0].getsockname()[1]
-        self._runner = runner
+        await self.serve(port)
         return self.base_url
-
-    async def stop(self) -> None:
-        """Release hung requests and close the server. Idempotent."""
-        self._stopping.set()
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-
-    async def __aenter__(self) -> FakeOpenAI:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     # -- the handler -----------------------------------------------------------------------------
 

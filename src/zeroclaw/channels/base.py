@@ -12,6 +12,8 @@ This module imports only the standard library and the core, so a channel kind th
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,16 +21,24 @@ from typing import Any, Protocol, TextIO
 
 from zeroclaw.concurrency.channel_integration import (
     Admission,
+    AdmissionKind,
     Channel,
     ChannelMessage,
     MessageResult,
 )
 
-__all__ = ["ChannelContext", "ChannelSpec", "Intake", "allows"]
+__all__ = ["ChannelContext", "ChannelSpec", "Intake", "allows", "submit_within"]
+
+_logger = logging.getLogger("zeroclaw.channels")
 
 
 class Intake(Protocol):
-    """Where a channel hands its messages to the gateway (implemented by ``GatewayIntake``)."""
+    """Where a channel hands its messages to the gateway (implemented by ``GatewayIntake``).
+
+    ``GatewayIntake`` also has ``duplicate(channel, message)``, looked up with ``getattr`` (an
+    intake may lack it): a channel that answers a redelivery from its own memory, without
+    submitting it, reports it there so that it is counted as a duplicate.
+    """
 
     async def submit(self, channel: Channel, message: ChannelMessage) -> Admission:
         """Admit ``message`` from ``channel``; returns the admission. Waits while admission waits.
@@ -91,3 +101,25 @@ def allows(allowed_users: tuple[str, ...] | None, *identities: str | None) -> bo
     if allowed_users is None or "*" in allowed_users:
         return True
     return any(identity is not None and identity in allowed_users for identity in identities)
+
+
+async def submit_within(
+    intake: Intake, channel: Channel, message: ChannelMessage, timeout: float
+) -> Admission:
+    """Admit ``message`` through ``intake``, waiting at most ``timeout`` seconds.
+
+    A push channel answers its platform from the result, so it must not wait longer than the
+    platform does (Slack: 3 s). Waits for admission; never raises for the two ways admission
+    can fail here: past ``timeout`` the submission is cancelled and the answer is REJECTED
+    ``"admission timed out"``; a gateway not running (logged) gives REJECTED ``"not running"``.
+    Both are answered 429/503 by :func:`zeroclaw.channels.http.refusal_response`, so the
+    platform redelivers later.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            return await intake.submit(channel, message)
+    except TimeoutError:
+        return Admission(AdmissionKind.REJECTED, "admission timed out")
+    except RuntimeError as exc:
+        _logger.warning("channel %r: %s", channel.name, exc)
+        return Admission(AdmissionKind.REJECTED, "not running")

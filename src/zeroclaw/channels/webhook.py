@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
-from zeroclaw.channels.base import ChannelContext, ChannelSpec, Intake, allows
+from zeroclaw.channels.base import ChannelContext, ChannelSpec, Intake, allows, submit_within
 from zeroclaw.channels.http import (
     error_response,
     read_limited_body,
@@ -308,14 +308,7 @@ class WebhookChannel:
             waiter = asyncio.get_running_loop().create_future()
             self._waiting.setdefault(key, deque()).append(waiter)
         try:
-            try:
-                async with asyncio.timeout(self._admission_timeout):
-                    admission = await self._intake.submit(self, message)
-            except TimeoutError:
-                return refusal_response("admission timed out", None, id=message.id)
-            except RuntimeError as exc:
-                _logger.warning("webhook %r: %s", self._name, exc)
-                return refusal_response("not running", None, id=message.id)
+            admission = await submit_within(self._intake, self, message, self._admission_timeout)
             if admission.kind is AdmissionKind.DUPLICATE:
                 return web.json_response({"id": message.id, "status": "duplicate"})
             if admission.kind is AdmissionKind.REJECTED:

@@ -28,6 +28,7 @@ _logger = logging.getLogger("zeroclaw.gateway")
 
 # Retry-After given while draining when the drain's end is unknown or past, in seconds.
 _DRAIN_RETRY_AFTER = 1.0
+_DUPLICATE = Admission(AdmissionKind.DUPLICATE)
 
 
 class Submitter(Protocol):
@@ -106,6 +107,12 @@ class GatewayIntake:
             reason,
         )
         self.ledger.ignored(channel)
+
+    def duplicate(self, channel: str, message: ChannelMessage) -> None:
+        """Count a redelivery that a channel recognised itself and answered without submitting
+        it (a Slack retry of an event admitted earlier than the processor's dedup remembers).
+        Does not block."""
+        self.ledger.admitted(channel, message, _DUPLICATE)
 
     def finished(self, message: ChannelMessage, result: MessageResult) -> None:
         """Count an accepted message's delivered result. Does not block."""
