@@ -7,8 +7,9 @@ What is run, and why:
   nothing to stderr (no traceback, warning or "coroutine was never awaited"). When a ```text
   block follows it directly, that block is what the program prints, and stdout must match it.
 - A ```bash block is never run here: each one installs, builds or benchmarks (minutes and the
-  network), or starts and talks to a gateway (the end-to-end tests do that over real sockets). Each is checked with ``bash -n`` and must carry the marker
-  :data:`NOT_RUN` on the line above it, with the reason; ``.ci/run`` runs the README's install and
+  network), or starts and talks to a gateway (the end-to-end tests do that over real sockets).
+  Each is checked with ``bash -n`` and must carry the marker :data:`NOT_RUN` on the line above
+  it, with the reason; ``.ci/run`` runs the README's install and
   test commands itself (checked below). The markers stay rare (:data:`MAX_NOT_RUN`).
 - A ```text block is output or a diagram, not code. Every fence names its language.
 """
