@@ -36,6 +36,7 @@ ChannelFactory = Callable[[ChannelSpec, ChannelContext], Channel]
 CHANNEL_KINDS: dict[str, str | ChannelFactory] = {
     "webhook": "zeroclaw.channels.webhook:build",
     "terminal": "zeroclaw.channels.terminal:build",
+    "telegram": "zeroclaw.channels.telegram:build",
 }
 
 
