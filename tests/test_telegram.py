@@ -12,7 +12,7 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -27,6 +27,8 @@ from tests.fakes.telegram_api import (
     message_update,
     server_error,
 )
+from tests.gateway_process import until
+from tests.test_webhook import Script, UnusedProvider
 from zeroclaw.channels.telegram import (
     ChatLimiters,
     TelegramChannel,
@@ -46,30 +48,6 @@ from zeroclaw.testing import FakeClock, settle
 
 SECRET = "webhook-secret_1"
 Handler = Callable[[ChannelMessage], Awaitable[str]]
-
-
-class UnusedProvider:
-    name = "unused"
-
-    async def chat_with_system(
-        self, system_prompt: str | None, message: str, model: str, temperature: float
-    ) -> str:
-        raise AssertionError("the handler answers, not the provider")
-
-    async def chat(self, message: str, model: str, temperature: float) -> str:
-        raise AssertionError("the handler answers, not the provider")
-
-
-@dataclass
-class Script:
-    calls: list[ChannelMessage] = field(default_factory=list)
-    behaviour: Handler | None = None
-
-    async def __call__(self, message: ChannelMessage) -> str:
-        self.calls.append(message)
-        if self.behaviour is not None:
-            return await self.behaviour(message)
-        return f"echo: {message.content}"
 
 
 @dataclass
@@ -169,13 +147,16 @@ async def fake() -> AsyncIterator[FakeTelegram]:
         yield server
 
 
-async def until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
-    """Poll ``condition`` (real I/O is involved) with a generous bound."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
+def bare_channel(fake: FakeTelegram, **options: Any) -> TelegramChannel:
+    """A channel with no processor behind it, for its outbound side and health check."""
+    return TelegramChannel(
+        "tg",
+        intake=GatewayIntake(None, MessageLedger()),
+        bot_token=fake.token,
+        allowed_users=("*",),
+        api_base=fake.base_url,
+        **options,
+    )
 
 
 def mention(text: str, username: str = BOT_USERNAME) -> list[dict[str, Any]]:
@@ -284,14 +265,7 @@ async def test_outbound_429_pauses_the_chat_and_retries_after_the_wait(
     fake: FakeTelegram,
 ) -> None:
     clock = FakeClock()
-    channel = TelegramChannel(
-        "tg",
-        intake=GatewayIntake(None, MessageLedger()),
-        bot_token=fake.token,
-        allowed_users=("*",),
-        api_base=fake.base_url,
-        clock=clock,
-    )
+    channel = bare_channel(fake, clock=clock)
     fake.fail("sendMessage", flood(retry_after=7))
     sending = asyncio.ensure_future(channel.send("hello", "55"))
     await until(lambda: fake.calls.count("sendMessage") == 1)
@@ -308,14 +282,7 @@ async def test_outbound_429_pauses_the_chat_and_retries_after_the_wait(
 
 async def test_per_chat_pace_is_one_a_second_after_a_burst(fake: FakeTelegram) -> None:
     clock = FakeClock()
-    channel = TelegramChannel(
-        "tg",
-        intake=GatewayIntake(None, MessageLedger()),
-        bot_token=fake.token,
-        allowed_users=("*",),
-        api_base=fake.base_url,
-        clock=clock,
-    )
+    channel = bare_channel(fake, clock=clock)
     sending = asyncio.ensure_future(channel.send("z" * (4096 * 5), "8"))
     await until(lambda: len(fake.sent) == 3)  # the burst
     await settle()
@@ -329,15 +296,7 @@ async def test_per_chat_pace_is_one_a_second_after_a_burst(fake: FakeTelegram) -
 
 
 async def test_a_send_that_keeps_failing_ends_after_bounded_retries(fake: FakeTelegram) -> None:
-    channel = TelegramChannel(
-        "tg",
-        intake=GatewayIntake(None, MessageLedger()),
-        bot_token=fake.token,
-        allowed_users=("*",),
-        api_base=fake.base_url,
-        send_retries=2,
-        backoff=(0.001, 0.002),
-    )
+    channel = bare_channel(fake, send_retries=2, backoff=(0.001, 0.002))
     fake.fail("sendMessage", *[server_error()] * 3)
     with pytest.raises(TelegramError, match="502"):
         await channel.send("hi", "3")
@@ -594,13 +553,7 @@ async def test_200_chats_of_5_answered_in_order_without_waiting_on_each_other(
 
 
 async def test_health_check_follows_get_me(fake: FakeTelegram) -> None:
-    channel = TelegramChannel(
-        "tg",
-        intake=GatewayIntake(None, MessageLedger()),
-        bot_token=fake.token,
-        allowed_users=("*",),
-        api_base=fake.base_url,
-    )
+    channel = bare_channel(fake)
     assert await channel.health_check() is True
     assert channel.bot_username == BOT_USERNAME
     assert channel.bot_id == BOT_ID
