@@ -178,6 +178,7 @@ class FakeTelegram:
         tb: TracebackType | None,
     ) -> None:
         assert self._runner is not None
+        self._arrived.set()  # a long poll still open answers now, so the server can stop
         await self._runner.cleanup()
 
     async def _handle(self, request: web.Request) -> web.Response:
