@@ -13,6 +13,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -29,6 +30,7 @@ from tests.fakes.telegram_api import (
 )
 from tests.gateway_process import until
 from tests.test_webhook import Script, UnusedProvider
+from zeroclaw.channels import CHANNEL_KINDS
 from zeroclaw.channels.telegram import (
     ChatLimiters,
     TelegramChannel,
@@ -41,6 +43,8 @@ from zeroclaw.concurrency.channel_integration import (
     ConcurrentMessageProcessor,
     MessageProcessorConfig,
 )
+from zeroclaw.gateway.app import serve
+from zeroclaw.gateway.config import load_config
 from zeroclaw.gateway.intake import GatewayIntake
 from zeroclaw.gateway.metrics import MessageLedger
 from zeroclaw.gateway.server import GatewayServer
@@ -596,3 +600,20 @@ async def test_unreachable_api_backs_off_and_reports_unhealthy(
     assert not listening.done()  # it keeps trying, with a backoff
     await channel.aclose()
     await asyncio.wait_for(listening, 5)
+
+
+def test_serve_exits_2_for_a_kind_with_no_channel_module(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Was an e2e test with kind "telegram" before this channel existed; the path it covers
+    # (a configured kind the registry cannot build: exit 2, nothing bound) stays tested here.
+    monkeypatch.delitem(CHANNEL_KINDS, "telegram")
+    path = tmp_path / "zeroclaw.toml"
+    path.write_text(
+        '[gateway]\nport = 0\n[provider]\nkind = "echo"\n'
+        '[channels.tg]\nkind = "telegram"\nbot_token = "123:abc"\nallowed_users = ["*"]\n'
+    )
+    assert serve(load_config(path)) == 2
+    err = capsys.readouterr().err
+    assert "telegram" in err
+    assert "listening on" not in err
