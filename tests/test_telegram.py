@@ -346,8 +346,11 @@ async def test_webhook_wrong_secret_is_401_and_nothing_processed(fake: FakeTeleg
 
 
 async def test_webhook_ignored_updates_are_200_and_not_processed(fake: FakeTelegram) -> None:
-    rig = await start_rig(fake, mode="webhook", allowed=("alice", "12"))
+    rig = await start_rig(fake, mode="webhook", allowed=("@ALICE", "12"))
     try:
+        assert (await rig.post(message_update(50, chat_id=5, username="Alice", text="a")))[1][
+            "status"
+        ] == "accepted"  # usernames match whatever their case
         ignored = [
             message_update(1, chat_id=5, user_id=99, username="mallory", text="hi"),
             message_update(2, chat_id=5, text="hi", is_bot=True),
@@ -364,9 +367,9 @@ async def test_webhook_ignored_updates_are_200_and_not_processed(fake: FakeTeleg
             7, chat_id=-9, user_id=12, chat_type="group", text=text, entities=mention(text)
         )
         assert (await rig.post(mentioned))[1]["status"] == "accepted"
-        await until(lambda: len(fake.sent) == 1)
-        assert [m.id for m in rig.script.calls] == ["7"]
-        assert fake.sent[0]["chat_id"] == -9
+        await until(lambda: len(fake.sent) == 2)
+        assert [m.id for m in rig.script.calls] == ["50", "7"]
+        assert fake.texts_to(-9) == ["echo: @zeroclaw_bot hi"]
     finally:
         await stop_rig(rig)
 

@@ -214,7 +214,9 @@ def parse_update(
         return parsed, "no sender or chat id"
     if sender.get("is_bot"):
         return parsed, "sent by a bot"
-    if not allows(allowed_users, str(sender_id), username, "@" + username if username else None):
+    # Usernames are case-insensitive on Telegram; the channel lowers its list (and drops "@").
+    lowered = username.lower() if username else None
+    if not allows(allowed_users, str(sender_id), username, lowered):
         return parsed, "sender not allowed"
     if chat.get("type") != "private" and group_reply == "mention_only":
         replied = message.get("reply_to_message")
@@ -288,7 +290,8 @@ class TelegramChannel:
         name: the channel's name.
         intake: where messages are admitted (the gateway's intake).
         bot_token: the bot's token (BotFather).
-        allowed_users: user ids or usernames; ``"*"`` everyone, ``()`` nobody.
+        allowed_users: user ids or usernames (any case, ``@`` optional); ``"*"`` everyone,
+            ``()`` nobody.
         mode: ``"polling"`` or ``"webhook"``.
         secret_token: webhook mode: the ``secret_token`` given to ``setWebhook`` (required there).
         api_base: the Bot API base URL.
@@ -353,7 +356,11 @@ class TelegramChannel:
         self._name = name
         self._intake = intake
         self._token = bot_token
-        self._allowed = allowed_users
+        self._allowed = (
+            None
+            if allowed_users is None
+            else tuple(user.removeprefix("@").lower() for user in allowed_users)
+        )
         self.mode = mode
         self._secret = secret_token.encode() if secret_token else None
         self.api_base = api_base.rstrip("/")
