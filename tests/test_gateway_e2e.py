@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -537,36 +536,3 @@ kind = "echo"
     rest = await asyncio.wait_for(process.stdout.read(), 30)
     assert rest.decode().splitlines() == ["Started a new conversation.", "again"]
     assert await served.wait() == 0
-
-
-async def test_a_channel_kind_this_version_cannot_run_exits_2_before_binding(
-    tmp_path: Path,
-) -> None:
-    config = write_config(
-        tmp_path,
-        """
-[gateway]
-port = 0
-[provider]
-kind = "echo"
-[channels.tg]
-kind = "telegram"
-bot_token = "123:abc"
-allowed_users = ["*"]
-""",
-    )
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "zeroclaw",
-        "serve",
-        "--config",
-        str(config),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, stderr = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode == 2
-    assert b"telegram" in stderr
-    assert b"listening on" not in stderr

@@ -37,6 +37,7 @@ CHANNEL_KINDS: dict[str, str | ChannelFactory] = {
     "webhook": "zeroclaw.channels.webhook:build",
     "terminal": "zeroclaw.channels.terminal:build",
     "slack": "zeroclaw.channels.slack:build",
+    "telegram": "zeroclaw.channels.telegram:build",
 }
 
 

@@ -1,4 +1,4 @@
-"""The Slack channel: the Events API in, ``chat.postMessage`` out (DESIGN §4.5).
+"""The Slack channel: the Events API in, ``chat.postMessage`` out (docs/channels.md).
 
 Slack POSTs each event to the channel's path (the app's Event Subscriptions *Request URL*,
 ``https://HOST/channels/NAME``). Every request is checked before anything is parsed:
