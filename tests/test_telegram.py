@@ -529,7 +529,7 @@ async def test_200_chats_of_5_answered_in_order_without_waiting_on_each_other(
 
     async def random_latency(message: ChannelMessage) -> str:
         if message.reply_to == str(slow_chat):
-            await asyncio.sleep(0.8)
+            await asyncio.sleep(1.2)
         else:
             await asyncio.sleep(rng.uniform(0.0, 0.02))
         return f"re {message.content}"
@@ -544,15 +544,13 @@ async def test_200_chats_of_5_answered_in_order_without_waiting_on_each_other(
     config = MessageProcessorConfig(max_concurrent_requests=64, processing_timeout=30.0)
     rig = await start_rig(fake, config=config, behaviour=random_latency)
     try:
-        started = time.monotonic()
-        # Every other chat is done before the slow chat's five 0.8 s replies (4 s).
+        # Every other chat is done before the slow chat's five 1.2 s replies (6 s): no chat waits
+        # on another's slow reply. Only that order is asserted, no wall-clock bound.
         await until(lambda: sum(len(fake.texts_to(c)) for c in range(2, 201)) == 199 * 5, 30)
-        others_done = time.monotonic() - started
         assert len(fake.texts_to(slow_chat)) < 5
         await until(lambda: len(fake.texts_to(slow_chat)) == 5, 30)
         for chat in range(1, 201):
             assert fake.texts_to(chat) == [f"re {chat}/{turn}" for turn in range(5)]
-        assert others_done < 4.0
         assert len(fake.sent) == 1000
         assert fake.pending == []
     finally:
