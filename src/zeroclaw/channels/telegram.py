@@ -610,6 +610,9 @@ class TelegramChannel:
         return task.result()
 
     def _client(self) -> aiohttp.ClientSession:
+        # After aclose() a call still in flight must not open a session nobody will close.
+        if self._closed is not None and self._closed.is_set():
+            raise aiohttp.ClientConnectionError(f"telegram channel {self.name!r} is closed")
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession()
         return self._session
