@@ -314,13 +314,10 @@ async def test_unknown_path_404_and_wrong_method_405_are_json(world: World) -> N
 
 async def test_a_100_mb_body_is_refused_413_quickly_without_being_buffered(world: World) -> None:
     rss_before = world.served.rss_bytes()
-    sent = 0
 
     async def body() -> AsyncIterator[bytes]:
-        nonlocal sent
         chunk = b"x" * 2**20
         for _ in range(100):
-            sent += len(chunk)
             yield chunk
 
     started = time.monotonic()
@@ -332,29 +329,32 @@ async def test_a_100_mb_body_is_refused_413_quickly_without_being_buffered(world
         assert response.status == 413
         assert "exceeds" in (await response.json())["error"]
     elapsed = time.monotonic() - started
-    # Without a Content-Length: refused after the limit has been read, the rest never read.
-    chunked_sent = 0
 
-    async def chunked() -> AsyncIterator[bytes]:
-        nonlocal chunked_sent
+    # Without a Content-Length, and never ending: refused once the limit has been read; the server
+    # reads and discards the rest only briefly (so the 413 is not lost to a reset), then closes.
+    async def endless() -> AsyncIterator[bytes]:
         chunk = b"y" * 2**16
-        for _ in range(1600):
-            chunked_sent += len(chunk)
+        while True:
             yield chunk
+            await asyncio.sleep(0.005)  # pacing: a steady upload, not a flood of the loopback
 
-    try:
-        async with world.session.post(
-            world.served.base + "/channels/web",
-            data=chunked(),
-            headers={"Content-Type": "application/json"},
-        ) as response:
-            assert response.status == 413
-    except aiohttp.ClientError:
-        pass  # the server closed while the client was still writing: also a refusal
+    async def endless_upload() -> int | None:
+        try:
+            async with world.session.post(
+                world.served.base + "/channels/web",
+                data=endless(),
+                headers={"Content-Type": "application/json"},
+            ) as response:
+                return response.status
+        except aiohttp.ClientError:
+            return None  # closed while the client was still writing: also a refusal
+
+    status = await asyncio.wait_for(endless_upload(), timeout=60)
+    assert status in (413, None)
     grown = world.served.rss_bytes() - rss_before
+    # How much of the declared 100 MB the client got to write before the 413 arrived depends on
+    # timing (the server discards it while lingering); not buffering it is what RSS shows.
     assert elapsed < 10.0
-    assert sent < 100 * 2**20
-    assert chunked_sent < 100 * 2**20
     assert grown < 20 * 2**20, f"server RSS grew by {grown} bytes"
     assert await world.healthz() == 200
 

@@ -34,6 +34,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 
 __all__ = ["GatewayServer", "HttpChannel", "jsonable"]
 
+_LINGER_AFTER_REFUSAL = 2.0
 _logger = logging.getLogger("zeroclaw.gateway.server")
 
 
@@ -159,6 +160,9 @@ class GatewayServer:
             handle_signals=False,
             access_log=None,
             shutdown_timeout=self._shutdown_timeout,
+            # After a 413 the rest of an upload is read and thrown away for at most this long, so
+            # the client sees the answer instead of a reset (nginx's lingering_time, shorter).
+            lingering_time=_LINGER_AFTER_REFUSAL,
         )
         await runner.setup()
         try:
