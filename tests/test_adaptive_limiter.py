@@ -4,10 +4,12 @@ no-load latency); drops, cancellations, rate."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import heapq
 import math
 import random
 import statistics
+import warnings
 from typing import Any
 
 import pytest
@@ -209,6 +211,10 @@ def test_limit_is_enforced() -> None:
     stats = limiter.stats()
     assert stats.rejected_count == 1
     assert stats.total_count == 4
+    for permit in permits[:3]:
+        assert permit is not None
+        permit.release(ignore=True)
+    assert limiter.inflight == 0
 
 
 def test_no_change_until_a_window_is_complete_then_shrinks_on_high_latency() -> None:
@@ -240,8 +246,13 @@ def test_shrink_is_really_enforced_and_lets_held_permits_drain() -> None:
         p.release()  # granted before the decrease: ignored
     assert limiter.current_limit == 2
     assert limiter.stats().ignored_samples == 3
-    assert limiter.try_acquire() is not None
+    fresh = limiter.try_acquire()
+    assert fresh is not None
     assert limiter.try_acquire() is None
+    for p in (held[3], fresh):
+        assert p is not None
+        p.release(ignore=True)
+    assert limiter.inflight == 0
 
 
 def test_grows_only_while_the_limit_is_used() -> None:
@@ -398,7 +409,9 @@ async def test_rate_limit_combines_and_a_refusal_spends_no_token() -> None:
     assert limiter.inflight == 0
     assert limiter.try_acquire() is None
     await clock.run_for(0.4)
-    assert limiter.try_acquire() is not None
+    last = limiter.try_acquire()
+    assert last is not None
+    last.release(ignore=True)
 
 
 async def test_never_deadlocks_at_the_minimum_under_a_storm() -> None:
@@ -872,3 +885,57 @@ def test_bool_latency_is_refused_on_both_builds() -> None:
     with pytest.raises(TypeError):
         permit.release(True)
     assert limiter.stats().current_limit == 2
+    assert not permit.released  # refused, not taken: a correct release() still works
+    permit.release()
+    assert limiter.inflight == 0
+
+
+# ---------------------------------------------------------------- an AdaptivePermit that is dropped
+
+
+def test_a_dropped_adaptive_permit_warns_and_is_given_back_without_a_sample() -> None:
+    clock = FakeClock()
+    limiter = AdaptiveLimiter(1, 1, 4, None, 100, clock=clock, name="llm", window_size=1)
+    permit = limiter.try_acquire()
+    assert permit is not None
+    clock.advance(60)  # a leaked permit's lifetime says nothing about the provider
+    with pytest.warns(
+        ResourceWarning, match=r"adaptive limiter 'llm': an AdaptivePermit .*release\(\)"
+    ):
+        del permit  # the last reference: collected at once
+    assert limiter.inflight == 0
+    stats = limiter.stats()
+    assert (stats.samples, stats.ignored_samples, stats.current_limit) == (0, 1, 1)
+    again = limiter.try_acquire()
+    assert again is not None
+    again.release(ignore=True)
+
+
+def test_a_released_adaptive_permit_says_nothing_when_collected() -> None:
+    limiter = AdaptiveLimiter(1, 1, 4, None, 100, clock=FakeClock())
+    permit = limiter.try_acquire()
+    assert permit is not None
+    permit.release()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        del permit
+        gc.collect()
+    assert limiter.inflight == 0
+
+
+async def test_a_dropped_adaptive_permit_held_in_a_cycle_wakes_the_next_waiter() -> None:
+    limiter = AdaptiveLimiter(1, 1, 4, None, 100, clock=FakeClock(), name="llm")
+    holder: list[object] = []
+    holder.append(holder)  # a reference cycle: only the cyclic collector frees it
+    holder.append(await limiter.acquire())
+    waiter = asyncio.create_task(limiter.acquire())
+    await settle()
+    assert not waiter.done()
+    del holder
+    assert not waiter.done()  # a cycle waits for the collector
+    with pytest.warns(ResourceWarning, match="'llm': an AdaptivePermit"):
+        gc.collect()
+    await settle()
+    assert waiter.done()
+    (await waiter).release(ignore=True)
+    assert limiter.inflight == 0

@@ -114,29 +114,19 @@ class BackpressureStats:
     load_percentage: float
 
 
-class Permit:
-    """Permits held from a :class:`Backpressure`; give them back with :meth:`release`.
+class _Held:
+    """What :class:`Permit` and :class:`AdaptivePermit` share: when the hold began and ended,
+    and the give-back, with a :class:`ResourceWarning`, of a permit collected unreleased.
 
-    Usable as ``with permit:`` and ``async with permit:`` (both release on exit). A permit that
-    is garbage-collected unreleased is given back then, with a :class:`ResourceWarning` naming
-    its limiter (shown with ``python -X dev`` or ``-W default``): a leak is repaired and said,
-    never silent.
+    A subclass sets ``_acquired_at`` and ``_released_at`` in its own ``__init__`` (no
+    ``super().__init__()`` call on the acquire path) and says how to read its limiter's clock,
+    how to give the permit back and how to name the leak.
     """
 
-    __slots__ = ("_acquired_at", "_owner", "_released_at", "permits")
+    __slots__ = ("_acquired_at", "_released_at")
 
-    def __init__(self, owner: Backpressure, permits: int, acquired_at: float) -> None:
-        self._owner = owner
-        self.permits = permits
-        self._acquired_at = acquired_at
-        self._released_at: float | None = None
-
-    def release(self) -> None:
-        """Give the permits back; wake the first waiter that now fits. Idempotent, non-blocking."""
-        if self._released_at is None:
-            owner = self._owner
-            self._released_at = owner._now()
-            owner._give_back(self.permits)
+    _acquired_at: float
+    _released_at: float | None
 
     @property
     def released(self) -> bool:
@@ -145,11 +135,62 @@ class Permit:
 
     @property
     def held_duration(self) -> float:
-        """Seconds the permits have been held (up to the release, once released)."""
+        """Seconds the permit has been held (up to the release, once released)."""
         end = self._released_at
         if end is None:
-            end = self._owner._now()
+            end = self._clock_now()
         return end - self._acquired_at
+
+    def _clock_now(self) -> float:
+        raise NotImplementedError
+
+    def _give_back_collected(self) -> None:
+        raise NotImplementedError
+
+    def _leak_warning(self) -> str:
+        raise NotImplementedError
+
+    def __del__(self) -> None:
+        # mypyc compiles __del__ into the type's tp_finalize (subclasses inherit it), so both
+        # builds run this.
+        if self._released_at is None:
+            try:
+                self._give_back_collected()
+            finally:
+                warnings.warn(
+                    self._leak_warning()
+                    + " was garbage-collected without release() and was given back then; "
+                    "release it (or use `with permit:`) so that it is not held until the "
+                    "collector runs",
+                    ResourceWarning,
+                    source=self,
+                    stacklevel=1,
+                )
+
+
+class Permit(_Held):
+    """Permits held from a :class:`Backpressure`; give them back with :meth:`release`.
+
+    Usable as ``with permit:`` and ``async with permit:`` (both release on exit). A permit that
+    is garbage-collected unreleased is given back then, with a :class:`ResourceWarning` naming
+    its limiter (shown with ``python -X dev`` or ``-W default``): a leak is repaired and said,
+    never silent.
+    """
+
+    __slots__ = ("_owner", "permits")
+
+    def __init__(self, owner: Backpressure, permits: int, acquired_at: float) -> None:
+        self._owner = owner
+        self.permits = permits
+        self._acquired_at = acquired_at
+        self._released_at = None
+
+    def release(self) -> None:
+        """Give the permits back; wake the first waiter that now fits. Idempotent, non-blocking."""
+        if self._released_at is None:
+            owner = self._owner
+            self._released_at = owner._now()
+            owner._give_back(self.permits)
 
     def __enter__(self) -> Permit:
         return self
@@ -163,20 +204,14 @@ class Permit:
     async def __aexit__(self, *exc: object) -> None:
         self.release()
 
-    def __del__(self) -> None:
-        # mypyc compiles __del__ into the type's tp_finalize, so both builds run this.
-        if self._released_at is None:
-            try:
-                self.release()
-            finally:
-                warnings.warn(
-                    f"backpressure {self._owner.name!r}: a Permit of {self.permits} was "
-                    "garbage-collected without release() and was given back then; release it "
-                    "(or use `with permit:`) so that it is not held until the collector runs",
-                    ResourceWarning,
-                    source=self,
-                    stacklevel=1,
-                )
+    def _clock_now(self) -> float:
+        return self._owner._now()
+
+    def _give_back_collected(self) -> None:
+        self.release()
+
+    def _leak_warning(self) -> str:
+        return f"backpressure {self._owner.name!r}: a Permit of {self.permits}"
 
     def __repr__(self) -> str:
         state = "released" if self.released else "held"
@@ -768,33 +803,22 @@ class AdaptiveLimiterStats:
     aimed_latency_ms: float | None
 
 
-class AdaptivePermit:
+class AdaptivePermit(_Held):
     """One request admitted by an :class:`AdaptiveLimiter`; :meth:`release` reports its outcome.
 
     ``with``/``async with permit:`` release on exit and classify the outcome like
-    ``async with limiter:`` does.
+    ``async with limiter:`` does. A permit that is garbage-collected unreleased is given back
+    then, without a latency sample, and with a :class:`ResourceWarning` naming its limiter (as
+    :class:`Permit` does).
     """
 
-    __slots__ = ("_generation", "_limiter", "_released_at", "_started_at")
+    __slots__ = ("_generation", "_limiter")
 
     def __init__(self, limiter: AdaptiveLimiter, generation: int, started_at: float) -> None:
         self._limiter = limiter
         self._generation = generation
-        self._started_at = started_at
-        self._released_at: float | None = None
-
-    @property
-    def released(self) -> bool:
-        """Whether :meth:`release` was called."""
-        return self._released_at is not None
-
-    @property
-    def held_duration(self) -> float:
-        """Seconds since the permit was granted (up to the release, once released)."""
-        end = self._released_at
-        if end is None:
-            end = self._limiter._now()
-        return end - self._started_at
+        self._acquired_at = started_at
+        self._released_at = None
 
     def release(
         self, latency_ms: NumberArg | None = None, *, dropped: bool = False, ignore: bool = False
@@ -836,6 +860,16 @@ class AdaptivePermit:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
     ) -> None:
         self._limiter._finish_with(self, exc)
+
+    def _clock_now(self) -> float:
+        return self._limiter._now()
+
+    def _give_back_collected(self) -> None:
+        # A sample from a leaked permit would be its lifetime until the collector ran.
+        self._limiter._finish(self, None, False, True)
+
+    def _leak_warning(self) -> str:
+        return f"adaptive limiter {self._limiter.name!r}: an AdaptivePermit"
 
     def __repr__(self) -> str:
         state = "released" if self.released else "held"
@@ -1169,7 +1203,7 @@ class AdaptiveLimiter:
     ) -> None:
         now = permit._released_at = self._now()
         if latency_ms is None:
-            latency_ms = (now - permit._started_at) * 1000.0
+            latency_ms = (now - permit._acquired_at) * 1000.0
         self._inflight -= 1
         if ignore or permit._generation != self._generation:
             self._ignored += 1
