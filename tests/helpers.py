@@ -1,4 +1,5 @@
-"""Builders and doubles the test modules share: one ``msg()``, a scripted channel, a fake LLM.
+"""Builders and doubles the test modules share: one ``msg()``, a scripted channel, a fake LLM,
+an intake that records.
 
 Import them with ``from tests.helpers import ...`` (``tests`` is a package).
 """
@@ -10,7 +11,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from zeroclaw.concurrency.channel_integration import ChannelMessage, MessageResult
+from zeroclaw.concurrency.channel_integration import (
+    Admission,
+    AdmissionKind,
+    Channel,
+    ChannelMessage,
+    MessageResult,
+    MessageResultKind,
+)
 from zeroclaw.testing import FakeClock
 
 Handler = Callable[[ChannelMessage], Awaitable[str]]
@@ -179,3 +187,23 @@ class Script:
         if self.behaviour is not None:
             return await self.behaviour(message)
         return f"echo: {message.content}"
+
+
+@dataclass
+class RecordingIntake:
+    """An intake that admits (or refuses) everything and records what it saw."""
+
+    admission: Admission = field(default_factory=lambda: Admission(AdmissionKind.ACCEPTED))
+    submitted: list[ChannelMessage] = field(default_factory=list)
+    finished_results: list[tuple[str, MessageResultKind]] = field(default_factory=list)
+    ignored_messages: list[tuple[str, str, str]] = field(default_factory=list)
+
+    async def submit(self, channel: Channel, message: ChannelMessage) -> Admission:
+        self.submitted.append(message)
+        return self.admission
+
+    def ignored(self, channel: str, message: ChannelMessage, reason: str) -> None:
+        self.ignored_messages.append((channel, message.content, reason))
+
+    def finished(self, message: ChannelMessage, result: MessageResult) -> None:
+        self.finished_results.append((message.id, result.kind))

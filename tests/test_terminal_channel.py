@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import RecordingIntake
 from zeroclaw.channels import CHANNEL_KINDS, ChannelContext, build_channel, register_channel_kind
 from zeroclaw.channels.base import allows
 from zeroclaw.channels.terminal import SENDER, TerminalChannel
@@ -27,26 +28,6 @@ from zeroclaw.concurrency.channel_integration import (
     MessageResultKind,
 )
 from zeroclaw.gateway.server import jsonable
-
-
-@dataclass
-class RecordingIntake:
-    """An intake that admits (or refuses) everything and records what it saw."""
-
-    admission: Admission = field(default_factory=lambda: Admission(AdmissionKind.ACCEPTED))
-    submitted: list[ChannelMessage] = field(default_factory=list)
-    finished_results: list[tuple[str, MessageResultKind]] = field(default_factory=list)
-    ignored_messages: list[tuple[str, str, str]] = field(default_factory=list)
-
-    async def submit(self, channel: Channel, message: ChannelMessage) -> Admission:
-        self.submitted.append(message)
-        return self.admission
-
-    def ignored(self, channel: str, message: ChannelMessage, reason: str) -> None:
-        self.ignored_messages.append((channel, message.content, reason))
-
-    def finished(self, message: ChannelMessage, result: MessageResult) -> None:
-        self.finished_results.append((message.id, result.kind))
 
 
 @pytest.fixture

@@ -59,7 +59,16 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from zeroclaw.channels.base import ChannelContext, ChannelSpec, Intake, allows, submit_within
-from zeroclaw.channels.http import error_response, read_limited_body, refusal_response
+from zeroclaw.channels.http import (
+    AttemptFailed,
+    GaveUp,
+    HttpSender,
+    backoff_seconds,
+    channel_path,
+    error_response,
+    read_limited_body,
+    refusal_response,
+)
 from zeroclaw.channels.text import split_text
 from zeroclaw.concurrency._clock import Clock, resolve_clock
 from zeroclaw.concurrency._validate import to_count, to_seconds
@@ -71,7 +80,6 @@ from zeroclaw.concurrency.channel_integration import (
 from zeroclaw.concurrency.deduplicator import DedupKey, Deduplicator
 
 try:
-    import aiohttp
     from aiohttp import web
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError("the Slack channel needs aiohttp: pip install 'zeroclaw[gateway]'") from exc
@@ -249,14 +257,11 @@ class SlackChannel:
         clock: Clock | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        if not name:
-            raise ValueError("a channel needs a name")
+        self.path = channel_path(name, path)
         if not isinstance(bot_token, str) or not bot_token:
             raise ValueError(f"Slack channel {name!r}: bot_token is required")
         if not isinstance(signing_secret, str) or not signing_secret:
             raise ValueError(f"Slack channel {name!r}: signing_secret is required")
-        if path is not None and not path.startswith("/"):
-            raise ValueError(f"path must start with '/', got {path!r}")
         if not api_base.startswith(("http://", "https://")):
             raise ValueError(f"api_base must be an http(s) URL, got {api_base!r}")
         self._name = name
@@ -265,20 +270,26 @@ class SlackChannel:
         self._secret = signing_secret.encode()
         self.api_base = api_base.rstrip("/")
         self._allowed = allowed_users
-        self.path = path or f"/channels/{name}"
         self._max_body = to_count(max_body_bytes, what="max_body_bytes", minimum=1)
         self._admission_timeout = to_seconds(admission_timeout, what="admission_timeout")
         self._replay_window = to_seconds(replay_window, what="replay_window")
-        self._request_timeout = to_seconds(request_timeout, what="request_timeout")
-        self._send_retries = to_count(send_retries, what="send_retries")
-        self._max_retry_wait = to_seconds(max_retry_wait, what="max_retry_wait")
-        first, longest = retry_backoff
-        self._backoff_first = to_seconds(first, what="retry_backoff")
-        self._backoff_max = to_seconds(longest, what="retry_backoff")
+        self._clock = resolve_clock(clock)
+        self._sender = HttpSender(
+            f"slack {name!r}",
+            timeout=to_seconds(request_timeout, what="request_timeout"),
+            retries=to_count(send_retries, what="send_retries"),
+            backoff=backoff_seconds(retry_backoff, what="retry_backoff"),
+            max_retry_wait=to_seconds(max_retry_wait, what="max_retry_wait"),
+            headers={
+                "Authorization": f"Bearer {bot_token}",
+                "Content-Type": "application/json; charset=utf-8",
+            },
+            rng=rng,
+            clock=self._clock,
+            logger=_logger,
+        )
         self._max_text = to_count(max_text_chars, what="max_text_chars", minimum=1)
         self._health_ttl = to_seconds(health_ttl, what="health_ttl")
-        self._rng = rng if rng is not None else random.Random()
-        self._clock = resolve_clock(clock)
         self._wall = wall_clock
         self._seen = Deduplicator(
             to_seconds(seen_ttl, what="seen_ttl"),
@@ -288,7 +299,6 @@ class SlackChannel:
         )
         # Messages being admitted now, by message key: a concurrent redelivery waits for them.
         self._admitting: dict[DedupKey, asyncio.Future[bool]] = {}
-        self._session: aiohttp.ClientSession | None = None
         self._closed: asyncio.Event | None = None
         self._health: tuple[float, bool] | None = None
         self.bot_user_id: str | None = None
@@ -296,7 +306,6 @@ class SlackChannel:
         self.messages_posted = 0
         self.send_failures = 0
         self.rate_limited = 0
-        self.retried = 0
 
     # ------------------------------------------------------------------ Channel protocol
 
@@ -307,9 +316,14 @@ class SlackChannel:
     @property
     def delivery_budget(self) -> float:
         """The longest one message part can take: every attempt and the longest waits between."""
-        attempts = self._send_retries + 1
-        longest_wait = max(self._max_retry_wait, self._backoff_max)
-        return attempts * self._request_timeout + self._send_retries * longest_wait
+        sender = self._sender
+        longest_wait = max(sender.max_retry_wait, sender.backoff_max)
+        return (sender.retries + 1) * sender.timeout + sender.retries * longest_wait
+
+    @property
+    def retried(self) -> int:
+        """Web API calls retried (after a 429, a 5xx, a timeout or a connection error)."""
+        return self._sender.retried
 
     async def listen(self, queue: asyncio.Queue[ChannelMessage]) -> None:
         """Check the token once (``auth.test``, a failure is logged), then wait until
@@ -378,11 +392,10 @@ class SlackChannel:
         return healthy
 
     async def aclose(self) -> None:
-        """Stop: :meth:`listen` returns and the Web API session closes. Idempotent."""
+        """Stop: :meth:`listen` returns and the Web API session closes; a reply still being
+        posted fails (and is counted). Idempotent."""
         self._closed_event().set()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._sender.aclose()
 
     # ------------------------------------------------------------------ HTTP in
 
@@ -574,56 +587,34 @@ class SlackChannel:
         """
         url = f"{self.api_base}/{method}"
         data = json.dumps(payload).encode()
-        limit = self._send_retries if retries is None else retries
-        attempt = 0
-        while True:
-            try:
-                async with self._client().post(url, data=data) as response:
-                    status = response.status
-                    body = await response.read()
-                    retry_after = response.headers.get("Retry-After")
-            except TimeoutError:
-                problem, wait = f"no answer within {self._request_timeout:g}s", None
-            except aiohttp.ClientError as exc:
-                problem, wait = f"{type(exc).__name__}: {exc}", None
-            else:
-                if status == 200:
-                    return _ok_answer(method, body)
-                if status == 429:
-                    self.rate_limited += 1
-                    wait = parse_retry_after(retry_after)
-                    problem = f"HTTP 429, Retry-After {wait:g}s"
-                    if wait > self._max_retry_wait:
-                        raise SlackApiError(method, "ratelimited", status=429, detail=problem)
-                elif status >= 500:
-                    problem, wait = f"HTTP {status}", None
-                else:
-                    raise SlackApiError(method, f"http_{status}", status=status)
-            if attempt >= limit:
-                raise SlackApiError(
-                    method, "unreachable", detail=f"{attempt + 1} attempt(s), last: {problem}"
-                )
-            if wait is None:
-                wait = self._rng.uniform(
-                    0.0, min(self._backoff_max, self._backoff_first * 2.0**attempt)
-                )
-            _logger.warning(
-                "slack %r: %s: %s; retrying in %.2fs", self._name, method, problem, wait
-            )
-            attempt += 1
-            self.retried += 1
-            await self._clock.sleep(wait)
 
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                headers={
-                    "Authorization": f"Bearer {self._token}",
-                    "Content-Type": "application/json; charset=utf-8",
-                },
-                timeout=aiohttp.ClientTimeout(total=self._request_timeout),
+        async def attempt() -> dict[str, Any]:
+            answer = await self._sender.post(url, data=data)
+            status = answer.status
+            if status == 200:
+                return _ok_answer(method, answer.body)
+            if status == 429:
+                self.rate_limited += 1
+                wait = parse_retry_after(answer.headers.get("Retry-After"))
+                raise AttemptFailed(f"HTTP 429, Retry-After {wait:g}s", retry_after=wait)
+            if status >= 500:
+                raise AttemptFailed(f"HTTP {status}")
+            raise SlackApiError(method, f"http_{status}", status=status)
+
+        try:
+            return await self._sender.send(
+                attempt, what=f"slack {self._name!r}: {method}", retries=retries
             )
-        return self._session
+        except GaveUp as failed:
+            if failed.too_long:
+                raise SlackApiError(
+                    method, "ratelimited", status=429, detail=failed.problem
+                ) from None
+            raise SlackApiError(
+                method,
+                "unreachable",
+                detail=f"{failed.attempts} attempt(s), last: {failed.problem}",
+            ) from None
 
     def _closed_event(self) -> asyncio.Event:
         if self._closed is None:

@@ -44,8 +44,19 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from zeroclaw.channels.base import ChannelContext, ChannelSpec, Intake, allows
-from zeroclaw.channels.http import error_response, read_limited_body, refusal_response
+from zeroclaw.channels.base import ChannelContext, ChannelSpec, Intake, allows, submit_within
+from zeroclaw.channels.http import (
+    AttemptFailed,
+    GaveUp,
+    HttpSender,
+    backoff_delay,
+    backoff_seconds,
+    channel_path,
+    error_response,
+    read_limited_body,
+    refusal_response,
+)
+from zeroclaw.channels.text import split_text as _split_text
 from zeroclaw.concurrency import RateLimiter
 from zeroclaw.concurrency._clock import Clock, resolve_clock
 from zeroclaw.concurrency._validate import to_count, to_positive_number, to_seconds
@@ -57,7 +68,6 @@ from zeroclaw.concurrency.channel_integration import (
 )
 
 try:
-    import aiohttp
     from aiohttp import web
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError(
@@ -78,8 +88,6 @@ _logger = logging.getLogger("zeroclaw.channels.telegram")
 
 MAX_MESSAGE_LENGTH = 4096
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
-# A split looks this far back from the limit for a newline or a space before cutting a word.
-_SPLIT_WINDOW = 512
 # The long-poll request may take this much longer than the poll timeout before it is abandoned.
 _POLL_GRACE = 10.0
 
@@ -112,28 +120,10 @@ class TelegramError(Exception):
 
 
 def split_text(text: str, limit: int = MAX_MESSAGE_LENGTH) -> list[str]:
-    """``text`` in parts of at most ``limit`` characters, in order, joined back losslessly.
-
-    A cut goes after the last newline, else the last space, within the last 512 characters
-    before the limit; else at the limit. Empty text gives no part. Does not block.
-    """
-    parts: list[str] = []
-    rest = text
-    while len(rest) > limit:
-        window = rest[max(0, limit - _SPLIT_WINDOW) : limit]
-        cut = -1
-        for separator in ("\n", " "):
-            found = window.rfind(separator)
-            if found >= 0:
-                cut = limit - len(window) + found + 1
-                break
-        if cut <= 0:
-            cut = limit
-        parts.append(rest[:cut])
-        rest = rest[cut:]
-    if rest:
-        parts.append(rest)
-    return parts
+    """``text`` in parts of at most ``limit`` characters (Telegram's 4096 by default), in order,
+    joined back losslessly: :func:`zeroclaw.channels.text.split_text`, which says where the cuts
+    fall. Empty text gives no part. Does not block."""
+    return _split_text(text, limit)
 
 
 def _mentions(message: Mapping[str, Any], username: str) -> bool:
@@ -232,11 +222,6 @@ def parse_update(
         if not _mentions(message, bot_username):
             return parsed, "a group message that does not mention the bot"
     return parsed, None
-
-
-def backoff_delay(attempt: int, first: float, longest: float, rng: random.Random) -> float:
-    """Full-jitter exponential backoff: uniform in ``[0, min(longest, first * 2**attempt)]``."""
-    return rng.uniform(0.0, min(longest, first * 2.0 ** min(attempt, 32)))
 
 
 class ChatLimiters:
@@ -339,8 +324,7 @@ class TelegramChannel:
         rng: random.Random | None = None,
         clock: Clock | None = None,
     ) -> None:
-        if not name:
-            raise ValueError("a channel needs a name")
+        served_at = channel_path(name, path)
         if not bot_token:
             raise ValueError(f"telegram channel {name!r}: bot_token is required")
         if mode not in ("polling", "webhook"):
@@ -351,8 +335,6 @@ class TelegramChannel:
             raise ValueError(
                 f"group_reply must be 'mention_only' or 'all_messages', got {group_reply!r}"
             )
-        if path is not None and not path.startswith("/"):
-            raise ValueError(f"path must start with '/', got {path!r}")
         self._name = name
         self._intake = intake
         self._token = bot_token
@@ -367,23 +349,29 @@ class TelegramChannel:
         self.group_reply = group_reply
         if mode == "webhook":
             # Only a webhook-mode channel is served over HTTP (the gateway routes by `path`).
-            self.path = path or f"/channels/{name}"
+            self.path = served_at
         self._max_body = to_count(max_body_bytes, what="max_body_bytes", minimum=1)
         self._admission_timeout = to_seconds(admission_timeout, what="admission_timeout")
         self._poll_timeout = to_seconds(poll_timeout, what="poll_timeout")
         self._request_timeout = to_positive_number(request_timeout, what="request_timeout")
-        self._send_retries = to_count(send_retries, what="send_retries")
-        self._max_retry_wait = to_seconds(max_retry_wait, what="max_retry_wait")
-        first, longest = backoff
-        self._backoff_first = to_seconds(first, what="backoff")
-        self._backoff_max = to_seconds(longest, what="backoff")
+        self._backoff_first, self._backoff_max = backoff_seconds(backoff, what="backoff")
         self._rng = rng if rng is not None else random.Random()
         self._clock = resolve_clock(clock)
+        self._sender = HttpSender(
+            f"telegram {name!r}",
+            timeout=self._request_timeout,
+            retries=to_count(send_retries, what="send_retries"),
+            backoff=(self._backoff_first, self._backoff_max),
+            max_retry_wait=to_seconds(max_retry_wait, what="max_retry_wait"),
+            rng=self._rng,
+            clock=self._clock,
+            logger=_logger,
+            level=logging.INFO,
+        )
         self._chats = ChatLimiters(per_chat_rate, per_chat_burst, clock=self._clock)
         self._bot_rate = RateLimiter(
             to_positive_number(bot_rate, what="bot_rate"), clock=self._clock, name=f"bot {name}"
         )
-        self._session: aiohttp.ClientSession | None = None
         self._closed: asyncio.Event | None = None
         self._me_lock: asyncio.Lock | None = None
         self.bot_id: int | None = None
@@ -391,7 +379,6 @@ class TelegramChannel:
         self.offset: int | None = None
         self.polls = 0
         self.sent_parts = 0
-        self.send_retried = 0
         self._reachable: bool | None = None
 
     # ------------------------------------------------------------------ Channel protocol
@@ -404,8 +391,13 @@ class TelegramChannel:
     def delivery_budget(self) -> float:
         """A bound on one delivery: each attempt of a few parts, the waits between, one long
         ``retry_after``. The gateway's send timeout covers it."""
-        attempts = self._send_retries + 1
-        return 2 * attempts * self._request_timeout + self._max_retry_wait
+        sender = self._sender
+        return 2 * (sender.retries + 1) * sender.timeout + sender.max_retry_wait
+
+    @property
+    def send_retried(self) -> int:
+        """``sendMessage`` attempts retried (after a 429, a 5xx or a network error)."""
+        return self._sender.retried
 
     async def listen(self, queue: asyncio.Queue[ChannelMessage]) -> None:
         """Polling mode: long-poll ``getUpdates`` and admit each update, until :meth:`aclose`.
@@ -499,9 +491,7 @@ class TelegramChannel:
     async def aclose(self) -> None:
         """Stop polling; close the HTTP session. A delivery still running fails (and is counted)."""
         self._closed_event().set()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._sender.aclose()
 
     # ------------------------------------------------------------------ webhook mode
 
@@ -576,14 +566,7 @@ class TelegramChannel:
         if reason is not None:
             self._intake.ignored(self._name, message, reason)
             return None, None
-        try:
-            async with asyncio.timeout(self._admission_timeout):
-                admission = await self._intake.submit(self, message)
-        except TimeoutError:
-            return Admission(AdmissionKind.REJECTED, "admission timed out"), None
-        except RuntimeError as exc:
-            _logger.warning("telegram %r: %s", self._name, exc)
-            return Admission(AdmissionKind.REJECTED, "not running"), None
+        admission = await submit_within(self._intake, self, message, self._admission_timeout)
         return admission, admission.retry_after
 
     # ------------------------------------------------------------------ Bot API
@@ -609,14 +592,6 @@ class TelegramChannel:
             return None
         return task.result()
 
-    def _client(self) -> aiohttp.ClientSession:
-        # After aclose() a call still in flight must not open a session nobody will close.
-        if self._closed is not None and self._closed.is_set():
-            raise aiohttp.ClientConnectionError(f"telegram channel {self.name!r} is closed")
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession()
-        return self._session
-
     async def call(self, method: str, payload: Mapping[str, Any], *, timeout: float) -> Any:
         """POST ``payload`` to ``{api_base}/bot{token}/{method}``; returns ``result``.
 
@@ -626,18 +601,11 @@ class TelegramChannel:
         """
         url = f"{self.api_base}/bot{self._token}/{method}"
         try:
-            async with self._client().post(
-                url, json=payload, timeout=aiohttp.ClientTimeout(total=timeout)
-            ) as response:
-                status = response.status
-                try:
-                    data = await response.json(content_type=None)
-                except ValueError:
-                    data = None
-        except TimeoutError:
-            raise TelegramError(method, None, f"no answer within {timeout:g}s") from None
-        except aiohttp.ClientError as exc:
-            raise TelegramError(method, None, f"{type(exc).__name__}: {exc}") from None
+            answer = await self._sender.post(url, json=payload, timeout=timeout)
+        except AttemptFailed as failure:  # a timeout, a network error, or closed
+            raise TelegramError(method, None, failure.problem) from None
+        status = answer.status
+        data = answer.json()
         if not isinstance(data, dict):
             raise TelegramError(method, status, "the answer is not a JSON object")
         if data.get("ok") is True:
@@ -704,35 +672,30 @@ class TelegramChannel:
         if thread_id is not None:
             payload["message_thread_id"] = thread_id
         chat = self._chats.get(str(chat_id))
-        attempt = 0
-        while True:
+
+        async def attempt() -> None:
+            # Each attempt waits for the pace limits again: a retry is a message sent.
             await chat.acquire()
             await self._bot_rate.acquire()
             try:
                 await self.call("sendMessage", payload, timeout=self._request_timeout)
             except TelegramError as error:
-                if not error.retryable or attempt >= self._send_retries:
-                    raise
-                if error.retry_after is not None:
-                    if error.retry_after > self._max_retry_wait:
-                        raise
-                    # Flood control: wait exactly as long as Telegram asks (this conversation's
-                    # next replies queue behind this one meanwhile; other chats go on).
-                    delay = error.retry_after
-                else:
-                    delay = backoff_delay(
-                        attempt, self._backoff_first, self._backoff_max, self._rng
-                    )
-                _logger.info(
-                    "telegram %r: sendMessage to %s: %s; retrying", self._name, chat_id, error
-                )
-                attempt += 1
-                self.send_retried += 1
-                if delay > 0:
-                    await self._clock.sleep(delay)
-                continue
-            self.sent_parts += 1
-            return
+                # Flood control (429 + retry_after) is waited exactly as long as Telegram asks;
+                # this conversation's next replies queue behind this one, other chats go on.
+                raise AttemptFailed(
+                    str(error),
+                    retryable=error.retryable,
+                    retry_after=error.retry_after,
+                    error=error,
+                ) from None
+
+        try:
+            await self._sender.send(
+                attempt, what=f"telegram {self._name!r}: sendMessage to {chat_id}"
+            )
+        except GaveUp as failed:
+            raise (failed.last.error or failed) from None  # the TelegramError of the last try
+        self.sent_parts += 1
 
     def __repr__(self) -> str:
         where = getattr(self, "path", self.api_base)

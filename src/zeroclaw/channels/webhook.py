@@ -34,6 +34,11 @@ from typing import Any
 
 from zeroclaw.channels.base import ChannelContext, ChannelSpec, Intake, allows, submit_within
 from zeroclaw.channels.http import (
+    AttemptFailed,
+    GaveUp,
+    HttpSender,
+    backoff_seconds,
+    channel_path,
     error_response,
     read_limited_body,
     refusal_response,
@@ -49,7 +54,6 @@ from zeroclaw.concurrency.channel_integration import (
 )
 
 try:
-    import aiohttp
     from aiohttp import web
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError("the webhook channel needs aiohttp: pip install 'zeroclaw[gateway]'") from exc
@@ -110,32 +114,28 @@ class WebhookChannel:
         rng: random.Random | None = None,
         clock: Clock | None = None,
     ) -> None:
-        if not name:
-            raise ValueError("a channel needs a name")
-        if path is not None and not path.startswith("/"):
-            raise ValueError(f"path must start with '/', got {path!r}")
+        self.path = channel_path(name, path)
         self._name = name
         self._intake = intake
         self._allowed = allowed_users
         self._token = token.encode() if token else None
         self.callback_url = callback_url or None
-        self.path = path or f"/channels/{name}"
         self._max_body = to_count(max_body_bytes, what="max_body_bytes", minimum=1)
         self._admission_timeout = to_seconds(admission_timeout, what="admission_timeout")
-        self._callback_timeout = to_seconds(callback_timeout, what="callback_timeout")
-        self._callback_retries = to_count(callback_retries, what="callback_retries")
-        first, longest = callback_backoff
-        self._backoff_first = to_seconds(first, what="callback_backoff")
-        self._backoff_max = to_seconds(longest, what="callback_backoff")
-        self._rng = rng if rng is not None else random.Random()
-        self._clock = resolve_clock(clock)
+        self._sender = HttpSender(
+            f"webhook {name!r}",
+            timeout=to_seconds(callback_timeout, what="callback_timeout"),
+            retries=to_count(callback_retries, what="callback_retries"),
+            backoff=backoff_seconds(callback_backoff, what="callback_backoff"),
+            rng=rng,
+            clock=resolve_clock(clock),
+            logger=_logger,
+        )
         # Sync mode: the HTTP requests waiting for their message's result, oldest first.
         self._waiting: dict[tuple[str, str], deque[_Waiter]] = {}
-        self._session: aiohttp.ClientSession | None = None
         self._closed: asyncio.Event | None = None
         self.callbacks_sent = 0
         self.callback_failures = 0
-        self.callback_retried = 0
 
     # ------------------------------------------------------------------ Channel protocol
 
@@ -148,11 +148,16 @@ class WebhookChannel:
         """The longest one delivery can take: every callback attempt and the waits between."""
         if self.callback_url is None:
             return 0.0
-        attempts = self._callback_retries + 1
+        sender = self._sender
         waits = sum(
-            min(self._backoff_max, self._backoff_first * 2.0**n) for n in range(attempts - 1)
+            min(sender.backoff_max, sender.backoff_first * 2.0**n) for n in range(sender.retries)
         )
-        return attempts * self._callback_timeout + waits
+        return (sender.retries + 1) * sender.timeout + waits
+
+    @property
+    def callback_retried(self) -> int:
+        """Callback attempts retried (after a 5xx, a 429, a timeout or a connection error)."""
+        return self._sender.retried
 
     @property
     def sync(self) -> bool:
@@ -223,9 +228,7 @@ class WebhookChannel:
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result((MessageResult(MessageResultKind.CANCELLED), None))
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._sender.aclose()
 
     # ------------------------------------------------------------------ HTTP
 
@@ -386,50 +389,31 @@ class WebhookChannel:
             self._closed = asyncio.Event()
         return self._closed
 
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self._callback_timeout)
-            )
-        return self._session
-
     async def _post_callback(self, payload: Mapping[str, Any]) -> None:
         """POST ``payload`` to the callback; retry 5xx/429/connection errors/timeouts.
 
         Raises:
-            CallbackError: every attempt failed, or the callback answered another 4xx.
+            CallbackError: every attempt failed, the callback answered another 4xx, or the
+                channel was closed.
         """
         assert self.callback_url is not None
         url = self.callback_url
-        attempt = 0
-        while True:
-            problem: str
-            retryable = True
-            try:
-                async with self._client().post(url, json=payload) as response:
-                    await response.read()
-                    if response.status < 300:
-                        self.callbacks_sent += 1
-                        return
-                    problem = f"HTTP {response.status}"
-                    retryable = response.status >= 500 or response.status == 429
-            except TimeoutError:
-                problem = f"no answer within {self._callback_timeout:g}s"
-            except aiohttp.ClientError as exc:
-                problem = f"{type(exc).__name__}: {exc}"
-            if not retryable or attempt >= self._callback_retries:
-                self.callback_failures += 1
-                raise CallbackError(
-                    f"callback {url} for message {payload.get('id')!r} failed after "
-                    f"{attempt + 1} attempt(s): {problem}"
-                )
-            delay = self._rng.uniform(0.0, min(self._backoff_max, self._backoff_first * 2**attempt))
-            _logger.warning(
-                "webhook %r: callback %s: %s; retrying in %.2fs", self._name, url, problem, delay
-            )
-            attempt += 1
-            self.callback_retried += 1
-            await self._clock.sleep(delay)
+
+        async def attempt() -> None:
+            answer = await self._sender.post(url, json=payload)
+            status = answer.status
+            if status >= 300:
+                raise AttemptFailed(f"HTTP {status}", retryable=status >= 500 or status == 429)
+
+        try:
+            await self._sender.send(attempt, what=f"webhook {self._name!r}: callback {url}")
+        except GaveUp as failed:
+            self.callback_failures += 1
+            raise CallbackError(
+                f"callback {url} for message {payload.get('id')!r} failed after "
+                f"{failed.attempts} attempt(s): {failed.problem}"
+            ) from None
+        self.callbacks_sent += 1
 
     def __repr__(self) -> str:
         mode = "sync" if self.callback_url is None else f"async -> {self.callback_url}"
