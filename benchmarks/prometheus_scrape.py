@@ -2,13 +2,14 @@
 
     python -m benchmarks.prometheus_scrape [--prometheus /usr/bin/prometheus] [--seconds 6]
 
-Starts ``zeroclaw serve`` (echo provider, one webhook channel, port 0), lints its ``/metrics`` with
+Starts ``zeroclaw serve`` (echo provider, one webhook channel, port 0) as the end-to-end tests do
+(``tests/gateway_process.py``: run it from a clone), lints its ``/metrics`` with
 ``promtool check metrics`` when promtool is installed, starts Prometheus (Debian's ``prometheus``
 package) with a config scraping it every second, sends a few webhook messages, waits until
 Prometheus reports the target ``up``, then queries Prometheus's HTTP API for every zeroclaw
 family it stored and prints them. Exits non-zero when the target never comes up or a family of
-the metrics table (docs/gateway.md) is missing from what Prometheus stored. Not a test: it
-needs the prometheus binary.
+the metrics table (docs/gateway.md; ``zeroclaw.gateway.metrics.FAMILIES``) is missing from what
+Prometheus stored. Not a test: it needs the prometheus binary.
 
 The scrape config it writes is the one to use in production, with your host and port::
 
@@ -25,7 +26,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -37,29 +37,10 @@ from typing import Any
 
 import aiohttp
 
-FAMILIES = (
-    "zeroclaw_pool_active_workers",
-    "zeroclaw_pool_queued_tasks",
-    "zeroclaw_pool_completed_tasks_total",
-    "zeroclaw_pool_timeout_tasks_total",
-    "zeroclaw_pool_avg_processing_time_ms",
-    "zeroclaw_backpressure_available_permits",
-    "zeroclaw_backpressure_waiting",
-    "zeroclaw_backpressure_load_percentage",
-    "zeroclaw_backpressure_rejected_total",
-    "zeroclaw_circuit_state",
-    "zeroclaw_circuit_failure_rate",
-    "zeroclaw_circuit_consecutive_failures",
-    "zeroclaw_circuit_time_in_state_seconds",
-    "zeroclaw_dedup_duplicates_found_total",
-    "zeroclaw_dedup_unique_added_total",
-    "zeroclaw_dedup_current_entries",
-    "zeroclaw_messages_total",
-    "zeroclaw_message_duration_seconds_bucket",
-    "zeroclaw_provider_requests_total",
-    "zeroclaw_provider_concurrency_limit",
-    "zeroclaw_channel_send_failures_total",
-)
+# The same start-up as the end-to-end tests (a clone has both): one place reads the port.
+from tests.gateway_process import start_serve, write_config
+
+from zeroclaw.gateway.metrics import FAMILY_SAMPLES
 
 CONFIG = """
 [gateway]
@@ -78,34 +59,11 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-async def start_zeroclaw(config: Path) -> tuple[asyncio.subprocess.Process, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "zeroclaw",
-        "serve",
-        "--config",
-        str(config),
-        stdin=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert process.stderr is not None
-    async with asyncio.timeout(60):
-        while True:
-            line = await process.stderr.readline()
-            if not line:
-                raise RuntimeError("zeroclaw serve exited before listening")
-            match = re.search(rb"listening on http://([^\s]+)", line)
-            if match:
-                return process, match.group(1).decode()
-
-
 async def main(prometheus: str, seconds: float) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
-        config = work / "zeroclaw.toml"
-        config.write_text(CONFIG)
-        zeroclaw, address = await start_zeroclaw(config)
+        zeroclaw = await start_serve(write_config(work, CONFIG))
+        address = zeroclaw.base.removeprefix("http://")
         prom_port = free_port()
         (work / "prometheus.yml").write_text(
             "global:\n  scrape_interval: 1s\n"
@@ -143,10 +101,10 @@ async def main(prometheus: str, seconds: float) -> int:
                 await asyncio.sleep(seconds)  # a few more scrapes after the traffic
                 stored = await query(session, api, '{__name__=~"zeroclaw_.*"}')
         finally:
-            for process in (server, zeroclaw):
-                if process.returncode is None:
-                    process.send_signal(signal.SIGTERM)
-                await process.wait()
+            if server.returncode is None:
+                server.send_signal(signal.SIGTERM)
+            await server.wait()
+            await zeroclaw.stop()
     names = sorted({series["metric"]["__name__"] for series in stored})
     print(f"Prometheus stored {len(stored)} zeroclaw series in {len(names)} metrics:")
     for series in stored:
@@ -154,7 +112,7 @@ async def main(prometheus: str, seconds: float) -> int:
         if labels.get("__name__", "").endswith("_bucket"):
             continue
         print(f"  {json.dumps(labels, sort_keys=True)} = {series['value'][1]}")
-    missing = [family for family in FAMILIES if family not in names]
+    missing = [family for family in FAMILY_SAMPLES if family not in names]
     if missing:
         print(f"missing from Prometheus: {', '.join(missing)}", file=sys.stderr)
         return 1

@@ -26,35 +26,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fakes.openai_server import FakeOpenAI, error
 from tests.gateway_process import Served, start_serve, until, write_config
+from zeroclaw.gateway.metrics import FAMILY_SAMPLES
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 TOKEN = "e2e-token"
 BODY_LIMIT = 65536
-
-FAMILIES = (
-    "zeroclaw_pool_active_workers",
-    "zeroclaw_pool_queued_tasks",
-    "zeroclaw_pool_completed_tasks_total",
-    "zeroclaw_pool_timeout_tasks_total",
-    "zeroclaw_pool_avg_processing_time_ms",
-    "zeroclaw_backpressure_available_permits",
-    "zeroclaw_backpressure_waiting",
-    "zeroclaw_backpressure_load_percentage",
-    "zeroclaw_backpressure_rejected_total",
-    "zeroclaw_circuit_state",
-    "zeroclaw_circuit_failure_rate",
-    "zeroclaw_circuit_consecutive_failures",
-    "zeroclaw_circuit_time_in_state_seconds",
-    "zeroclaw_dedup_duplicates_found_total",
-    "zeroclaw_dedup_unique_added_total",
-    "zeroclaw_dedup_current_entries",
-    "zeroclaw_messages_total",
-    "zeroclaw_message_duration_seconds_bucket",
-    "zeroclaw_provider_requests_total",
-    "zeroclaw_provider_concurrency_limit",
-    "zeroclaw_channel_send_failures_total",
-)
 
 
 @dataclass
@@ -372,7 +349,7 @@ async def test_metrics_carry_every_family_and_count_the_traffic(world: World) ->
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             samples.setdefault(sample.name, []).append(sample)
-    missing = [name for name in FAMILIES if name not in samples]
+    missing = [name for name in FAMILY_SAMPLES if name not in samples]
     assert missing == []
     success = [
         s.value

@@ -6,8 +6,10 @@ the provider's stats are a frozen dataclass of the shape ``ManagedProvider.stats
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
@@ -30,6 +32,7 @@ from zeroclaw.concurrency.circuit_breaker import (
 from zeroclaw.gateway.metrics import (
     CONTENT_TYPE,
     DURATION_BUCKETS,
+    FAMILIES,
     OUTCOMES,
     GatewayCollector,
     MessageLedger,
@@ -37,31 +40,6 @@ from zeroclaw.gateway.metrics import (
 )
 from zeroclaw.gateway.server import GatewayServer
 from zeroclaw.testing import FakeClock
-
-# (sample name, type) of every family the contract names (§4.7).
-TABLE = {
-    "zeroclaw_pool_active_workers": "gauge",
-    "zeroclaw_pool_queued_tasks": "gauge",
-    "zeroclaw_pool_completed_tasks_total": "counter",
-    "zeroclaw_pool_timeout_tasks_total": "counter",
-    "zeroclaw_pool_avg_processing_time_ms": "gauge",
-    "zeroclaw_backpressure_available_permits": "gauge",
-    "zeroclaw_backpressure_waiting": "gauge",
-    "zeroclaw_backpressure_load_percentage": "gauge",
-    "zeroclaw_backpressure_rejected_total": "counter",
-    "zeroclaw_circuit_state": "gauge",
-    "zeroclaw_circuit_failure_rate": "gauge",
-    "zeroclaw_circuit_consecutive_failures": "gauge",
-    "zeroclaw_circuit_time_in_state_seconds": "gauge",
-    "zeroclaw_dedup_duplicates_found_total": "counter",
-    "zeroclaw_dedup_unique_added_total": "counter",
-    "zeroclaw_dedup_current_entries": "gauge",
-    "zeroclaw_messages_total": "counter",
-    "zeroclaw_message_duration_seconds": "histogram",
-    "zeroclaw_provider_requests_total": "counter",
-    "zeroclaw_provider_concurrency_limit": "gauge",
-    "zeroclaw_channel_send_failures_total": "counter",
-}
 
 
 @dataclass(frozen=True)
@@ -92,8 +70,8 @@ def parse(text: bytes) -> dict[str, list[Sample]]:
             for suffix in ("_bucket", "_sum", "_count"):
                 if family.type == "histogram" and base.endswith(suffix):
                     base = base.removesuffix(suffix)
-            if base in TABLE:
-                assert TABLE[base] == family.type, base
+            if base in FAMILIES:
+                assert FAMILIES[base] == family.type, base
     return samples
 
 
@@ -142,7 +120,7 @@ async def test_every_family_of_the_table_is_served_with_values_from_stats() -> N
         )
     )
     samples = parse(collector.render())
-    missing = [name for name in TABLE if name not in samples and name + "_bucket" not in samples]
+    missing = [name for name in FAMILIES if name not in samples and name + "_bucket" not in samples]
     assert missing == []
 
     assert (
@@ -192,7 +170,7 @@ async def test_families_exist_before_the_processor_runs() -> None:
     )
     names = {f.name for f in text_string_to_metric_families(collector.render().decode())}
     # Counter families are named without their _total suffix by the parser.
-    expected = {name.removesuffix("_total") for name in TABLE}
+    expected = {name.removesuffix("_total") for name in FAMILIES}
     assert expected <= names
 
 
@@ -261,3 +239,10 @@ def test_ledger_pairs_durations_with_their_own_admission() -> None:
     assert entry.duration_sum == 4.0  # 1 s for y, 3 s for x
     assert (entry.outcomes["failed"], entry.outcomes["timeout"]) == (1, 1)
     assert ledger.open_messages == 0
+
+
+def test_docs_list_every_family_of_the_contract() -> None:
+    text = (Path(__file__).parent.parent / "docs" / "gateway.md").read_text()
+    listed = set(re.findall(r"`([a-z_]+)(?:\{[^}]*\})?`", " ".join(text.split())))
+    missing = [name for name in FAMILIES if name.removeprefix("zeroclaw_") not in listed]
+    assert missing == []

@@ -18,7 +18,8 @@ import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from types import MappingProxyType
+from typing import Final, Protocol
 
 from zeroclaw.concurrency._clock import Clock, resolve_clock
 from zeroclaw.concurrency.channel_integration import (
@@ -47,6 +48,8 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 __all__ = [
     "CONTENT_TYPE",
     "DURATION_BUCKETS",
+    "FAMILIES",
+    "FAMILY_SAMPLES",
     "OUTCOMES",
     "GatewayCollector",
     "LedgerChannel",
@@ -57,6 +60,40 @@ __all__ = [
 _logger = logging.getLogger("zeroclaw.gateway.metrics")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# The families the contract fixes (docs/gateway.md's list), by the name their samples carry (a
+# counter's "_total" included), with their type: what tests and benchmarks/prometheus_scrape.py
+# check a scrape against. The collector also exposes provider_in_flight and provider_retries_total.
+FAMILIES: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "zeroclaw_pool_active_workers": "gauge",
+        "zeroclaw_pool_queued_tasks": "gauge",
+        "zeroclaw_pool_completed_tasks_total": "counter",
+        "zeroclaw_pool_timeout_tasks_total": "counter",
+        "zeroclaw_pool_avg_processing_time_ms": "gauge",
+        "zeroclaw_backpressure_available_permits": "gauge",
+        "zeroclaw_backpressure_waiting": "gauge",
+        "zeroclaw_backpressure_load_percentage": "gauge",
+        "zeroclaw_backpressure_rejected_total": "counter",
+        "zeroclaw_circuit_state": "gauge",
+        "zeroclaw_circuit_failure_rate": "gauge",
+        "zeroclaw_circuit_consecutive_failures": "gauge",
+        "zeroclaw_circuit_time_in_state_seconds": "gauge",
+        "zeroclaw_dedup_duplicates_found_total": "counter",
+        "zeroclaw_dedup_unique_added_total": "counter",
+        "zeroclaw_dedup_current_entries": "gauge",
+        "zeroclaw_messages_total": "counter",
+        "zeroclaw_message_duration_seconds": "histogram",
+        "zeroclaw_provider_requests_total": "counter",
+        "zeroclaw_provider_concurrency_limit": "gauge",
+        "zeroclaw_channel_send_failures_total": "counter",
+    }
+)
+
+# A sample name each family of FAMILIES always exposes (a histogram's is its "_bucket").
+FAMILY_SAMPLES: Final[tuple[str, ...]] = tuple(
+    name + "_bucket" if kind == "histogram" else name for name, kind in FAMILIES.items()
+)
 
 # Every outcome label value of zeroclaw_messages_total, emitted (as 0) before it first happens.
 OUTCOMES = (
