@@ -22,6 +22,7 @@ import pytest
 import zeroclaw
 from zeroclaw import cli
 from zeroclaw.cli import STARTER_CONFIG, main, mask, setup_logging
+from zeroclaw.concurrency import _mypyc
 from zeroclaw.gateway.config import GatewayConfig
 
 SRC = pathlib.Path(zeroclaw.__file__).resolve().parents[1]
@@ -95,9 +96,29 @@ def run(*args: str, cwd: pathlib.Path | None = None) -> subprocess.CompletedProc
 # ---------------------------------------------------------------------------- help, version
 
 
-def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+def test_version_says_which_build_is_installed(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--version"]) == 0
-    assert capsys.readouterr().out == f"zeroclaw {zeroclaw.__version__}\n"
+    assert capsys.readouterr().out == (
+        f"zeroclaw {zeroclaw.__version__}\nbuild: {_mypyc.build_summary()}\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("compiled", "summary"),
+    [
+        ({}, "plain Python (nothing compiled)"),
+        (dict.fromkeys(_mypyc.COMPILED, "x.so"), "compiled with mypyc (7 of 7 modules)"),
+        (
+            dict.fromkeys(_mypyc.COMPILED[1:], "x.so"),
+            "compiled with mypyc (6 of 7 modules; plain Python: worker_pool)",
+        ),
+    ],
+)
+def test_the_build_summary_names_what_is_compiled(
+    monkeypatch: pytest.MonkeyPatch, compiled: dict[str, str], summary: str
+) -> None:
+    monkeypatch.setattr(_mypyc, "compiled_modules", lambda: compiled)
+    assert _mypyc.build_summary() == summary
 
 
 def test_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
@@ -421,9 +442,11 @@ def test_console_script_is_main() -> None:
 
 def test_real_command_version() -> None:
     done = run("--version")
+    # The suite runs the sources (PYTHONPATH=src in run()): the plain build, or the extensions
+    # an editable install built beside them.
     assert (done.returncode, done.stdout, done.stderr) == (
         0,
-        f"zeroclaw {zeroclaw.__version__}\n",
+        f"zeroclaw {zeroclaw.__version__}\nbuild: {_mypyc.build_summary()}\n",
         "",
     )
 

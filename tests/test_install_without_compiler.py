@@ -51,4 +51,12 @@ def test_install_without_a_c_compiler_builds_the_plain_package(tmp_path: pathlib
         [str(python), "-c", check], capture_output=True, text=True, env=env, cwd=tmp_path
     )
     assert built.stdout.strip() == "{}", built.stderr
+    version = subprocess.run(
+        [str(tmp_path / "venv" / "bin" / "zeroclaw"), "--version"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert version.stdout.splitlines()[1:] == ["build: plain Python (nothing compiled)"], version
     assert previous.read_bytes() == b"an editable install's extension"

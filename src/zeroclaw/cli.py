@@ -109,12 +109,38 @@ def _log_level(text: str) -> str:
     return text.lower()
 
 
+class _Version(argparse.Action):
+    """``--version``: the version, then the build (read only when asked: it imports the
+    compiled modules), so that a user learns whether ``pip install`` fell back to plain Python."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None) -> None:
+        super().__init__(
+            option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0, help=help
+        )
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        from zeroclaw.concurrency._mypyc import build_summary
+
+        print(f"zeroclaw {__version__}\nbuild: {build_summary()}")
+        parser.exit()
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zeroclaw",
         description="An AI-agent gateway: chat channels in, an LLM's replies out.",
     )
-    parser.add_argument("--version", action="version", version=f"zeroclaw {__version__}")
+    parser.add_argument(
+        "--version",
+        action=_Version,
+        help="show the version and whether the build is compiled (mypyc) or plain Python",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     config_help = f"the config file (default: ./{DEFAULT_CONFIG})"

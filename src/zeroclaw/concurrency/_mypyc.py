@@ -1,5 +1,5 @@
-"""mypyc, which compiles the hot modules of this package: ``mypyc_attr``, ``compiled_modules`` and
-``describe_compiled``.
+"""mypyc, which compiles the hot modules of this package: ``mypyc_attr``, ``compiled_modules``,
+``build_summary`` and ``describe_compiled``.
 
 The wheel compiles :data:`COMPILED` with mypyc (``pyproject.toml``). mypyc reads ``mypyc_attr``
 from ``mypy_extensions`` while it compiles (it type-checks with ``TYPE_CHECKING`` true); at run
@@ -19,7 +19,7 @@ import types
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-__all__ = ["COMPILED", "compiled_modules", "describe_compiled", "mypyc_attr"]
+__all__ = ["COMPILED", "build_summary", "compiled_modules", "describe_compiled", "mypyc_attr"]
 
 _T = TypeVar("_T")
 
@@ -54,6 +54,23 @@ def compiled_modules() -> dict[str, str]:
         if not path.endswith(".py"):
             found[name] = path
     return found
+
+
+def build_summary() -> str:
+    """One line saying which build is installed (``zeroclaw --version`` prints it).
+
+    ``compiled with mypyc (7 of 7 modules)``; a partly compiled tree names its plain modules;
+    ``plain Python (nothing compiled)`` for the build ``pip install`` falls back to without a
+    working C compiler (same behaviour, slower: docs/performance.md). Imports those modules.
+    """
+    compiled = compiled_modules()
+    if not compiled:
+        return "plain Python (nothing compiled)"
+    plain = [name.rsplit(".", 1)[1] for name in COMPILED if name not in compiled]
+    summary = f"compiled with mypyc ({len(compiled)} of {len(COMPILED)} modules"
+    if plain:
+        summary += "; plain Python: " + ", ".join(plain)
+    return summary + ")"
 
 
 # What mypyc puts in a plain-Python class's dict in place of its docstring.
