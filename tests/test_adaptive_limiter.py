@@ -4,12 +4,10 @@ no-load latency); drops, cancellations, rate."""
 from __future__ import annotations
 
 import asyncio
-import gc
 import heapq
 import math
 import random
 import statistics
-import warnings
 from typing import Any
 
 import pytest
@@ -890,7 +888,8 @@ def test_bool_latency_is_refused_on_both_builds() -> None:
     assert limiter.inflight == 0
 
 
-# ---------------------------------------------------------------- an AdaptivePermit that is dropped
+# ---------------------------------------- an AdaptivePermit that is dropped
+# (the rules both limiters share: tests/test_backpressure.py)
 
 
 def test_a_dropped_adaptive_permit_warns_and_is_given_back_without_a_sample() -> None:
@@ -909,33 +908,3 @@ def test_a_dropped_adaptive_permit_warns_and_is_given_back_without_a_sample() ->
     again = limiter.try_acquire()
     assert again is not None
     again.release(ignore=True)
-
-
-def test_a_released_adaptive_permit_says_nothing_when_collected() -> None:
-    limiter = AdaptiveLimiter(1, 1, 4, None, 100, clock=FakeClock())
-    permit = limiter.try_acquire()
-    assert permit is not None
-    permit.release()
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        del permit
-        gc.collect()
-    assert limiter.inflight == 0
-
-
-async def test_a_dropped_adaptive_permit_held_in_a_cycle_wakes_the_next_waiter() -> None:
-    limiter = AdaptiveLimiter(1, 1, 4, None, 100, clock=FakeClock(), name="llm")
-    holder: list[object] = []
-    holder.append(holder)  # a reference cycle: only the cyclic collector frees it
-    holder.append(await limiter.acquire())
-    waiter = asyncio.create_task(limiter.acquire())
-    await settle()
-    assert not waiter.done()
-    del holder
-    assert not waiter.done()  # a cycle waits for the collector
-    with pytest.warns(ResourceWarning, match="'llm': an AdaptivePermit"):
-        gc.collect()
-    await settle()
-    assert waiter.done()
-    (await waiter).release(ignore=True)
-    assert limiter.inflight == 0

@@ -6,18 +6,34 @@ import asyncio
 import gc
 import random
 import warnings
+from collections.abc import Callable, Coroutine
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from zeroclaw.concurrency.backpressure import Backpressure, BackpressureStats, Permit
+from tests.helpers import msg
+from zeroclaw.concurrency.backpressure import (
+    AdaptiveLimiter,
+    AdaptivePermit,
+    Backpressure,
+    BackpressureStats,
+    Permit,
+)
+from zeroclaw.concurrency.channel_integration import (
+    AdmissionKind,
+    ChannelMessage,
+    MessageProcessor,
+    MessageProcessorConfig,
+)
 from zeroclaw.testing import FakeClock, settle
 
 
-def held(bp: Backpressure) -> int:
-    return bp.active_count
+def held(limiter: Backpressure | AdaptiveLimiter) -> int:
+    """Permits held now."""
+    return limiter.active_count if isinstance(limiter, Backpressure) else limiter.inflight
 
 
 def assert_conserved(bp: Backpressure, outstanding: list[Permit]) -> None:
@@ -419,36 +435,36 @@ async def test_rejected_count_counts_refusals_not_admissions_that_waited() -> No
     assert stats.total_count == 4
 
 
-async def test_processor_admissions_that_wait_for_a_permit_are_not_rejections() -> None:
-    # The processor probes with a try first and then waits: the failed probe was counted as a
-    # refusal (and the admission as two attempts).
-    from zeroclaw.concurrency.channel_integration import (
-        AdmissionKind,
-        ChannelMessage,
-        MessageProcessor,
-        MessageProcessorConfig,
-    )
-
-    clock = FakeClock()
+def one_permit_processor(clock: FakeClock, **options: Any) -> MessageProcessor:
+    """A processor whose only gate is a Backpressure of 1, on ``clock``."""
     config = MessageProcessorConfig(
         max_concurrent_requests=1,
         worker_pool_size=1,
         enable_dedup=False,
         enable_circuit_breaker=False,
+        **options,
     )
-    processor = MessageProcessor(config, clock=clock)
+    return MessageProcessor(config, clock=clock)
 
+
+def one_second_handler(
+    clock: FakeClock,
+) -> Callable[[ChannelMessage], Coroutine[Any, Any, str]]:
     async def handler(message: ChannelMessage) -> str:
         await clock.sleep(1)
         return message.content
 
-    def message(i: int) -> ChannelMessage:
-        return ChannelMessage(
-            id=str(i), sender=f"user{i}", content=str(i), channel="test", timestamp=0.0
-        )
+    return handler
 
+
+async def test_processor_admissions_that_wait_for_a_permit_are_not_rejections() -> None:
+    # The processor probes with a try first and then waits: the failed probe was counted as a
+    # refusal (and the admission as two attempts).
+    clock = FakeClock()
+    processor = one_permit_processor(clock)
+    handler = one_second_handler(clock)
     admissions = [
-        asyncio.create_task(processor.process_message("test", message(i), handler))
+        asyncio.create_task(processor.process_message("test", msg(str(i), sender=f"u{i}"), handler))
         for i in range(3)
     ]
     await clock.run_for(5)
@@ -456,36 +472,17 @@ async def test_processor_admissions_that_wait_for_a_permit_are_not_rejections() 
     await processor.shutdown(timeout=1)
     stats = processor.stats().backpressure
     assert stats is not None
-    assert stats.rejected_count == 0
-    assert stats.total_count == 3
+    assert (stats.rejected_count, stats.total_count) == (0, 3)
 
 
 async def test_processor_refusals_at_capacity_are_counted() -> None:
-    from zeroclaw.concurrency.channel_integration import (
-        AdmissionKind,
-        ChannelMessage,
-        MessageProcessor,
-        MessageProcessorConfig,
-    )
-
     clock = FakeClock()
-    config = MessageProcessorConfig(
-        max_concurrent_requests=1,
-        worker_pool_size=1,
-        enable_dedup=False,
-        enable_circuit_breaker=False,
-        admission="reject",
-    )
-    processor = MessageProcessor(config, clock=clock)
-
-    async def handler(message: ChannelMessage) -> str:
-        await clock.sleep(1)
-        return message.content
-
-    kinds = []
-    for i in range(3):
-        m = ChannelMessage(id=str(i), sender=f"u{i}", content="x", channel="t", timestamp=0.0)
-        kinds.append((await processor.process_message("t", m, handler)).kind)
+    processor = one_permit_processor(clock, admission="reject")
+    handler = one_second_handler(clock)
+    kinds = [
+        (await processor.process_message("t", msg(str(i), sender=f"u{i}"), handler)).kind
+        for i in range(3)
+    ]
     assert kinds == [AdmissionKind.ACCEPTED, AdmissionKind.REJECTED, AdmissionKind.REJECTED]
     await clock.run_for(2)
     await processor.shutdown(timeout=1)
@@ -494,47 +491,73 @@ async def test_processor_refusals_at_capacity_are_counted() -> None:
     assert (stats.rejected_count, stats.total_count) == (2, 3)
 
 
-# ---------------------------------------------------------------- a Permit that is dropped
+# ------------------------------------------------- a Permit (or an AdaptivePermit) that is dropped
+
+# Both limiters give a collected, unreleased permit back with a ResourceWarning naming them.
+LEAKS: dict[str, tuple[Callable[[str], Backpressure | AdaptiveLimiter], str]] = {
+    "backpressure": (lambda name: Backpressure(1, name=name), r"backpressure '{}': a Permit of 1"),
+    "adaptive": (
+        lambda name: AdaptiveLimiter(1, 1, 4, None, 100, name=name, clock=FakeClock()),
+        r"adaptive limiter '{}': an AdaptivePermit",
+    ),
+}
 
 
-def test_a_permit_dropped_without_release_warns_and_is_given_back() -> None:
-    bp = Backpressure(1, name="api")
-    permit = bp.try_acquire()
+@pytest.mark.parametrize("kind", LEAKS)
+def test_a_permit_dropped_without_release_warns_and_is_given_back(kind: str) -> None:
+    make, warning = LEAKS[kind]
+    limiter = make("api")
+    permit = limiter.try_acquire()
     assert permit is not None
-    assert bp.available_permits == 0
-    with pytest.warns(ResourceWarning, match=r"backpressure 'api': a Permit of 1 .*release\(\)"):
+    assert held(limiter) == 1
+    with pytest.warns(ResourceWarning, match=warning.format("api") + r" .*release\(\)"):
         del permit  # the last reference: collected at once
-    assert bp.available_permits == 1
-    assert bp.active_count == 0
+    assert held(limiter) == 0
+    again = limiter.try_acquire()
+    assert again is not None
+    again.release()
 
 
-def test_a_released_permit_says_nothing_when_collected() -> None:
-    bp = Backpressure(1)
-    permit = bp.try_acquire()
+@pytest.mark.parametrize("kind", LEAKS)
+def test_a_released_permit_says_nothing_when_collected(kind: str) -> None:
+    limiter = LEAKS[kind][0]("api")
+    permit = limiter.try_acquire()
     assert permit is not None
     permit.release()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         del permit
         gc.collect()
-    assert bp.available_permits == 1
+    assert held(limiter) == 0
 
 
-async def test_a_dropped_permit_held_in_a_cycle_wakes_the_next_waiter() -> None:
-    bp = Backpressure(2, name="llm")
+@pytest.mark.parametrize("kind", LEAKS)
+async def test_a_dropped_permit_held_in_a_cycle_wakes_the_next_waiter(kind: str) -> None:
+    make, warning = LEAKS[kind]
+    limiter = make("llm")
     holder: list[object] = []
     holder.append(holder)  # a reference cycle: only the cyclic collector frees it
-    holder.append(await bp.acquire_many(2))
-    waiter = asyncio.create_task(bp.acquire())
+    holder.append(await limiter.acquire())
+    waiter = asyncio.create_task(limiter.acquire())
     await settle()
     assert not waiter.done()
     del holder
     assert not waiter.done()  # a cycle waits for the collector
-    with pytest.warns(ResourceWarning, match="'llm': a Permit of 2"):
+    with pytest.warns(ResourceWarning, match=warning.format("llm")):
         gc.collect()
     await settle()
     assert waiter.done()
-    (await waiter).release()
+    granted = await waiter
+    assert isinstance(granted, Permit | AdaptivePermit)
+    granted.release()
+    assert held(limiter) == 0
+
+
+async def test_a_dropped_permit_of_many_is_given_back_whole() -> None:
+    bp = Backpressure(2, name="llm")
+    holder: list[object] = [await bp.acquire_many(2)]
+    with pytest.warns(ResourceWarning, match="'llm': a Permit of 2"):
+        holder.clear()
     assert bp.available_permits == 2
 
 
