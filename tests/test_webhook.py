@@ -645,6 +645,29 @@ async def test_async_mode_answers_202_then_posts_the_reply(receiver: Receiver) -
         await stop_rig(rig)
 
 
+async def test_a_reply_in_a_thread_names_the_thread_in_its_callback(receiver: Receiver) -> None:
+    rig = await start_rig(callback_url=receiver.url)
+    try:
+        status, _, _ = await rig.post(
+            "/channels/cb",
+            {"sender": "u", "content": "ping", "id": "t-1", "reply_target": "r", "thread_id": "t9"},
+        )
+        assert status == 202
+        await _until(lambda: len(receiver.received) == 1)
+        assert receiver.received == [
+            {
+                "id": "t-1",
+                "channel": "cb",
+                "recipient": "r",
+                "text": "echo: ping",
+                "kind": "reply",
+                "thread_id": "t9",
+            }
+        ]
+    finally:
+        await stop_rig(rig)
+
+
 async def test_async_failure_posts_a_notice(receiver: Receiver) -> None:
     rig = await start_rig(callback_url=receiver.url)
     try:

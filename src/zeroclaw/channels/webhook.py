@@ -8,7 +8,8 @@ to the channel's path. Checks, in order: bearer token (401), ``Content-Type: app
 - Sync mode (no ``callback_url``): the answer waits for the result: 200 success with the reply,
   502 failed, 504 timeout; a duplicate is answered 200 ``duplicate`` at once.
 - Async mode (``callback_url``): 202 once admitted; each reply or notice is then POSTed to the
-  callback as ``{"id", "channel", "recipient", "text", "kind": "reply" | "notice"}``, retried with
+  callback as ``{"id", "channel", "recipient", "text", "kind": "reply" | "notice"}`` (plus
+  ``thread_id`` when the request named one), retried with
   a capped, fully jittered exponential backoff on 5xx, 429 and connection errors, each attempt under
   a timeout, a bounded number of times. Each conversation's callbacks go out in order; other
   conversations' callbacks never wait for them (the processor runs each conversation's deliveries
@@ -207,15 +208,18 @@ class WebhookChannel:
             if self.callback_url is None:
                 self._resolve(message, result, text)
             elif text is not None:
-                await self._post_callback(
-                    {
-                        "id": message.id,
-                        "channel": self._name,
-                        "recipient": message.reply_to,
-                        "text": text,
-                        "kind": "reply" if result.kind is MessageResultKind.SUCCESS else "notice",
-                    }
-                )
+                payload: dict[str, Any] = {
+                    "id": message.id,
+                    "channel": self._name,
+                    "recipient": message.reply_to,
+                    "text": text,
+                    "kind": "reply" if result.kind is MessageResultKind.SUCCESS else "notice",
+                }
+                # Only when the request named a thread: a receiver that compares the documented
+                # five keys keeps working, and one that threads replies can route this one.
+                if message.thread_id is not None:
+                    payload["thread_id"] = message.thread_id
+                await self._post_callback(payload)
         finally:
             self._intake.finished(message, result)
 
