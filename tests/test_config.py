@@ -14,6 +14,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from zeroclaw.channels import ChannelContext, build_channel
+from zeroclaw.channels.telegram import TelegramChannel
+from zeroclaw.channels.webhook import WebhookChannel
 from zeroclaw.cli import STARTER_CONFIG
 from zeroclaw.concurrency.channel_integration import MessageProcessorConfig
 from zeroclaw.concurrency.circuit_breaker import CircuitConfig
@@ -30,6 +33,8 @@ from zeroclaw.gateway.config import (
     parse_config,
     toml_literal,
 )
+from zeroclaw.gateway.intake import GatewayIntake
+from zeroclaw.gateway.metrics import MessageLedger
 
 DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs" / "gateway.md"
 
@@ -81,6 +86,7 @@ def test_minimal_file_gets_every_default() -> None:
                 "callback_url": None,
                 "callback_timeout": 10.0,
                 "callback_retries": 3,
+                "admission_timeout": 10.0,
             },
         ),
     )
@@ -738,6 +744,7 @@ allowed_users = ["a"]
 token = "tok"
 callback_url = "http://127.0.0.1:9000/replies"
 callback_retries = 0
+admission_timeout = 2.5
 path = "/in/hook"
 
 [channels.tg]
@@ -752,6 +759,7 @@ mode = "webhook"
 secret_token = "s3cr-et_"
 allowed_users = []
 group_reply = "all_messages"
+admission_timeout = 0.75
 
 [channels.slack]
 bot_token = "xoxb-1"
@@ -766,6 +774,7 @@ allowed_users = "*"
         "callback_url": "http://127.0.0.1:9000/replies",
         "callback_timeout": 10.0,
         "callback_retries": 0,
+        "admission_timeout": 2.5,
     }
     assert (tg.kind, tg.path, tg.allowed_users) == ("telegram", None, ("42",))
     assert dict(tg.options) == {
@@ -774,6 +783,7 @@ allowed_users = "*"
         "secret_token": None,
         "api_base": "https://api.telegram.org",
         "group_reply": "mention_only",
+        "admission_timeout": 10.0,
     }
     assert (tgw.path, tgw.options["mode"], tgw.options["secret_token"]) == (
         "/channels/tgw",
@@ -781,6 +791,12 @@ allowed_users = "*"
         "s3cr-et_",
     )
     assert tgw.options["group_reply"] == "all_messages"
+    # The admission wait reaches the channels the registry builds from these settings.
+    context = ChannelContext(intake=GatewayIntake(None, MessageLedger()))
+    built_hook, built_tgw = build_channel(hook, context), build_channel(tgw, context)
+    assert isinstance(built_hook, WebhookChannel)
+    assert isinstance(built_tgw, TelegramChannel)
+    assert (built_hook.admission_timeout, built_tgw.admission_timeout) == (2.5, 0.75)
     assert (slack.kind, slack.path, slack.allowed_users) == ("slack", "/channels/slack", None)
     assert dict(slack.options) == {
         "bot_token": "xoxb-1",

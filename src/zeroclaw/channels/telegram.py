@@ -395,6 +395,11 @@ class TelegramChannel:
         return 2 * (sender.retries + 1) * sender.timeout + sender.max_retry_wait
 
     @property
+    def admission_timeout(self) -> float:
+        """The longest one incoming message waits to be admitted before it is refused."""
+        return self._admission_timeout
+
+    @property
     def send_retried(self) -> int:
         """``sendMessage`` attempts retried (after a 429, a 5xx or a network error)."""
         return self._sender.retried
@@ -720,4 +725,9 @@ def build(spec: ChannelSpec, context: ChannelContext) -> TelegramChannel:
         group_reply=options.get("group_reply") or "mention_only",
         path=spec.path,
         max_body_bytes=context.max_body_bytes,
+        **(
+            {"admission_timeout": options["admission_timeout"]}
+            if options.get("admission_timeout") is not None
+            else {}
+        ),
     )

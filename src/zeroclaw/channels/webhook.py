@@ -161,6 +161,11 @@ class WebhookChannel:
         return self._sender.retried
 
     @property
+    def admission_timeout(self) -> float:
+        """The longest one incoming message waits to be admitted before it is refused."""
+        return self._admission_timeout
+
+    @property
     def sync(self) -> bool:
         """``True`` in sync mode (no callback URL): HTTP answers carry the reply."""
         return self.callback_url is None
@@ -437,7 +442,7 @@ def build(spec: ChannelSpec, context: ChannelContext) -> WebhookChannel:
         max_body_bytes=context.max_body_bytes,
         **{
             key: options[key]
-            for key in ("callback_timeout", "callback_retries")
+            for key in ("callback_timeout", "callback_retries", "admission_timeout")
             if options.get(key) is not None
         },
     )

@@ -114,8 +114,9 @@ class ChannelSettings:
     unless the file says otherwise), ``None`` for a channel that receives nothing over HTTP (the
     terminal, Telegram in polling mode). ``options``: the kind's own keys, every one present
     (``None`` where unset): webhook ``token``, ``callback_url``, ``callback_timeout``,
-    ``callback_retries``; telegram ``bot_token``, ``mode``, ``secret_token``, ``api_base``,
-    ``group_reply``; slack ``bot_token``, ``signing_secret``, ``api_base``; terminal none.
+    ``callback_retries``, ``admission_timeout``; telegram ``bot_token``, ``mode``,
+    ``secret_token``, ``api_base``, ``group_reply``, ``admission_timeout``; slack ``bot_token``,
+    ``signing_secret``, ``api_base``; terminal none.
     """
 
     name: str
@@ -569,6 +570,7 @@ SECTIONS: Final[Mapping[str, Section]] = MappingProxyType(
                     when=("callback_url", None),
                 ),
                 Key("callback_retries", "integer", _integer(0), 3, when=("callback_url", None)),
+                Key("admission_timeout", "seconds", _SECONDS_POSITIVE, 10.0),
             ),
         ),
         "channels.telegram": Section(
@@ -593,6 +595,7 @@ SECTIONS: Final[Mapping[str, Section]] = MappingProxyType(
                     _string(choices=("mention_only", "all_messages")),
                     "mention_only",
                 ),
+                Key("admission_timeout", "seconds", _SECONDS_POSITIVE, 10.0),
             ),
         ),
         "channels.slack": Section(
