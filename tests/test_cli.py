@@ -523,7 +523,7 @@ requests_per_second = 2.5
         "           temperature 0.7  max_retries 2  requests_per_second 2.5  max_concurrency 16"
         "  history_turns 10",
         "           seed 5  base_latency 0.2  latency_sigma 0.3  capacity 8  error_rate 0.0"
-        "  outages [[10.0, 2.0]]",
+        "  outages [[10.0, 2.0]]  recovery 0.0",
         "processor  worker_pool_size 4  task_queue_size 100  max_concurrent_requests 10"
         "  processing_timeout none  admission wait",
     ]

@@ -199,6 +199,7 @@ def test_simulated_options_are_the_backend_keywords() -> None:
         "capacity": 8,
         "error_rate": 0.0,
         "outages": (),
+        "recovery": 0.0,
     }
     config = load(
         '[provider]\nkind = "simulated"\nseed = 7\ncapacity = 2\nerror_rate = 0.5\n'

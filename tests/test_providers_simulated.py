@@ -1,5 +1,5 @@
 """SimulatedBackend on a fake clock: seeded determinism, the latency distribution, the capacity
-knee, the error rate and scripted outages (and a ManagedProvider riding one out)."""
+knee, the error rate scripted outages and the slow recovery after them (and a ManagedProvider riding one out)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import statistics
 import pytest
 
 from zeroclaw.providers import ChatMessage, ManagedProvider, ProviderError, SimulatedBackend
+from zeroclaw.providers.simulated import RECOVERY_SLOWDOWN
 from zeroclaw.testing import FakeClock, settle
 
 USER = [ChatMessage("user", "hi")]
@@ -133,6 +134,51 @@ async def test_an_outage_fails_every_call_quickly_then_recovers() -> None:
     assert backend.in_outage(100.0 + 10.0)
 
 
+def test_recovery_after_an_outage_fades_linearly() -> None:
+    backend = SimulatedBackend(error_rate=0.1, outages=[(10.0, 5.0)], recovery=4.0)
+    # Ends at 15 s: fully unwell there, half-way at 17 s, well again from 19 s.
+    assert backend.recovering(14.0) == 0.0
+    assert backend.recovering(15.0) == 1.0
+    assert backend.recovering(17.0) == pytest.approx(0.5)
+    assert backend.recovering(19.0) == 0.0
+    assert backend.error_rate_at(15.0) == 1.0
+    assert backend.error_rate_at(17.0) == pytest.approx(0.55)
+    assert backend.error_rate_at(30.0) == pytest.approx(0.1)
+    slowest = backend.latency_for(0.0, 1, 15.0)
+    assert slowest == pytest.approx(backend.base_latency * RECOVERY_SLOWDOWN)
+    assert backend.latency_for(0.0, 1, 17.0) == pytest.approx(
+        backend.base_latency * (1 + RECOVERY_SLOWDOWN) / 2
+    )
+    assert backend.latency_for(0.0, 1, 19.0) == backend.base_latency
+    assert SimulatedBackend(outages=[(10.0, 5.0)]).recovering(15.0) == 0.0
+
+
+async def test_calls_fail_less_and_less_while_recovering() -> None:
+    clock = FakeClock()
+    backend = SimulatedBackend(
+        seed=3,
+        base_latency=0.01,
+        latency_sigma=0.0,
+        outages=[(0.0, 1.0)],
+        recovery=100.0,
+        clock=clock,
+    )
+    await timed_calls(backend, clock, 1)  # the first call starts the schedule, in the outage
+    clock.advance_to(1.0)
+    early = await _failures(backend, clock, 200)
+    clock.advance_to(81.0)  # 80 % recovered
+    late = await _failures(backend, clock, 200)
+    # Failure probability about 0.99 then about 0.2 (the calls take 2 s in each batch).
+    assert early >= 190
+    assert 20 <= late <= 70
+
+
+async def _failures(backend: SimulatedBackend, clock: FakeClock, count: int) -> int:
+    before = backend.errors
+    await timed_calls(backend, clock, count)
+    return backend.errors - before
+
+
 async def test_outage_failures_come_after_the_short_outage_latency() -> None:
     clock = FakeClock()
     backend = SimulatedBackend(base_latency=1.0, outages=[(0.0, 60.0)], clock=clock)
@@ -188,6 +234,7 @@ async def test_no_user_message() -> None:
         ({"outages": ["ab"]}, TypeError, r"outages\[0\]"),
         ({"outages": [(1.0, -2.0)]}, ValueError, r"outages\[0\] duration"),
         ({"outages": [(float("inf"), 1.0)]}, ValueError, r"outages\[0\] start"),
+        ({"recovery": -1.0}, ValueError, "recovery"),
     ],
 )
 def test_validation(options: dict[str, object], error: type[Exception], words: str) -> None:

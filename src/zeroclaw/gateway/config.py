@@ -530,6 +530,7 @@ SECTIONS: Final[Mapping[str, Section]] = MappingProxyType(
                 Key("capacity", "integer", _integer(1), 8),
                 Key("error_rate", "number", _fraction, 0.0),
                 Key("outages", "list of [start, duration]", _outages, []),
+                Key("recovery", "seconds", _SECONDS, 0.0),
             ),
         ),
         "channels": Section(

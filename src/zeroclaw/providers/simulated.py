@@ -9,7 +9,11 @@ What the demo and the benchmarks drive instead of a real provider. Each call:
   serves ``capacity`` requests at once and queues the rest looks like by Little's law;
 * fails with a retryable 503 with probability ``error_rate``, after its latency;
 * during a scripted outage (``outages``: ``(start, duration)`` pairs in seconds from the first
-  call) fails with a 503 after ``outage_latency``, and recovers when the outage ends.
+  call) fails with a 503 after ``outage_latency``;
+* after an outage, during ``recovery`` seconds, recovers slowly, as a restarted service warming
+  its caches does: the failure probability falls linearly from 1 to ``error_rate`` and the latency
+  is multiplied by a slowdown that falls linearly from :data:`RECOVERY_SLOWDOWN` to 1
+  (``recovery=0``, the default: it is well again the moment the outage ends).
 
 Every draw comes from one ``random.Random(seed)``, two draws per call in call order, and every wait
 goes through ``clock``, so with :class:`zeroclaw.testing.FakeClock` and the same calls a run is
@@ -31,14 +35,17 @@ from zeroclaw.concurrency._validate import (
 )
 from zeroclaw.providers.base import ChatMessage, ErrorCode, ProviderError, last_user_text
 
-__all__ = ["SimulatedBackend"]
+__all__ = ["RECOVERY_SLOWDOWN", "SimulatedBackend"]
+
+#: How many times slower than usual a call is right after an outage, when ``recovery > 0``.
+RECOVERY_SLOWDOWN = 3.0
 
 
 class SimulatedBackend:
     """A chat backend with a latency distribution, a capacity knee, errors and outages.
 
     ``SimulatedBackend(*, seed=0, base_latency=0.2, latency_sigma=0.3, capacity=8,
-    error_rate=0.0, outages=(), clock=None, outage_latency=0.05)``. The reply is
+    error_rate=0.0, outages=(), clock=None, outage_latency=0.05, recovery=0.0)``. The reply is
     ``"simulated reply to: <the last user message>"``.
 
     Raises:
@@ -62,6 +69,7 @@ class SimulatedBackend:
         "latency_sigma",
         "outage_latency",
         "outages",
+        "recovery",
         "seed",
     )
 
@@ -76,6 +84,7 @@ class SimulatedBackend:
         outages: Iterable[tuple[float, float]] = (),
         clock: Clock | None = None,
         outage_latency: float = 0.05,
+        recovery: float = 0.0,
     ) -> None:
         self.seed = to_count(seed, what="seed", minimum=-(2**63))
         self.base_latency = to_seconds(base_latency, what="base_latency", allow_infinite=False)
@@ -88,6 +97,7 @@ class SimulatedBackend:
         self.outage_latency = to_seconds(
             outage_latency, what="outage_latency", allow_infinite=False
         )
+        self.recovery = to_seconds(recovery, what="recovery", allow_infinite=False)
         windows: list[tuple[float, float]] = []
         for index, outage in enumerate(outages):
             if not isinstance(outage, Sequence) or isinstance(outage, str) or len(outage) != 2:
@@ -149,13 +159,36 @@ class SimulatedBackend:
         elapsed = (self._clock.now() if now is None else now) - self._epoch
         return any(start <= elapsed < start + duration for start, duration in self.outages)
 
-    def latency_for(self, draw: float, in_flight: int) -> float:
-        """The latency of a call, a pure function of a standard normal ``draw`` and the calls in
-        flight (this one included): the lognormal sample, times ``in_flight / capacity`` past the
-        knee."""
+    def recovering(self, elapsed: float) -> float:
+        """How far from well a call starting ``elapsed`` seconds after the first call is: 1.0 the
+        moment an outage ends, falling linearly to 0.0 over ``recovery`` seconds; 0.0 outside a
+        recovery (and when ``recovery`` is 0). A pure function of ``elapsed``."""
+        if self.recovery <= 0:
+            return 0.0
+        worst = 0.0
+        for start, duration in self.outages:
+            since_end = elapsed - (start + duration)
+            if 0 <= since_end < self.recovery:
+                worst = max(worst, 1.0 - since_end / self.recovery)
+        return worst
+
+    def error_rate_at(self, elapsed: float) -> float:
+        """The failure probability of a call starting ``elapsed`` seconds after the first call,
+        outside an outage: ``error_rate``, raised towards 1 while recovering. Pure."""
+        left = self.recovering(elapsed)
+        return self.error_rate + (1.0 - self.error_rate) * left
+
+    def latency_for(self, draw: float, in_flight: int, elapsed: float = math.inf) -> float:
+        """The latency of a call, a pure function of a standard normal ``draw``, the calls in
+        flight (this one included) and when it starts (``elapsed`` seconds after the first call):
+        the lognormal sample, times ``in_flight / capacity`` past the knee, times the recovery
+        slowdown right after an outage."""
         latency = self.base_latency * math.exp(self.latency_sigma * draw)
         if in_flight > self.capacity:
             latency *= in_flight / self.capacity
+        left = self.recovering(elapsed)
+        if left > 0:
+            latency *= 1.0 + (RECOVERY_SLOWDOWN - 1.0) * left
         return latency
 
     async def complete(
@@ -166,8 +199,8 @@ class SimulatedBackend:
         Blocks for the drawn latency (on the injected clock).
 
         Raises:
-            ProviderError: 503 ``service_unavailable``, retryable, by ``error_rate`` or during an
-                outage.
+            ProviderError: 503 ``service_unavailable``, retryable, by ``error_rate`` (raised while
+                recovering) or during an outage.
             ValueError: when ``messages`` has no user message.
             RuntimeError: after :meth:`aclose`.
         """
@@ -178,8 +211,9 @@ class SimulatedBackend:
         if self._epoch is None:
             self._epoch = now
         # Both draws are taken on every call, so the sequence does not depend on the outcomes.
+        elapsed = now - self._epoch
         draw = self._rng.gauss(0.0, 1.0)
-        fails = self._rng.random() < self.error_rate
+        fails = self._rng.random() < self.error_rate_at(elapsed)
         self._calls += 1
         self._in_flight += 1
         self._peak_in_flight = max(self._peak_in_flight, self._in_flight)
@@ -193,7 +227,7 @@ class SimulatedBackend:
                     "simulated outage",
                     retryable=True,
                 )
-            await self._clock.sleep(self.latency_for(draw, self._in_flight))
+            await self._clock.sleep(self.latency_for(draw, self._in_flight, elapsed))
             if fails:
                 self._errors += 1
                 raise ProviderError(
@@ -214,5 +248,5 @@ class SimulatedBackend:
         return (
             f"SimulatedBackend(seed={self.seed}, base_latency={self.base_latency:g}, "
             f"capacity={self.capacity}, error_rate={self.error_rate:g}, "
-            f"outages={list(self.outages)!r})"
+            f"outages={list(self.outages)!r}, recovery={self.recovery:g})"
         )
