@@ -1,5 +1,6 @@
 """SimulatedBackend on a fake clock: seeded determinism, the latency distribution, the capacity
-knee, the error rate scripted outages and the slow recovery after them (and a ManagedProvider riding one out)."""
+knee, the error rate, scripted outages and the slow recovery after them (and a ManagedProvider
+riding one out)."""
 
 from __future__ import annotations
 
