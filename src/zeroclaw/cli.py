@@ -1,9 +1,10 @@
-"""The ``zeroclaw`` command (also ``python -m zeroclaw``): ``serve``, ``check``, ``init``.
+"""The ``zeroclaw`` command (also ``python -m zeroclaw``): ``serve``, ``check``, ``init``, ``demo``.
 
 Built on ``argparse``: the standard library covers subcommands, per-command ``--help`` and
 ``--version``, and the command must start (``check``, ``init``) without any extra installed.
 
-Exit codes: 0 success; 1 ``init`` refused to write (the file exists, or cannot be created);
+Exit codes: 0 success; 1 ``init`` refused to write (the file exists, or cannot be created), or
+a ``demo`` run whose verdict failed;
 2 a usage error, a config with problems (one line per problem on stderr, before anything binds),
 a missing config file, or a missing extra (the message names it).
 """
@@ -11,6 +12,7 @@ a missing config file, or a missing extra (the message names it).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import importlib
 import logging
@@ -38,6 +40,10 @@ LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 # What `zeroclaw serve` imports beyond the standard library, and the extra that brings it.
 GATEWAY_EXTRA: Final = ("aiohttp", "prometheus_client")
 GATEWAY_INSTALL: Final = "pip install 'zeroclaw[gateway]'"
+# What `zeroclaw demo` imports beyond the gateway's: the chart (rich only for the live view).
+DEMO_EXTRA: Final = ("matplotlib",)
+DEMO_INSTALL: Final = "pip install 'zeroclaw[demo]'"
+DEMO_OUT: Final = "zeroclaw-demo"
 
 STARTER_CONFIG: Final = """\
 # zeroclaw gateway config, written by `zeroclaw init`.
@@ -101,6 +107,16 @@ def _port(text: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"must be between 0 and 65535, got {port}")
     return port
+
+
+def _duration(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not (0 < seconds < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return seconds
 
 
 def _log_level(text: str) -> str:
@@ -178,6 +194,39 @@ def _parser() -> argparse.ArgumentParser:
     )
     init.add_argument("path", nargs="?", default=DEFAULT_CONFIG, metavar="PATH", help=config_help)
     init.set_defaults(run=_init)
+
+    demo = commands.add_parser(
+        "demo",
+        help="run the gateway under simulated chat traffic, live, with a report",
+        description="Simulated chat traffic (bursts, chatty users, redeliveries) through the "
+        "gateway's real pipeline and a simulated provider that saturates, fails and recovers. "
+        "Shows it live, then prints the report and a verdict and writes report.json and "
+        "report.png. Exit 0 when every check of the verdict holds, 1 when one fails. "
+        "Ctrl-C ends the traffic early; the report is still written.",
+    )
+    demo.add_argument(
+        "--duration",
+        type=_duration,
+        default=30.0,
+        metavar="S",
+        help="seconds of the run (default: 30)",
+    )
+    demo.add_argument(
+        "--seed", type=int, default=0, metavar="N", help="traffic and provider seed (default: 0)"
+    )
+    demo.add_argument(
+        "--out",
+        default=DEMO_OUT,
+        metavar="DIR",
+        help=f"where report.json, report.png and demo.log go (default: ./{DEMO_OUT})",
+    )
+    demo.add_argument(
+        "--no-live",
+        action="store_true",
+        help="print a line every few seconds instead of the live view (also when the output "
+        "is not a terminal)",
+    )
+    demo.set_defaults(run=_demo)
     return parser
 
 
@@ -208,33 +257,38 @@ def _load(path: str) -> GatewayConfig | None:
         return None
 
 
-def _missing_extra(module: str) -> int:
+def _missing_extra(module: str, command: str = "serve") -> int:
+    extra, install = ("demo", DEMO_INSTALL) if command == "demo" else ("gateway", GATEWAY_INSTALL)
     print(
-        f"zeroclaw serve: the 'gateway' extra is not installed (no module {module!r}): "
-        f"{GATEWAY_INSTALL}",
+        f"zeroclaw {command}: the {extra!r} extra is not installed (no module {module!r}): "
+        f"{install}",
         file=sys.stderr,
     )
     return 2
 
 
-def _gateway_app() -> ModuleType | int:
-    """``zeroclaw.gateway.app``, or an exit code after saying what is missing."""
-    for module in GATEWAY_EXTRA:
+def _gateway_app(
+    command: str = "serve", module_name: str = "zeroclaw.gateway.app"
+) -> ModuleType | int:
+    """``module_name`` (``zeroclaw.gateway.app``), or an exit code after saying what is missing
+    (the ``demo`` command also needs :data:`DEMO_EXTRA`)."""
+    needed = GATEWAY_EXTRA + (DEMO_EXTRA if command == "demo" else ())
+    for module in needed:
         try:
             importlib.import_module(module)
         except ModuleNotFoundError:
-            return _missing_extra(module)
+            return _missing_extra(module, command)
     try:
-        return importlib.import_module("zeroclaw.gateway.app")
+        return importlib.import_module(module_name)
     except ModuleNotFoundError as error:
         missing = error.name or ""
         if missing.startswith("zeroclaw"):
             print(
-                f"zeroclaw serve: this installation has no server ({missing} is missing)",
+                f"zeroclaw {command}: this installation has no server ({missing} is missing)",
                 file=sys.stderr,
             )
             return 2
-        return _missing_extra(missing)
+        return _missing_extra(missing, command)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -270,6 +324,41 @@ def _serve(args: argparse.Namespace) -> int:
         ", ".join(f"{channel.name} ({channel.kind})" for channel in config.channels),
     )
     code: int = app.serve(config)
+    return code
+
+
+def _demo(args: argparse.Namespace) -> int:
+    run = _gateway_app("demo", "zeroclaw.demo.run")
+    if isinstance(run, int):
+        return run
+    from pathlib import Path
+
+    from zeroclaw.demo.scenario import DemoScenario
+
+    out = Path(args.out)
+    live = not args.no_live and sys.stdout.isatty()
+    if live:
+        try:
+            importlib.import_module("rich")
+        except ModuleNotFoundError:
+            return _missing_extra("rich", "demo")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        print(f"zeroclaw demo: cannot write to {out}: {error.strerror or error}", file=sys.stderr)
+        return 1
+    # The live view owns the terminal: the gateway's log lines go to a file beside the report.
+    log_path = out / "demo.log"
+    with open(log_path, "w", encoding="utf-8") as log:
+        setup_logging("info", log)
+        options = run.DemoOptions(
+            DemoScenario(duration=args.duration, seed=args.seed), out=out, live=live
+        )
+        try:
+            code: int = asyncio.run(run.run_demo(options))
+        finally:
+            setup_logging("warning")
+    print(f"the gateway's log: {log_path}")
     return code
 
 

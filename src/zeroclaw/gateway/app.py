@@ -26,7 +26,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any, TextIO
 
 from zeroclaw import __version__
@@ -96,6 +96,13 @@ class Gateway:
         config: what to run.
         stdin_fd: the terminal channel's input.
         stdout: the terminal channel's output.
+        extra_channels: builders of channels the config does not name, run beside the configured
+            ones (the demo's simulated chat traffic): each is called once with the
+            :class:`~zeroclaw.channels.ChannelContext` the configured channels get (its intake
+            admits their messages) and returns the channel. One that has ``handle`` and
+            ``path`` is served over HTTP.
+        http: ``False`` runs without the HTTP server (no listener, no ``/metrics``): for a
+            caller whose channels need none, as the demo's do.
 
     Raises:
         ValueError, TypeError: a channel or provider refuses its settings.
@@ -103,7 +110,13 @@ class Gateway:
     """
 
     def __init__(
-        self, config: GatewayConfig, *, stdin_fd: int = 0, stdout: TextIO | None = None
+        self,
+        config: GatewayConfig,
+        *,
+        stdin_fd: int = 0,
+        stdout: TextIO | None = None,
+        extra_channels: Sequence[Callable[[ChannelContext], Channel]] = (),
+        http: bool = True,
     ) -> None:
         self.config = config
         settings = config.provider
@@ -116,6 +129,7 @@ class Gateway:
             max_retries=settings.max_retries,
             requests_per_second=settings.requests_per_second,
             max_concurrency=settings.max_concurrency,
+            limiter_window=settings.limiter_window,
         )
         self.history = ConversationHistory(settings.history_turns)
         self.ledger = MessageLedger()
@@ -132,6 +146,8 @@ class Gateway:
             stdout=stdout if stdout is not None else sys.stdout,
         )
         self.channels: list[Channel] = [build_channel(spec, context) for spec in config.channels]
+        self.channels.extend(build(context) for build in extra_channels)
+        self.http = http
         budgets = [getattr(c, "delivery_budget", 0.0) for c in self.channels]
         self.processor = ConcurrentMessageProcessor(
             config.processor,
@@ -230,7 +246,8 @@ class Gateway:
             await self._close()
             return 1
         try:
-            await self.server.start()
+            if self.http:
+                await self.server.start()
         except OSError as exc:
             _logger.error(
                 "cannot listen on %s:%s: %s",
@@ -243,7 +260,8 @@ class Gateway:
                 await processing
             await self._close()
             return 1
-        print(f"zeroclaw: listening on {self.server.url}", file=sys.stderr, flush=True)
+        if self.http:
+            print(f"zeroclaw: listening on {self.server.url}", file=sys.stderr, flush=True)
         installed = self._install_signal_handlers(loop)
         try:
             await processing

@@ -97,6 +97,7 @@ class ProviderSettings:
     max_retries: int = 2
     requests_per_second: float = 0.0
     max_concurrency: int = 16
+    limiter_window: int = 20
     history_turns: int = 10
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
@@ -510,6 +511,7 @@ SECTIONS: Final[Mapping[str, Section]] = MappingProxyType(
                 Key("max_retries", "integer", _integer(0), 2),
                 Key("requests_per_second", "number", _number(0.0), 0),
                 Key("max_concurrency", "integer", _integer(1), 16),
+                Key("limiter_window", "integer", _integer(1), 20),
                 Key("history_turns", "integer", _integer(0), 10),
             ),
         ),

@@ -51,6 +51,7 @@ __all__ = [
     "FAMILIES",
     "FAMILY_SAMPLES",
     "OUTCOMES",
+    "STATE_LABELS",
     "GatewayCollector",
     "LedgerChannel",
     "MessageLedger",
@@ -125,7 +126,8 @@ DURATION_BUCKETS = (
     120.0,
 )
 
-_STATE_LABELS = {
+#: The ``state`` label of each breaker state (DESIGN §4.7).
+STATE_LABELS = {
     CircuitState.CLOSED: "closed",
     CircuitState.OPEN: "open",
     CircuitState.HALF_OPEN: "half_open",
@@ -401,7 +403,7 @@ def _breakers(breakers: Mapping[str, CircuitBreakerStats]) -> Iterator[Metric]:
         labels=["breaker"],
     )
     for name, stats in sorted(breakers.items()):
-        for member, label in _STATE_LABELS.items():
+        for member, label in STATE_LABELS.items():
             state.add_metric([name, label], 1.0 if stats.state is member else 0.0)
         rate.add_metric([name], stats.failure_rate)
         consecutive.add_metric([name], stats.consecutive_failures)

@@ -115,13 +115,15 @@ class ManagedProvider:
     """Retries, rate limit, pause and adaptive concurrency around a chat backend.
 
     ``ManagedProvider(backend, *, max_retries=2, requests_per_second=0.0, max_concurrency=16,
-    clock=None, rng=None, limiter_mode="gradient", target_latency_ms=None, name=None)``.
+    clock=None, rng=None, limiter_mode="gradient", target_latency_ms=None, name=None,
+    limiter_window=20)``.
 
     The adaptive limiter runs in ``limiter_mode``: ``"gradient"`` (the default) starts at
     ``min(4, max_concurrency)`` and steers to 1.5 x the provider's learned no-load latency
     (``target_latency_ms``, if given, is a floor: the limit never shrinks for a latency below
     it); ``"target"`` starts at ``max_concurrency`` and steers to ``target_latency_ms`` (default
-    10 s). Either way the limit stays in ``[1, max_concurrency]`` and a drop halves it.
+    10 s). Either way the limit stays in ``[1, max_concurrency]`` and a drop halves it; it is
+    judged on windows of ``limiter_window`` latency samples (the limiter's ``window_size``).
 
     ``clock`` drives the backoff sleeps, the rate limiter and the adaptive limiter (pass a
     :class:`~zeroclaw.testing.FakeClock` in tests); ``rng`` (a :class:`random.Random`) draws the
@@ -130,7 +132,8 @@ class ManagedProvider:
 
     Raises:
         TypeError, ValueError: for a bad argument (negative ``max_retries``,
-            ``max_concurrency < 1``, a negative or NaN rate, a ``limiter_mode`` other than
+            ``max_concurrency < 1``, ``limiter_window < 1``, a negative or NaN rate, a
+            ``limiter_mode`` other than
             ``"gradient"`` or ``"target"``).
     """
 
@@ -166,6 +169,7 @@ class ManagedProvider:
         limiter_mode: str = "gradient",
         target_latency_ms: float | None = None,
         name: str | None = None,
+        limiter_window: int = 20,
     ) -> None:
         self._backend = backend
         self.max_retries = to_count(max_retries, what="max_retries")
@@ -201,6 +205,7 @@ class ManagedProvider:
             clock=self._clock,
             name=f"provider {self.name}",
             mode=limiter_mode,
+            window_size=limiter_window,
         )
         self._calls = 0
         self._successes = 0
