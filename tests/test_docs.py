@@ -145,7 +145,7 @@ def test_ci_runs_the_readme_install_and_test_commands() -> None:
     """The README's first block is not run here; ``.ci/run`` runs the same commands."""
     readme = next(block for block in BASH if block.path.name == "README.md")
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
-    for command in ("-m venv .venv", "-e . --group dev", ".venv/bin/python -m pytest"):
+    for command in ("-m venv .venv", "-e '.[all]' --group dev", ".venv/bin/python -m pytest"):
         assert command in readme.code
         assert command in ci
 

@@ -107,7 +107,7 @@ class LiveView:
         table.add_column()
         if sample is None:
             table.add_row("starting", "")
-            return Panel(table, title="zeroclaw demo")
+            return Panel(table, title="zeroclaw demo", expand=False)
         bar = Table.grid(padding=(0, 1))
         bar.add_row(
             ProgressBar(total=scenario.max_concurrency, completed=sample.in_flight, width=32),
@@ -136,7 +136,9 @@ class LiveView:
         table.add_row("latency", f"p50 {_ms(sample.p50)}   p99 {_ms(sample.p99)}")
         phase = "[bold red]provider outage[/]" if sample.outage else "[green]provider up[/]"
         table.add_row("scenario", phase)
-        return Panel(table, title="zeroclaw demo", subtitle="Ctrl-C ends the run early")
+        return Panel(
+            table, title="zeroclaw demo", subtitle="Ctrl-C ends the run early", expand=False
+        )
 
     def start(self) -> None:
         """Start redrawing (rich's own refresh thread). Does not block."""

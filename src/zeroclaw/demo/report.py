@@ -101,6 +101,10 @@ def summarize(
     }
 
 
+def _count(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
 def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f} s"
 
@@ -130,9 +134,10 @@ def print_report(summary: Mapping[str, Any], verdict: Sequence[Check], out: Text
         ("breaker", f"opened {summary['breaker_opened']}x  {transitions or 'no transition'}"),
         (
             "adaptive limit",
-            f"{limit['min']}..{limit['max']}  (before the outage up to "
-            f"{limit['highest_before_outage']}, in it down to {limit['lowest_in_outage']}, "
-            f"after up to {limit['highest_after_recovery']})",
+            f"{_count(limit['min'])}..{_count(limit['max'])}  (before the outage up to "
+            f"{_count(limit['highest_before_outage'])}, in it down to "
+            f"{_count(limit['lowest_in_outage'])}, after up to "
+            f"{_count(limit['highest_after_recovery'])})",
         ),
         (
             "demo cpu",

@@ -80,7 +80,7 @@ def take_sample(
     window_start = t - RATE_WINDOW
     # The latest sample at or before the window's start (or nothing: the run's start).
     times = [sample.t for sample in previous]
-    base_index = bisect.bisect_right(times, window_start) - 1
+    base_index = bisect.bisect_right(times, window_start + 1e-9) - 1
     base = previous[base_index] if base_index >= 0 else None
     span = t - base.t if base is not None else max(t, 1e-9)
     log = record.answer_log

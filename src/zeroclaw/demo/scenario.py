@@ -67,22 +67,22 @@ class DemoScenario:
     @property
     def traffic_end(self) -> float:
         """When the last message is offered."""
-        return self.duration * self.traffic_share
+        return round(self.duration * self.traffic_share, 6)
 
     @property
     def outage_start(self) -> float:
         """When the provider goes down."""
-        return self.duration * self.outage_start_share
+        return round(self.duration * self.outage_start_share, 6)
 
     @property
     def outage_duration(self) -> float:
         """How long it stays down."""
-        return self.duration * self.outage_share
+        return round(self.duration * self.outage_share, 6)
 
     @property
     def recovery(self) -> float:
         """How long it takes to recover after the outage (failing less and less, slow)."""
-        return self.duration * self.recovery_share
+        return round(self.duration * self.recovery_share, 6)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,7 @@
 """The checks a demo run makes of itself at the end, from its record alone. Pure.
 
-They are the pipeline's guarantees (DESIGN §3.5), checked on what the simulated platform saw:
+They are the pipeline's guarantees (docs/channel_integration.md), checked on what the simulated
+platform saw:
 
 - **one result per accepted message**: every accepted delivery got exactly one result, and nothing
   that was not accepted got one;

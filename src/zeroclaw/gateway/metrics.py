@@ -126,7 +126,7 @@ DURATION_BUCKETS = (
     120.0,
 )
 
-#: The ``state`` label of each breaker state (DESIGN §4.7).
+#: The ``state`` label of each breaker state (docs/gateway.md, the metrics table).
 STATE_LABELS = {
     CircuitState.CLOSED: "closed",
     CircuitState.OPEN: "open",
