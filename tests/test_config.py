@@ -545,16 +545,8 @@ BAD_CHANNEL: list[tuple[str, str]] = [
         "channels.web.tokn: unknown key (did you mean 'token'?)",
     ),
     (
-        HOOK + "queue_mode = 'collect'\n",
-        'channels.web.queue_mode: "collect" is not available in this version; only "followup" is',
-    ),
-    (
-        HOOK + "queue_mode = 'interrupt'\n",
-        'channels.web.queue_mode: "interrupt" is not available in this version; only "followup" is',
-    ),
-    (
         HOOK + "queue_mode = 'fifo'\n",
-        'channels.web.queue_mode: must be "followup", got "fifo"',
+        'channels.web.queue_mode: must be "followup", "collect" or "interrupt", got "fifo"',
     ),
     (
         HOOK + "collect_window = 1\n",

@@ -53,6 +53,8 @@ from zeroclaw.concurrency.circuit_breaker import (
 )
 from zeroclaw.concurrency.deduplicator import DedupKey, Deduplicator, DedupStats
 from zeroclaw.concurrency.errors import PoolClosed, Rejected
+from zeroclaw.concurrency.worker_pool import _DONE as _JOB_DONE
+from zeroclaw.concurrency.worker_pool import _QUEUED as _JOB_QUEUED
 from zeroclaw.concurrency.worker_pool import (
     TaskPriority,
     TaskStatus,
@@ -128,13 +130,20 @@ class MessageResultKind(enum.StrEnum):
     TIMEOUT = "timeout"
     CANCELLED = "cancelled"
     REJECTED = "rejected"
+    #: Collected into a later message's turn (``queue_mode="collect"``): that message's result
+    #: is the answer; ``merged_into`` names it.
+    MERGED = "merged"
+    #: Its turn was cancelled, or it was superseded before it ran, by a newer message of its
+    #: conversation (``queue_mode="interrupt"``) or by :meth:`MessageProcessor.interrupt`.
+    INTERRUPTED = "interrupted"
 
 
 class MessageResult(NamedTuple):
     """The outcome of an accepted message (immutable): ``value`` on SUCCESS, ``error`` otherwise.
 
     ``wait_time`` is the seconds it waited for a worker after it reached the pool, ``run_time`` the
-    seconds its handler ran. (A NamedTuple: one is built per message on the hot path.)
+    seconds its handler ran; ``merged_into`` is, for a MERGED message, the id of the message whose
+    turn answered it. (A NamedTuple: one is built per message on the hot path.)
     """
 
     kind: MessageResultKind
@@ -142,6 +151,7 @@ class MessageResult(NamedTuple):
     error: BaseException | None = None
     wait_time: float = 0.0
     run_time: float = 0.0
+    merged_into: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -334,6 +344,13 @@ def _checked_key(key: object) -> Hashable:
 
 # ---------------------------------------------------------------------------- configuration
 
+QUEUE_MODES = ("followup", "collect", "interrupt")
+
+
+def _check_queue_mode(mode: object, what: str) -> None:
+    if mode not in QUEUE_MODES:
+        raise ValueError(f"{what} must be 'followup', 'collect' or 'interrupt', got {mode!r}")
+
 
 # A plain Python class, not a compiled one: a compiled int field would turn True into 1 before
 # the validation could refuse it.
@@ -358,9 +375,22 @@ class MessageProcessorConfig:
       wait for a reader, or refuse with reason ``"results unread"``). The buffer then holds at most
       this many plus the messages still in flight. ``None`` (the default): no bound, for callers
       that read ``responses`` (as :class:`ConcurrentMessageProcessor` does).
+    - ``queue_mode``: what a message that finds its conversation busy does (docs:
+      channel_integration.md, "Queue modes"). ``"followup"`` (the default): it is its own turn,
+      after the ones before it. ``"collect"``: messages arriving while a turn runs, or within
+      ``collect_window`` seconds of the previous one (a debounce), become one handler call with
+      one merged message (contents joined by newlines; the last one's id;
+      ``metadata["merged_ids"]``); the earlier ones end MERGED. ``"interrupt"``: it cancels the
+      running turn and supersedes the waiting ones (INTERRUPTED), and runs once the cancelled
+      handler has finished.
+    - ``max_pending_per_conversation``: past this many messages waiting in one conversation,
+      admission refuses the newest (REJECTED, reason ``"conversation busy"``); 0: no limit.
+    - ``channel_queue_modes``: per channel name, ``(queue_mode, collect_window)`` in place of
+      the two fields above, for that channel's messages.
 
     Raises:
-        ValueError: on a size below 1, a negative TTL or timeout, or an unknown ``admission``.
+        ValueError: on a size below 1, a negative TTL or timeout, or an unknown ``admission`` or
+            ``queue_mode``.
     """
 
     worker_pool_size: int = 4
@@ -380,6 +410,10 @@ class MessageProcessorConfig:
     priority: Callable[[str, ChannelMessage], TaskPriority] = channel_priority
     dedup_max_entries: int = 100_000
     max_undelivered_results: int | None = None
+    queue_mode: Literal["followup", "collect", "interrupt"] = "followup"
+    collect_window: float = 0.5
+    max_pending_per_conversation: int = 20
+    channel_queue_modes: Mapping[str, tuple[str, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in (
@@ -411,6 +445,27 @@ class MessageProcessorConfig:
                 f"MessageProcessorConfig.admission must be 'wait' or 'reject', "
                 f"got {self.admission!r}"
             )
+        _check_queue_mode(self.queue_mode, "MessageProcessorConfig.queue_mode")
+        self.collect_window = to_seconds(
+            self.collect_window,
+            what="MessageProcessorConfig.collect_window",
+            allow_infinite=False,
+        )
+        cap = getattr(self, "max_pending_per_conversation")  # noqa: B009  (compiled: see above)
+        if not isinstance(cap, int) or isinstance(cap, bool) or cap < 0:
+            raise ValueError(
+                "MessageProcessorConfig.max_pending_per_conversation must be an int >= 0, "
+                f"got {cap!r}"
+            )
+        modes: dict[str, tuple[str, float]] = {}
+        for channel_name, setting in dict(self.channel_queue_modes).items():
+            what = f"MessageProcessorConfig.channel_queue_modes[{channel_name!r}]"
+            if not isinstance(setting, tuple | list) or len(setting) != 2:
+                raise ValueError(f"{what} must be a pair (queue_mode, collect_window)")
+            _check_queue_mode(setting[0], what)
+            window = to_seconds(setting[1], what=f"{what} collect_window", allow_infinite=False)
+            modes[channel_name] = (setting[0], window)
+        self.channel_queue_modes = modes
         if not callable(self.dedup_key) and self.dedup_key not in ("message_id", "content"):
             raise ValueError(
                 "MessageProcessorConfig.dedup_key must be 'message_id', 'content' or a function, "
@@ -458,6 +513,8 @@ class ProcessorStats:
     in_flight: int  # accepted, no result yet
     conversations: int  # conversations with a message in flight
     undelivered_results: int  # results waiting to be read from ``responses``
+    merged: int = 0  # collected into a later message's turn (queue_mode="collect")
+    interrupted: int = 0  # cancelled or superseded by a newer message, or by interrupt()
 
 
 # ---------------------------------------------------------------------------- the processor
@@ -471,11 +528,14 @@ class _Item(_Job):
     """
 
     __slots__ = (
+        "batch",
         "channel",
         "dedup_key",
         "handler",
+        "interrupted",
         "key",
         "message",
+        "original",
         "permit",
         "processor",
         "ticket",
@@ -502,6 +562,11 @@ class _Item(_Job):
         self.permit = permit
         self.key = key  # the conversation
         self.ticket = ticket  # the breaker's admission of this call (None: no breaker)
+        # queue_mode="collect": the earlier messages merged into this one's turn, and this one's
+        # own message (``message`` is then the merged one the handler sees).
+        self.batch: list[_Item] | None = None
+        self.original: ChannelMessage | None = None
+        self.interrupted = False  # cancelled by a newer message, or by interrupt()
         self._priority = priority
         self._timeout = processor._processing_timeout
         self._cancel_reason = None
@@ -531,13 +596,15 @@ class _Item(_Job):
             breaker.record_success(self.ticket)
         processor._give_permit_back(self.permit)
         processor._in_flight -= 1
+        if self.batch is not None:
+            processor._settle_batch(self, True)
         processor._results.append(
             _new_tuple(
                 ProcessedMessage,
                 (
                     self.channel,
-                    self.message,
-                    _new_tuple(MessageResult, (_SUCCESS, value, None, wait_time, run_time)),
+                    self.message if self.original is None else self.original,
+                    _new_tuple(MessageResult, (_SUCCESS, value, None, wait_time, run_time, None)),
                 ),
             )
         )
@@ -562,7 +629,9 @@ class _Item(_Job):
         elif status is TaskStatus.TIMED_OUT:
             kind = MessageResultKind.TIMEOUT
         elif status is TaskStatus.CANCELLED:
-            kind = MessageResultKind.CANCELLED
+            kind = (
+                MessageResultKind.INTERRUPTED if self.interrupted else MessageResultKind.CANCELLED
+            )
         else:
             kind = MessageResultKind.REJECTED
         self.processor._message_ended(self, kind, error, wait_time, run_time)
@@ -575,8 +644,11 @@ class _Item(_Job):
 
 
 # A lane is READY (its head waits for room in the pool) or RUNNING (one of its messages is in the
-# pool; ``pending`` holds only those behind it); IDLE only in passing, when it is being retired.
-_IDLE, _READY, _RUNNING = 0, 1, 2
+# pool; ``pending`` holds only those behind it), or COLLECTING (queue_mode="collect": its messages
+# wait out the debounce window); IDLE only in passing, when it is being retired.
+_IDLE, _READY, _RUNNING, _COLLECTING = 0, 1, 2, 3
+_FOLLOWUP, _COLLECT, _INTERRUPT = 0, 1, 2
+_MODE_CODES = {"followup": _FOLLOWUP, "collect": _COLLECT, "interrupt": _INTERRUPT}
 
 
 class _Lane:
@@ -586,13 +658,30 @@ class _Lane:
     conversation table holds that message's :class:`_Item` itself (the common case costs no lane).
     """
 
-    __slots__ = ("key", "pending", "priority", "state")
+    __slots__ = (
+        "key",
+        "last_arrival",
+        "mode",
+        "pending",
+        "priority",
+        "running",
+        "state",
+        "timer",
+        "window",
+    )
 
-    def __init__(self, key: Hashable, priority: TaskPriority, state: int) -> None:
+    def __init__(
+        self, key: Hashable, priority: TaskPriority, state: int, running: _Item | None = None
+    ) -> None:
         self.key = key
         self.priority = priority
         self.pending: deque[_Item] = deque()
         self.state = state
+        self.running = running  # the message of this lane in the pool, if any
+        self.mode = _FOLLOWUP
+        self.window = 0.0
+        self.last_arrival = 0.0
+        self.timer: Cancellable | None = None  # the collect debounce
 
 
 class _ResultStream:
@@ -734,6 +823,14 @@ class MessageProcessor:
         self._timed_out = 0
         self._cancelled = 0
         self._rejected_after_accept = 0
+        self._merged = 0
+        self._interrupted = 0
+        self._mode = _MODE_CODES[config.queue_mode]
+        self._window = config.collect_window
+        self._channel_modes: dict[str, tuple[int, float]] | None = {
+            name: (_MODE_CODES[m], w) for name, (m, w) in config.channel_queue_modes.items()
+        } or None
+        self._max_pending = config.max_pending_per_conversation
 
     # -------------------------------------------------------------- admission
 
@@ -815,6 +912,11 @@ class MessageProcessor:
         elif self._in_flight >= self._hard_limit:
             self._undo_admission(dedup_key, False, ticket)
             return self._refuse("overloaded")
+        mode = self._mode
+        window = self._window
+        modes = self._channel_modes
+        if modes is not None:
+            mode, window = modes.get(channel_name, (mode, window))
         entry = self._lanes.get(key)
         if entry is None:  # a new conversation
             cached = self._channel_priorities
@@ -831,6 +933,13 @@ class MessageProcessor:
                     raise
             self._in_flight += 1
             item = _Item(self, channel, message, handler, dedup_key, permit, key, priority, ticket)
+            if mode == _COLLECT:  # its turn starts once the debounce window has passed
+                lane = self._lanes[key] = _Lane(key, priority, _COLLECTING)
+                lane.mode = mode
+                lane.window = window
+                lane.pending.append(item)
+                self._collect_after(lane, window)
+                return _ACCEPTED
             pool = self._pool
             if not self._ready and pool._queued < pool._queue_size:
                 self._lanes[key] = item  # the common case: no lane, straight into the pool
@@ -844,14 +953,36 @@ class MessageProcessor:
                 self._make_ready(lane)
                 self._pump()
             return _ACCEPTED
+        cap = self._max_pending
+        if (
+            cap
+            and mode != _INTERRUPT  # in interrupt mode the newest supersedes the waiting ones
+            and entry.__class__ is _Lane
+            and len(entry.pending) >= cap
+        ):
+            self._undo_admission(dedup_key, permit, ticket)
+            if self.closing:
+                self._check_drained()
+            return self._refuse("conversation busy")
         self._in_flight += 1
         if entry.__class__ is _Item:  # its one message runs: open a lane behind it
-            lane = self._lanes[key] = _Lane(key, entry._priority, _RUNNING)
+            running = entry
+            lane = self._lanes[key] = _Lane(key, running._priority, _RUNNING, running)
+            lane.mode = mode
+            lane.window = window
         else:
             lane = cast(_Lane, entry)
-        lane.pending.append(
-            _Item(self, channel, message, handler, dedup_key, permit, key, lane.priority, ticket)
-        )
+        item = _Item(self, channel, message, handler, dedup_key, permit, key, lane.priority, ticket)
+        lane.pending.append(item)
+        if mode != _FOLLOWUP:
+            lane.mode = mode
+            lane.window = window
+            if mode == _INTERRUPT:
+                self._supersede(lane, item)
+            else:
+                lane.last_arrival = self._clock.now()
+                if lane.state == _COLLECTING:
+                    self._collect_after(lane, window)  # the window restarts with each arrival
         return _ACCEPTED
 
     async def _wait_for_result_room(
@@ -960,6 +1091,9 @@ class MessageProcessor:
             _, _, lane = heapq.heappop(ready)
             lane.state = _RUNNING
             item = lane.pending.popleft()
+            if lane.mode == _COLLECT and lane.pending:
+                item = self._merge(item, lane)
+            lane.running = item
             item._priority = lane.priority
             self._start(item)
 
@@ -1039,9 +1173,13 @@ class MessageProcessor:
         self._forget(item.dedup_key)
         self._give_permit_back(item.permit)
         self._in_flight -= 1
+        message = item.message
+        if item.batch is not None:
+            self._settle_batch(item, False)
+            message = item.original or message
         self._results.append(
             ProcessedMessage(
-                item.channel, item.message, MessageResult(kind, value, error, wait_time, run_time)
+                item.channel, message, MessageResult(kind, value, error, wait_time, run_time)
             )
         )
         self._wake_results()
@@ -1070,16 +1208,146 @@ class MessageProcessor:
             self._timed_out += 1
         elif kind is MessageResultKind.CANCELLED:
             self._cancelled += 1
+        elif kind is MessageResultKind.INTERRUPTED:
+            self._interrupted += 1
         else:
             self._rejected_after_accept += 1
 
     def _advance(self, lane: _Lane) -> None:
-        """The lane's running message finished: queue its next one, or retire the lane."""
+        """The lane's running message finished: queue its next one, or retire the lane.
+
+        In collect mode the next batch starts once ``collect_window`` has passed since its last
+        message arrived (at once if it has already).
+        """
         lane.state = _IDLE
+        lane.running = None
         if lane.pending and (self._drain or not self._closing):
+            if lane.mode == _COLLECT:
+                left = lane.last_arrival + lane.window - self._clock.now()
+                if left > 0:
+                    lane.state = _COLLECTING
+                    self._collect_after(lane, left)
+                    return
             self._make_ready(lane)
         else:
             self._cancel_pending(lane)
+
+    # -------------------------------------------------------------- queue modes
+
+    def _collect_after(self, lane: _Lane, delay: float) -> None:
+        """(Re)start the lane's debounce: its batch becomes ready ``delay`` seconds from now."""
+        if lane.timer is not None:
+            lane.timer.cancel()
+        lane.timer = call_later(self._clock, delay, lambda: self._collected(lane))
+
+    def _collected(self, lane: _Lane) -> None:
+        """The debounce window passed: the batch waits for room in the pool like any turn."""
+        lane.timer = None
+        if lane.state != _COLLECTING or self._lanes.get(lane.key) is not lane:
+            return  # retired meanwhile (a shutdown that does not drain)
+        self._make_ready(lane)
+        self._pump()
+
+    def _merge(self, first: _Item, lane: _Lane) -> _Item:
+        """Make one turn of ``first`` and every message behind it: the last one carries it."""
+        batch = [first, *lane.pending]
+        lane.pending.clear()
+        last = batch.pop()
+        original = last.message
+        merged_ids = [part.message.id for part in batch]
+        merged_ids.append(original.id)
+        last.original = original
+        last.batch = batch
+        last.message = ChannelMessage(
+            id=original.id,
+            sender=original.sender,
+            content="\n".join([part.message.content for part in batch] + [original.content]),
+            channel=original.channel,
+            timestamp=original.timestamp,
+            reply_target=original.reply_target,
+            thread_id=original.thread_id,
+            metadata={**original.metadata, "merged_ids": merged_ids},
+        )
+        return last
+
+    def _settle_batch(self, carrier: _Item, succeeded: bool) -> None:
+        """Resolve the messages merged into ``carrier``'s turn: MERGED, in arrival order.
+
+        Their dedup claims follow the turn's outcome (kept on success, released otherwise); the
+        breaker hears of the turn once, through the carrier's ticket.
+        """
+        batch = carrier.batch
+        assert batch is not None
+        carrier.batch = None
+        into = carrier.message.id
+        breaker = self._breaker
+        for part in batch:
+            if breaker is not None:
+                breaker.record_ignored(part.ticket)
+            if not succeeded:
+                self._forget(part.dedup_key)
+            self._give_permit_back(part.permit)
+            self._in_flight -= 1
+            self._merged += 1
+            self._results.append(
+                ProcessedMessage(
+                    part.channel,
+                    part.message,
+                    MessageResult(MessageResultKind.MERGED, merged_into=into),
+                )
+            )
+
+    def _supersede(self, lane: _Lane, newest: _Item) -> None:
+        """Interrupt mode: ``newest`` arrived; every other message of the lane ends INTERRUPTED
+        (the waiting ones now, the running one once its handler has unwound)."""
+        while lane.pending[0] is not newest:
+            self._settle(
+                lane.pending.popleft(),
+                MessageResultKind.INTERRUPTED,
+                error=asyncio.CancelledError("superseded by a newer message"),
+            )
+        running = lane.running
+        if running is not None:
+            self._interrupt_running(running)
+
+    def _interrupt_running(self, item: _Item) -> bool:
+        """Cancel ``item``'s turn (INTERRUPTED); a turn still queued in the pool never starts."""
+        if item.interrupted or item._state == _JOB_DONE:
+            return False
+        item.interrupted = True
+        if item._state == _JOB_QUEUED:
+            self._pool._unqueue(item)
+            self._pool._finish_unrun(
+                item, TaskStatus.CANCELLED, asyncio.CancelledError("interrupted")
+            )
+        else:
+            item._interrupt(TaskStatus.CANCELLED)
+        return True
+
+    def interrupt(self, key: Hashable) -> bool:
+        """Cancel the running turn of conversation ``key`` (see :meth:`conversation_of`).
+
+        Its result is INTERRUPTED, not a failure for the breaker; the messages waiting behind it
+        run as usual, once its handler has unwound. Returns ``False`` when the conversation has
+        no turn running (or it is already being interrupted). Does not block.
+        """
+        entry = self._lanes.get(key)
+        if entry is None:
+            return False
+        if entry.__class__ is _Item:
+            return self._interrupt_running(entry)
+        running = cast(_Lane, entry).running
+        return running is not None and self._interrupt_running(running)
+
+    def conversation_of(self, channel_name: str, message: ChannelMessage) -> Hashable:
+        """The conversation key of ``message`` (the configuration's ``conversation_key``).
+
+        Raises what that function raises; TypeError for an unhashable key.
+        """
+        key_of = self._conversation_key_of
+        if key_of is None:
+            return (channel_name, message.reply_target or message.sender)
+        return _checked_key(key_of(channel_name, message))
 
     def _counts_as_failure(self, error: BaseException | None) -> bool:
         """The breaker's own ``is_failure`` decides (it may come from a group, with a config other
@@ -1176,6 +1444,11 @@ class MessageProcessor:
             self._ready = [entry for entry in self._ready if entry[2] is not lane]
             heapq.heapify(self._ready)
             lane.state = _IDLE
+        elif lane.state == _COLLECTING:
+            if lane.timer is not None:
+                lane.timer.cancel()
+                lane.timer = None
+            lane.state = _IDLE
         while lane.pending:
             self._settle(
                 lane.pending.popleft(),
@@ -1228,7 +1501,9 @@ class MessageProcessor:
             + self._failed
             + self._timed_out
             + self._cancelled
-            + self._rejected_after_accept,
+            + self._rejected_after_accept
+            + self._merged
+            + self._interrupted,
             duplicates=self._duplicates,
             rejected=self._rejected,
             succeeded=self._succeeded,
@@ -1237,6 +1512,8 @@ class MessageProcessor:
             cancelled=self._cancelled,
             rejected_after_accept=self._rejected_after_accept,
             in_flight=self._in_flight,
+            merged=self._merged,
+            interrupted=self._interrupted,
             conversations=len(self._lanes),
             undelivered_results=len(self._results),
         )
@@ -1349,6 +1626,9 @@ class ConcurrentMessageProcessor:
         handler: ``async (message) -> str`` answering every message instead of
             ``provider.chat_with_system(system_prompt, message.content, model, temperature)``.
         clock: time source of every stage.
+        interrupt_command: a message whose content is exactly this (``"/stop"``) first cancels
+            its conversation's running turn (INTERRUPTED), then is admitted like any message
+            (its handler answers it). ``None`` (the default): no command.
 
     Raises:
         TypeError: an argument of the wrong type (a ``handler`` that is not an async function).
@@ -1370,8 +1650,10 @@ class ConcurrentMessageProcessor:
         send_timeout: float | timedelta | None = 30.0,
         handler: Handler | None = None,
         clock: Clock | None = None,
+        interrupt_command: str | None = None,
     ) -> None:
         self.config = config if config is not None else MessageProcessorConfig()
+        self.interrupt_command = interrupt_command
         self.model = model
         self.temperature = temperature
         self.notices = notices if notices is not None else Notices()
@@ -1546,6 +1828,8 @@ class ConcurrentMessageProcessor:
         if self._stopping or (stop is not None and stop.is_set()):
             return processor._refuse("shutting down")
         try:
+            if self.interrupt_command is not None:
+                self._maybe_interrupt(processor, channel, message)
             return await processor.process_message(channel, message, handler)
         except Exception:
             tally.admission_errors += 1
@@ -1645,6 +1929,8 @@ class ConcurrentMessageProcessor:
         tally = self._tally(channel.name)
         tally.received += 1
         try:
+            if self.interrupt_command is not None:
+                self._maybe_interrupt(processor, channel, message)
             admission = await processor.process_message(channel, message, handler)
         except Exception as error:
             tally.admission_errors += 1
@@ -1687,6 +1973,8 @@ class ConcurrentMessageProcessor:
                 text = notices.failed
             elif kind is MessageResultKind.REJECTED:  # the breaker opened while it waited
                 text = notices.unavailable
+            elif kind is MessageResultKind.MERGED or kind is MessageResultKind.INTERRUPTED:
+                text = None  # the turn that merged or superseded it answers the conversation
             else:
                 text = notices.cancelled
             self._answer(channel, message, result, text)
@@ -1825,6 +2113,27 @@ class ConcurrentMessageProcessor:
     def stats(self) -> ProcessorStats | None:
         """The running processor's statistics (``None`` before :meth:`start`)."""
         return self._processor.stats() if self._processor is not None else None
+
+    def _maybe_interrupt(
+        self, processor: MessageProcessor, channel: Channel, message: ChannelMessage
+    ) -> None:
+        if message.content.strip() == self.interrupt_command:
+            key = processor.conversation_of(channel.name, message)
+            if processor.interrupt(key):
+                _logger.info("%s: conversation %r interrupted by %r", channel.name, key, message.id)
+
+    def interrupt(self, channel_name: str, message: ChannelMessage) -> bool:
+        """Cancel the running turn of ``message``'s conversation (``/stop``): its result is
+        INTERRUPTED. Returns ``False`` when nothing runs there (or :meth:`start` is not running).
+        Does not block.
+
+        Raises:
+            Exception: what the configuration's ``conversation_key`` raised.
+        """
+        processor = self._processor
+        if processor is None:
+            return False
+        return processor.interrupt(processor.conversation_of(channel_name, message))
 
     def circuit_breaker_stats(self) -> dict[str, CircuitBreakerStats]:
         """One entry per provider and model (``"<provider>:<model>"``)."""

@@ -5,7 +5,10 @@
 - the provider: the configured backend (``zeroclaw.providers.build_backend``) inside a
   ``ManagedProvider`` (rate limit, adaptive concurrency, retries);
 - the conversation history (the last ``history_turns`` successful exchanges go with each call;
-  ``/new`` clears the conversation and is answered without calling the provider);
+  ``/new`` clears the conversation and is answered without calling the provider; ``/stop``
+  cancels the conversation's running turn, which ends INTERRUPTED, and is answered without
+  calling the provider);
+- each channel's queue mode (``[channels.NAME] queue_mode``, ``collect_window``);
 - a ``ConcurrentMessageProcessor`` with the processor config, whose handler is
   :meth:`Gateway.answer`;
 - the channels (by kind, from the channel registry) and the HTTP server.
@@ -43,12 +46,21 @@ from zeroclaw.gateway.metrics import GatewayCollector, MessageLedger, MetricSour
 from zeroclaw.gateway.server import GatewayServer, HttpChannel
 from zeroclaw.providers import ManagedProvider, backend_options, build_backend
 
-__all__ = ["NEW_CONVERSATION_COMMAND", "NEW_CONVERSATION_REPLY", "Gateway", "serve"]
+__all__ = [
+    "NEW_CONVERSATION_COMMAND",
+    "NEW_CONVERSATION_REPLY",
+    "STOP_COMMAND",
+    "STOP_REPLY",
+    "Gateway",
+    "serve",
+]
 
 _logger = logging.getLogger("zeroclaw.gateway")
 
 NEW_CONVERSATION_COMMAND = "/new"
 NEW_CONVERSATION_REPLY = "Started a new conversation."
+STOP_COMMAND = "/stop"
+STOP_REPLY = "Stopped."
 
 # The shortest send/deliver timeout: a reply that cannot be sent within it is given up (logged,
 # counted). Raised to cover the slowest webhook callback (every attempt and backoff).
@@ -134,7 +146,14 @@ class Gateway:
         self.history = ConversationHistory(settings.history_turns)
         self.ledger = MessageLedger()
         self._kinds = {spec.name: spec.kind for spec in config.channels}
-        self._unset_queue_modes(config)
+        processor_config = dataclasses.replace(
+            config.processor,
+            channel_queue_modes={
+                spec.name: (spec.queue_mode, spec.collect_window)
+                for spec in config.channels
+                if spec.queue_mode != "followup"
+            },
+        )
         server_settings = config.gateway
         # The processor is made before the channels (they submit to it through the intake), and
         # its send timeout must cover the slowest channel's delivery, known once they exist.
@@ -150,13 +169,14 @@ class Gateway:
         self.http = http
         budgets = [getattr(c, "delivery_budget", 0.0) for c in self.channels]
         self.processor = ConcurrentMessageProcessor(
-            config.processor,
+            processor_config,
             model=self.model,
             temperature=self.temperature,
             handler=self.answer,
             send_timeout=max(_MIN_SEND_TIMEOUT, *budgets),
             drain_timeout=server_settings.shutdown_timeout,
             handle_signals=False,
+            interrupt_command=STOP_COMMAND,
         )
         self.intake.attach(self.processor)
         self.collector = GatewayCollector(
@@ -186,19 +206,6 @@ class Gateway:
         self._stopping = False
         self._stop_task: asyncio.Task[None] | None = None
 
-    @staticmethod
-    def _unset_queue_modes(config: GatewayConfig) -> None:
-        processor_mode = getattr(config.processor, "queue_mode", "followup")
-        for spec in config.channels:
-            if spec.queue_mode != processor_mode:
-                _logger.warning(
-                    "channel %r: queue_mode %r is not applied per channel yet; the processor's "
-                    "%r applies to every channel",
-                    spec.name,
-                    spec.queue_mode,
-                    processor_mode,
-                )
-
     # ------------------------------------------------------------------ the handler
 
     @staticmethod
@@ -207,15 +214,19 @@ class Gateway:
         return (message.channel, message.reply_to, message.thread_id)
 
     async def answer(self, message: ChannelMessage) -> str:
-        """The reply to ``message``, with the conversation's history; ``/new`` clears it.
+        """The reply to ``message``, with the conversation's history; ``/new`` clears it, ``/stop``
+        (whose arrival cancelled the running turn) is acknowledged.
 
         Waits for the provider. Raises what the provider raises (``ProviderError``); the
         exchange is recorded only when it succeeds.
         """
         conversation = self.conversation_of(message)
-        if message.content.strip() == NEW_CONVERSATION_COMMAND:
+        command = message.content.strip()
+        if command == NEW_CONVERSATION_COMMAND:
             self.history.clear(conversation)
             return NEW_CONVERSATION_REPLY
+        if command == STOP_COMMAND:
+            return STOP_REPLY
         messages = self.history.messages_for(conversation, self.system_prompt, message.content)
         reply = await self.provider.complete(
             messages, model=self.model, temperature=self.temperature

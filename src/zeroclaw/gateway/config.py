@@ -5,7 +5,7 @@
 ``zeroclaw.toml: channels.tg.bot_token: required`` (the file name as the caller gave it). Nothing
 in the file is ignored: an unknown key is a problem (with a "did you mean" when a valid key is
 close), so is a key that only applies to another kind of channel or provider, and so is a feature
-this version does not have yet (``queue_mode = "collect"``).
+this version does not have yet (a ``[redis]`` table).
 
 The accepted keys are data, not code: :data:`SECTIONS` holds one :class:`Section` per table of the
 file, each with its :class:`Key` rows (name, type, default, parser). The loader reads them, and
@@ -59,7 +59,7 @@ __all__ = [
 
 CHANNEL_KINDS: Final = ("webhook", "telegram", "slack", "terminal")
 PROVIDER_KINDS: Final = ("openai", "echo", "simulated")
-QUEUE_MODES_LATER: Final = ("collect", "interrupt")  # queue modes: not built yet
+QUEUE_MODES: Final = ("followup", "collect", "interrupt")
 # Paths the server answers itself; a channel cannot take them.
 RESERVED_PATHS: Final = ("/healthz", "/metrics", "/status")
 
@@ -397,9 +397,7 @@ def _channel_path(value: Any) -> str:
 
 
 def _queue_mode(value: Any) -> str:
-    if value in QUEUE_MODES_LATER:
-        raise _Invalid(f'{_show(value)} is not available in this version; only "followup" is')
-    return _string(choices=("followup",))(value)
+    return _string(choices=QUEUE_MODES)(value)
 
 
 _PATH: Final = re.compile(r"/[A-Za-z0-9_\-.~/]*")
@@ -479,6 +477,7 @@ SECTIONS: Final[Mapping[str, Section]] = MappingProxyType(
                 _processor_key("enable_circuit_breaker", "boolean", _boolean, None),
                 _processor_key("enable_backpressure", "boolean", _boolean, None),
                 _processor_key("max_undelivered_results", "integer", _integer(), None),
+                _processor_key("max_pending_per_conversation", "integer", _integer(0), None),
             ),
         ),
         "processor.circuit": Section(
@@ -614,7 +613,17 @@ SECTIONS: Final[Mapping[str, Section]] = MappingProxyType(
 
 # MessageProcessorConfig / CircuitConfig fields a TOML file cannot set (functions), or sets
 # through a table of its own.
-PROCESSOR_FIELDS_NOT_IN_TOML: Final = frozenset({"circuit_config", "conversation_key", "priority"})
+# queue_mode and collect_window are set per channel ([channels.NAME]), into channel_queue_modes.
+PROCESSOR_FIELDS_NOT_IN_TOML: Final = frozenset(
+    {
+        "circuit_config",
+        "conversation_key",
+        "priority",
+        "queue_mode",
+        "collect_window",
+        "channel_queue_modes",
+    }
+)
 CIRCUIT_FIELDS_NOT_IN_TOML: Final = frozenset({"is_failure"})
 _TOP_LEVEL: Final = ("gateway", "processor", "provider", "channels")
 # Planned tables this version does not implement: refused with a reason, not "unknown key".

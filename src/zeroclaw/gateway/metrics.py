@@ -106,6 +106,8 @@ OUTCOMES = (
     "timeout",
     "cancelled",
     "ignored",
+    "merged",
+    "interrupted",
 )
 
 # Upper bounds (seconds) of zeroclaw_message_duration_seconds: an LLM reply takes 0.1 s to minutes.
