@@ -46,9 +46,18 @@ def make_messages(count: int, conversations: int) -> list[ChannelMessage]:
 
 
 async def pipeline_round(
-    messages: list[ChannelMessage], *, dedup: bool = True, breaker: bool = True
+    messages: list[ChannelMessage],
+    *,
+    dedup: bool = True,
+    breaker: bool = True,
+    queue_mode: str = "followup",
 ) -> float:
-    """Seconds per message through a fresh processor (with dedup and the breaker unless told)."""
+    """Seconds per message through a fresh processor (with dedup and the breaker unless told).
+
+    No cap on the messages waiting per conversation: every message is processed (with the
+    default cap of 20, a conversation's burst past it would be refused, and the round would not
+    be the same work).
+    """
     config = MessageProcessorConfig(
         worker_pool_size=WORKERS,
         task_queue_size=BOUND,
@@ -56,6 +65,9 @@ async def pipeline_round(
         dedup_max_entries=max(len(messages), 1),
         enable_dedup=dedup,
         enable_circuit_breaker=breaker,
+        max_pending_per_conversation=0,
+        queue_mode=queue_mode,  # type: ignore[arg-type]
+        collect_window=0.0,
     )
     processor = MessageProcessor(config)
 
@@ -125,6 +137,7 @@ async def run(report: Report, quick: bool) -> None:
     )
     report.figure(GROUP, "pipeline throughput", 1.0 / ours.median, "messages/s", "target > 30 000")
     await stage_costs(report, messages, rounds)
+    await queue_mode_costs(report, messages, rounds)
     for conversations in (10, 1000, 100_000):
         scaled = make_messages(count if conversations < count else conversations, conversations)
         timing = await interleave(
@@ -138,6 +151,31 @@ async def run(report: Report, quick: bool) -> None:
             f"{len(scaled)} messages",
         )
     await memory_figures(report, 100_000 if quick else 1_000_000)
+
+
+async def queue_mode_costs(
+    report: Report, messages: list[ChannelMessage], rounds: int
+) -> None:
+    """What collect and interrupt cost per message, against followup in the same run.
+
+    ``collect_window = 0``: only messages that arrive while their conversation's turn runs are
+    merged (here most of them: ten per conversation arrive at once), so collect calls the
+    handler less often; interrupt cancels each running turn for the next message.
+    """
+    timings = await interleave(
+        {
+            mode: functools.partial(pipeline_round, messages, queue_mode=mode)
+            for mode in ("followup", "collect", "interrupt")
+        },
+        rounds,
+    )
+    for mode in ("collect", "interrupt"):
+        report.ratio(
+            GROUP,
+            timings[mode],
+            timings["followup"],
+            note=f"queue_mode={mode} vs followup, per message",
+        )
 
 
 async def stage_costs(report: Report, messages: list[ChannelMessage], rounds: int) -> None:

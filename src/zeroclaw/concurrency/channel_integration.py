@@ -937,6 +937,7 @@ class MessageProcessor:
                 lane = self._lanes[key] = _Lane(key, priority, _COLLECTING)
                 lane.mode = mode
                 lane.window = window
+                lane.last_arrival = self._clock.now()
                 lane.pending.append(item)
                 self._collect_after(lane, window)
                 return _ACCEPTED
@@ -980,9 +981,8 @@ class MessageProcessor:
             if mode == _INTERRUPT:
                 self._supersede(lane, item)
             else:
+                # The window restarts with each arrival: the timer, when it fires, looks again.
                 lane.last_arrival = self._clock.now()
-                if lane.state == _COLLECTING:
-                    self._collect_after(lane, window)  # the window restarts with each arrival
         return _ACCEPTED
 
     async def _wait_for_result_room(
@@ -1235,16 +1235,24 @@ class MessageProcessor:
     # -------------------------------------------------------------- queue modes
 
     def _collect_after(self, lane: _Lane, delay: float) -> None:
-        """(Re)start the lane's debounce: its batch becomes ready ``delay`` seconds from now."""
-        if lane.timer is not None:
-            lane.timer.cancel()
-        lane.timer = call_later(self._clock, delay, lambda: self._collected(lane))
+        """Arm the lane's debounce timer for ``delay`` seconds from now.
+
+        One timer per batch, not one per arrival: arrivals only move ``last_arrival``, and the
+        timer, when it fires, waits on for what is left of the window since the last one.
+        """
+        if lane.timer is None:
+            lane.timer = call_later(self._clock, delay, lambda: self._collected(lane))
 
     def _collected(self, lane: _Lane) -> None:
-        """The debounce window passed: the batch waits for room in the pool like any turn."""
+        """The debounce timer fired: wait out the rest of the window since the last arrival, or
+        hand the batch on; it waits for room in the pool like any turn."""
         lane.timer = None
         if lane.state != _COLLECTING or self._lanes.get(lane.key) is not lane:
             return  # retired meanwhile (a shutdown that does not drain)
+        left = lane.last_arrival + lane.window - self._clock.now()
+        if left > 0:
+            self._collect_after(lane, left)
+            return
         self._make_ready(lane)
         self._pump()
 
