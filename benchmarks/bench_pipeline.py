@@ -153,9 +153,7 @@ async def run(report: Report, quick: bool) -> None:
     await memory_figures(report, 100_000 if quick else 1_000_000)
 
 
-async def queue_mode_costs(
-    report: Report, messages: list[ChannelMessage], rounds: int
-) -> None:
+async def queue_mode_costs(report: Report, messages: list[ChannelMessage], rounds: int) -> None:
     """What collect and interrupt cost per message, against followup in the same run.
 
     ``collect_window = 0``: only messages that arrive while their conversation's turn runs are

@@ -53,8 +53,6 @@ from zeroclaw.concurrency.circuit_breaker import (
 )
 from zeroclaw.concurrency.deduplicator import DedupKey, Deduplicator, DedupStats
 from zeroclaw.concurrency.errors import PoolClosed, Rejected
-from zeroclaw.concurrency.worker_pool import _DONE as _JOB_DONE
-from zeroclaw.concurrency.worker_pool import _QUEUED as _JOB_QUEUED
 from zeroclaw.concurrency.worker_pool import (
     TaskPriority,
     TaskStatus,
@@ -942,7 +940,7 @@ class MessageProcessor:
                 self._collect_after(lane, window)
                 return _ACCEPTED
             pool = self._pool
-            if not self._ready and pool._queued < pool._queue_size:
+            if not self._ready and pool.free_slots > 0:
                 self._lanes[key] = item  # the common case: no lane, straight into the pool
                 try:
                     pool._queue_job(item)
@@ -1320,17 +1318,13 @@ class MessageProcessor:
 
     def _interrupt_running(self, item: _Item) -> bool:
         """Cancel ``item``'s turn (INTERRUPTED); a turn still queued in the pool never starts."""
-        if item.interrupted or item._state == _JOB_DONE:
+        if item.interrupted:
             return False
-        item.interrupted = True
-        if item._state == _JOB_QUEUED:
-            self._pool._unqueue(item)
-            self._pool._finish_unrun(
-                item, TaskStatus.CANCELLED, asyncio.CancelledError("interrupted")
-            )
-        else:
-            item._interrupt(TaskStatus.CANCELLED)
-        return True
+        item.interrupted = True  # first: a queued turn resolves inside _cancel_job
+        if self._pool._cancel_job(item, asyncio.CancelledError("interrupted")):
+            return True
+        item.interrupted = False  # it had already finished
+        return False
 
     def interrupt(self, key: Hashable) -> bool:
         """Cancel the running turn of conversation ``key`` (see :meth:`conversation_of`).

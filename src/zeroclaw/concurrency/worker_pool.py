@@ -338,14 +338,7 @@ class TaskHandle(_Job, Generic[T]):
         Either way it resolves ``CANCELLED`` (a running task resolves once its cancellation lands).
         Returns ``False`` if the task had already finished.
         """
-        if self._state == _QUEUED:
-            self._pool._unqueue(self)
-            self._pool._finish_unrun(self, TaskStatus.CANCELLED, TaskCancelled(f"{self} cancelled"))
-            return True
-        if self._state == _RUNNING:
-            self._interrupt(TaskStatus.CANCELLED)
-            return True
-        return False
+        return self._pool._cancel_job(self, TaskCancelled(f"{self} cancelled"))
 
     def _call(self) -> Awaitable[T]:
         task = self._task
@@ -753,6 +746,23 @@ class WorkerPool:
                     ),
                 )
         self._check_drained()
+
+    def _cancel_job(self, job: _Job, error: BaseException) -> bool:
+        """Cancel ``job``: a queued one is removed and resolves CANCELLED (with ``error``) at once,
+        a running one is cancelled at its next await and resolves once that lands. Returns
+        ``False`` if it had already finished (or is parked). Does not block.
+
+        For modules built on the pool, as :meth:`_queue_job` (the message processor interrupts
+        a conversation's turn with it); :meth:`TaskHandle.cancel` is this.
+        """
+        if job._state == _QUEUED:
+            self._unqueue(job)
+            self._finish_unrun(job, TaskStatus.CANCELLED, error)
+            return True
+        if job._state == _RUNNING:
+            job._interrupt(TaskStatus.CANCELLED)
+            return True
+        return False
 
     def _finish_unrun(
         self,
