@@ -709,6 +709,9 @@ class CircuitBreaker:
         return _resolved(None) if exited is None else exited
 
     def _enter_tracked(self) -> Awaitable[CircuitBreaker]:
+        # The admission lines are also in call(): both are the closed path the breaker benchmark
+        # measures (docs/performance.md), where a shared helper would cost a call per guarded
+        # call; the decision itself is _admit_slow's, in one place.
         if self._state is _CLOSED:
             self._in_flight += 1
             ticket = self._gen
