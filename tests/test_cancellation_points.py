@@ -1,0 +1,273 @@
+"""Cancellation at every await: each blocking call of the core, cut at each suspension point.
+
+Every test hands a *case* to :func:`tests.cancellation.cancel_at_every_await`, which runs it once
+per suspension point of the call (cancelled there while the awaited future is pending, and again
+right after it was resolved but before the call resumed), plus once to completion, each time in a
+fresh event loop on a fake clock. The case builds the contention that makes the call suspend,
+queues a *bystander* behind the caller where the primitive has a queue, and checks after each
+attempt what the contract promises of a cancelled blocking call: nothing leaks — no permit, token
+or pool slot (the bystander gets it when the caller would have), no dedup claim (a redelivery is
+not a duplicate), no breaker probe slot (a half-open breaker admits its next probe), no task
+(pool stats and ``asyncio.all_tasks()``). The harness itself checks that a cut call raised
+``CancelledError`` and that nothing was left on the loop.
+
+The numbers of suspension points asserted here are the ones measured (docs/reliability.md lists
+them); a change that adds an await makes a test say so rather than go uncovered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+import pytest
+
+from tests.cancellation import Attempt, cancel_at_every_await
+from zeroclaw.concurrency import (
+    AdaptiveLimiter,
+    Backpressure,
+    RateLimiter,
+    Task,
+    TaskStatus,
+    WorkerPool,
+)
+from zeroclaw.testing import FakeClock
+
+
+def at(clock: FakeClock, seconds: float, action: Callable[[], object]) -> asyncio.Task[None]:
+    """A task that runs ``action()`` once the fake clock reaches ``seconds``."""
+
+    async def later() -> None:
+        await clock.sleep(seconds - clock.now())
+        action()
+
+    return asyncio.get_running_loop().create_task(later())
+
+
+def arrive(
+    clock: FakeClock, seconds: float, call: Callable[[], Awaitable[object]]
+) -> asyncio.Task[float]:
+    """A bystander: at ``seconds`` it makes ``call()`` (which gives back what it got); its result is
+    the time the call returned."""
+
+    async def bystander() -> float:
+        await clock.sleep(seconds - clock.now())
+        await call()
+        return clock.now()
+
+    return asyncio.get_running_loop().create_task(bystander())
+
+
+# ------------------------------------------------------------------------------- Backpressure
+
+BackpressureCall = Callable[[Backpressure], Coroutine[Any, Any, Any]]
+BACKPRESSURE_CALLS: dict[str, BackpressureCall] = {
+    "acquire": lambda bp: bp.acquire(),
+    "acquire(timeout=10)": lambda bp: bp.acquire(timeout=10.0),
+}
+
+
+@pytest.mark.parametrize("form", list(BACKPRESSURE_CALLS))
+def test_backpressure_acquire_cancelled_at_every_await(form: str) -> None:
+    """Both permits are held (released at t=1 and t=2); the caller waits from t=0, a bystander
+    from t=0.5. A cut caller leaves the bystander the t=1 permit; at the end all are free."""
+
+    async def case(attempt: Attempt) -> None:
+        clock = attempt.clock
+        bp = Backpressure(2, clock=clock, name="bp")
+        first, second = bp.try_acquire(), bp.try_acquire()
+        assert first is not None
+        assert second is not None
+        releases = [at(clock, 1.0, first.release), at(clock, 2.0, second.release)]
+
+        async def take_and_release() -> None:
+            (await bp.acquire()).release()
+
+        bystander = arrive(clock, 0.5, take_and_release)
+
+        outcome = await attempt.run(BACKPRESSURE_CALLS[form](bp))
+
+        # Right after the call ended: what is held is what the live holders hold.
+        assert bp.available_permits + bp.active_count == bp.max_concurrent
+        await attempt.drain()
+        assert bystander.result() == (1.0 if attempt.cut else 2.0)
+        if outcome.value is not None:
+            outcome.value.release()
+        stats = bp.stats()
+        assert (stats.available_permits, stats.active_count, stats.waiting_count) == (2, 0, 0)
+        await asyncio.gather(*releases)
+
+    coverage = cancel_at_every_await(case)
+    assert coverage.points == 1
+    assert coverage.resolved_cuts == 1  # the grant was handed over, then the caller cancelled
+
+
+# ------------------------------------------------------------------------------- RateLimiter
+
+RateCall = Callable[[RateLimiter], Coroutine[Any, Any, None]]
+RATE_CALLS: dict[str, RateCall] = {
+    "acquire": lambda limiter: limiter.acquire(),
+    "acquire(timeout=10)": lambda limiter: limiter.acquire(timeout=10.0),
+}
+
+
+@pytest.mark.parametrize("form", list(RATE_CALLS))
+def test_rate_limiter_acquire_cancelled_at_every_await(form: str) -> None:
+    """One token a second, burst 1, emptied at t=0: the caller's token comes at t=1, the
+    bystander's (waiting from t=0.5) at t=2. A cut caller's token goes to the bystander at t=1,
+    also when it was granted just before the cut (the grant is credited back)."""
+
+    async def case(attempt: Attempt) -> None:
+        clock = attempt.clock
+        limiter = RateLimiter(1.0, 1, clock=clock, name="rate")
+        assert limiter.try_acquire()
+        bystander = arrive(clock, 0.5, lambda: limiter.acquire())
+
+        await attempt.run(RATE_CALLS[form](limiter))
+
+        await attempt.drain()
+        # (The bucket's timer fires a hair early by design: compare in microseconds.)
+        assert bystander.result() == pytest.approx(1.0 if attempt.cut else 2.0, abs=1e-6)
+        stats = limiter.stats()
+        assert stats.waiting_count == 0
+        assert stats.granted_count == (2 if attempt.cut else 3)
+        assert stats.cancelled_count == (1 if attempt.cut else 0)
+        assert stats.total_count == (
+            stats.granted_count + stats.rejected_count + stats.cancelled_count
+        )
+        assert limiter.available_tokens == pytest.approx(0.0, abs=1e-6)  # the bystander's, just
+
+    coverage = cancel_at_every_await(case)
+    assert coverage.points == 1
+    assert coverage.resolved_cuts == 1
+
+
+# ------------------------------------------------------------------------------- AdaptiveLimiter
+
+
+def test_adaptive_limiter_acquire_cancelled_at_every_await() -> None:
+    """Limit 1 with one token a second (burst 1): a holder has the slot and the token until
+    t=0.5. The caller waits for the slot (point 1), then for the token (point 2, until t=1); a
+    bystander queued at t=0.25 gets both at t=1 if the caller was cut, at t=2 (after the caller
+    released at t=1) otherwise. At the end nothing is in flight and nothing waits."""
+
+    async def case(attempt: Attempt) -> None:
+        clock = attempt.clock
+        limiter = AdaptiveLimiter(1, 1, 2, 1.0, 100.0, clock=clock, burst=1, name="adaptive")
+        holder = limiter.try_acquire()
+        assert holder is not None
+        release = at(clock, 0.5, holder.release)
+
+        async def take_and_release() -> None:
+            (await limiter.acquire()).release()
+
+        bystander = arrive(clock, 0.25, take_and_release)
+
+        outcome = await attempt.run(limiter.acquire())
+
+        if outcome.value is not None:
+            assert clock.now() == pytest.approx(1.0, abs=1e-6)
+            outcome.value.release()
+        await attempt.drain()
+        assert bystander.result() == pytest.approx(1.0 if attempt.cut else 2.0, abs=1e-6)
+        stats = limiter.stats()
+        assert (stats.inflight, stats.waiting_count, stats.current_limit) == (0, 0, 1)
+        assert stats.rate_limiter is not None
+        assert stats.rate_limiter.waiting_count == 0
+        await release
+
+    coverage = cancel_at_every_await(case)
+    assert coverage.points == 2  # the concurrency slot, then the rate token
+    assert coverage.resolved_cuts == 2
+
+
+# ------------------------------------------------------------------------------- WorkerPool
+
+
+class Work:
+    """A pool task's body that records whether it started and finished (after ``seconds``)."""
+
+    def __init__(self, clock: FakeClock, seconds: float = 1.0) -> None:
+        self.clock = clock
+        self.seconds = seconds
+        self.started = False
+        self.finished = False
+
+    async def __call__(self) -> str:
+        self.started = True
+        await self.clock.sleep(self.seconds)
+        self.finished = True
+        return "done"
+
+
+async def busy_pool(clock: FakeClock) -> WorkerPool:
+    """A pool of one worker and a one-task queue, taken by one-second tasks until t=1 and t=2."""
+    pool = WorkerPool(1, 1, clock=clock, name="pool")
+    pool.spawn_nowait(Task(Work(clock)))
+    await asyncio.sleep(0)  # the worker starts the first task: the queue is free again
+    pool.spawn_nowait(Task(Work(clock)))
+    assert pool.free_slots == 0
+    return pool
+
+
+def test_worker_pool_spawn_cancelled_at_every_await() -> None:
+    """The caller waits for room from t=0, a bystander from t=0.5. Room comes at t=1: the
+    caller's (or, when it was cut, the bystander's, even if the slot had just been handed to the
+    caller). A cut caller's task never runs; the pool ends with nothing running or queued."""
+
+    async def case(attempt: Attempt) -> None:
+        clock = attempt.clock
+        pool = await busy_pool(clock)
+        work = Work(clock)
+        bystander = arrive(clock, 0.5, lambda: pool.spawn(Task(Work(clock))))
+
+        outcome = await attempt.run(pool.spawn(Task(work)))
+
+        await attempt.drain()
+        assert bystander.result() == (1.0 if attempt.cut else 2.0)
+        assert work.started is not attempt.cut
+        if outcome.value is not None:
+            assert (await outcome.value).status is TaskStatus.COMPLETED
+        stats = pool.stats()
+        assert (stats.active_workers, stats.queued_tasks) == (0, 0)
+        assert stats.completed_tasks == (3 if attempt.cut else 4)
+        await pool.shutdown()
+
+    coverage = cancel_at_every_await(case)
+    assert coverage.points == 1
+    assert coverage.resolved_cuts == 1
+
+
+def test_worker_pool_submit_cancelled_at_every_await() -> None:
+    """As for spawn, then the caller waits for its task (queued at t=1, run from t=2 to t=3).
+    Cut while it waits for the result, the task is taken out of the queue and the room goes to
+    the bystander at t=1; cut once the result was set, the task has finished (nothing to undo).
+    A cut task never finishes after its submitter was cancelled."""
+
+    async def case(attempt: Attempt) -> None:
+        clock = attempt.clock
+        pool = await busy_pool(clock)
+        work = Work(clock)
+        finished_at_cut: list[bool] = []
+        attempt.on_cut = lambda: finished_at_cut.append(work.finished)
+        bystander = arrive(clock, 0.5, lambda: pool.spawn(Task(Work(clock))))
+
+        outcome = await attempt.run(pool.submit(Task(work)))
+
+        await attempt.drain()
+        if attempt.cut:
+            assert work.finished == finished_at_cut[0]
+            assert bystander.result() == (2.0 if work.finished else 1.0)
+        else:
+            assert outcome.value is not None
+            assert outcome.value.status is TaskStatus.COMPLETED
+            assert bystander.result() == 2.0
+        stats = pool.stats()
+        assert (stats.active_workers, stats.queued_tasks) == (0, 0)
+        assert stats.completed_tasks == 3 + work.finished
+        await pool.shutdown()
+
+    coverage = cancel_at_every_await(case)
+    assert coverage.points == 2  # room in the queue, then the result
+    assert coverage.resolved_cuts == 2
