@@ -27,6 +27,7 @@ from tests.cancellation import Attempt, cancel_at_every_await
 from zeroclaw.concurrency import (
     AdaptiveLimiter,
     Backpressure,
+    PoolClosed,
     RateLimiter,
     Task,
     TaskStatus,
@@ -271,3 +272,33 @@ def test_worker_pool_submit_cancelled_at_every_await() -> None:
     coverage = cancel_at_every_await(case)
     assert coverage.points == 2  # room in the queue, then the result
     assert coverage.resolved_cuts == 2
+
+
+def test_worker_pool_spawn_cancelled_as_the_shutdown_refuses_it() -> None:
+    """The caller waits for room in a full pool; at t=0.5 a shutdown begins and refuses it with
+    ``PoolClosed``. Cut just after that refusal (before it resumed), the caller must still end
+    cancelled — not with a bookkeeping error — and the loop must not report a lost exception."""
+
+    async def case(attempt: Attempt) -> None:
+        clock = attempt.clock
+        pool = await busy_pool(clock)
+        stopping: list[asyncio.Task[None]] = []
+        closing = at(
+            clock,
+            0.5,
+            lambda: stopping.append(asyncio.get_running_loop().create_task(pool.shutdown())),
+        )
+
+        outcome = await attempt.run(pool.spawn(Task(Work(clock))))
+
+        if not attempt.cut:
+            assert isinstance(outcome.error, PoolClosed)
+        await attempt.drain()
+        await closing
+        await stopping[0]
+        stats = pool.stats()
+        assert (stats.active_workers, stats.queued_tasks, stats.completed_tasks) == (0, 0, 2)
+
+    coverage = cancel_at_every_await(case)
+    assert coverage.points == 1
+    assert coverage.resolved_cuts == 1

@@ -560,9 +560,12 @@ class WorkerPool:
             await waiter.future  # resolved when a slot is handed over; PoolClosed at shutdown
         except asyncio.CancelledError:
             if handle._state == _PARKED:
-                self._room_waiters[task.priority].remove(waiter)
-                self._room_waiting -= 1
-                task._discard()
+                if waiter.future.cancelled():  # still in line: leave it
+                    self._room_waiters[task.priority].remove(waiter)
+                    self._room_waiting -= 1
+                    task._discard()
+                # else a shutdown refused it (PoolClosed) just as we were cancelled: it already
+                # left the line and its task was discarded; the cancellation wins.
             else:  # the slot was handed over just as we were cancelled: nobody holds the handle
                 handle.cancel()
             raise
