@@ -172,7 +172,7 @@ class Attempt:
             return await counted
 
         task = self._task = asyncio.get_running_loop().create_task(caller(), name="call-under-test")
-        await self._drive(task.done)
+        await self._drive(task)
         where = f"cut at point {self.point} ({self.mode})"
         if task.cancelled():
             assert self.cut, f"{where}: cancelled though the harness never cut it"
@@ -190,13 +190,32 @@ class Attempt:
 
         Blocks in loop turns and fake time only. Raises ``AssertionError`` on a livelock.
         """
-        await self._drive(lambda: False)
+        await self._drive(None)
 
-    async def _drive(self, done: Callable[[], bool]) -> None:
+    async def wait_for(self, awaitable: Awaitable[T]) -> T:
+        """Await ``awaitable`` (in a task of its own) while driving the fake clock.
+
+        For a case's own waits after the call (a redelivery, a bystander): blocks in loop turns
+        and fake time only, and returns what the awaitable returns or raises what it raises.
+
+        Raises:
+            AssertionError: it waits for something nothing scheduled will do (it hangs).
+        """
+
+        async def waiting() -> T:
+            return await awaitable
+
+        task = asyncio.get_running_loop().create_task(waiting())
+        await self._drive(task)
+        return task.result()
+
+    async def _drive(self, task: asyncio.Task[Any] | None) -> None:
+        """Settle the loop, advance the fake clock to its next deadline, again, until ``task``
+        is done (``None``: until nothing is scheduled)."""
         clock = self.clock
         for _ in range(MAX_DEADLINES):
             await settle()
-            if done():
+            if task is not None and task.done():
                 return
             deadline = clock.next_deadline
             if deadline is None:
@@ -205,10 +224,9 @@ class Attempt:
                     self.fell_back = True
                     self._fire()
                     continue
-                task = self._task
-                if task is not None and not task.done():
+                if task is not None:
                     raise AssertionError(
-                        f"the call hangs: {task!r} waits and nothing is scheduled to wake it"
+                        f"{task!r} hangs: it waits and nothing is scheduled to wake it"
                     )
                 return
             clock.advance_to(deadline)

@@ -24,14 +24,26 @@ from typing import Any
 import pytest
 
 from tests.cancellation import Attempt, cancel_at_every_await
+from tests.helpers import msg
 from zeroclaw.concurrency import (
     AdaptiveLimiter,
     Backpressure,
+    CircuitBreaker,
+    CircuitConfig,
+    CircuitState,
     PoolClosed,
     RateLimiter,
     Task,
     TaskStatus,
     WorkerPool,
+)
+from zeroclaw.concurrency.channel_integration import (
+    AdmissionKind,
+    ChannelMessage,
+    MessageProcessor,
+    MessageProcessorConfig,
+    MessageResultKind,
+    ProcessedMessage,
 )
 from zeroclaw.testing import FakeClock
 
@@ -302,3 +314,204 @@ def test_worker_pool_spawn_cancelled_as_the_shutdown_refuses_it() -> None:
     coverage = cancel_at_every_await(case)
     assert coverage.points == 1
     assert coverage.resolved_cuts == 1
+
+
+# ------------------------------------------------------------------------------- CircuitBreaker
+
+GuardedForm = Callable[
+    [CircuitBreaker, Callable[[], Coroutine[Any, Any, str]]], Coroutine[Any, Any, str]
+]
+
+
+async def _through_call(breaker: CircuitBreaker, body: Callable[[], Awaitable[str]]) -> str:
+    return await breaker.call(body)
+
+
+async def _through_async_with(breaker: CircuitBreaker, body: Callable[[], Awaitable[str]]) -> str:
+    async with breaker:
+        return await body()
+
+
+async def _through_decorator(
+    breaker: CircuitBreaker, body: Callable[[], Coroutine[Any, Any, str]]
+) -> str:
+    return await breaker(body)()
+
+
+GUARDED_FORMS: dict[str, GuardedForm] = {
+    "call": _through_call,
+    "async with": _through_async_with,
+    "decorator": _through_decorator,
+}
+
+
+@pytest.mark.parametrize("state", [CircuitState.HALF_OPEN, CircuitState.CLOSED])
+@pytest.mark.parametrize("form", list(GUARDED_FORMS))
+def test_circuit_breaker_guarded_call_cancelled_at_every_await(
+    form: str, state: CircuitState
+) -> None:
+    """The guarded body awaits the fake clock three times. Cut anywhere, the call is ignored
+    (never a failure, even with ``failure_threshold=1``), nothing stays in flight, and a
+    half-open breaker (one probe at a time) admits its next probe; run to the end, the probe's
+    success closes it."""
+
+    async def case(attempt: Attempt) -> None:
+        clock = attempt.clock
+        config = CircuitConfig(
+            failure_threshold=1, success_threshold=1, half_open_max_calls=1, timeout_duration=10.0
+        )
+        breaker = CircuitBreaker(config, name="provider", clock=clock)
+        if state is CircuitState.HALF_OPEN:
+            breaker.force_open()
+            clock.advance(10.0)
+            assert breaker.state is CircuitState.HALF_OPEN
+
+        async def body() -> str:
+            for _ in range(3):
+                await clock.sleep(0.1)
+            return "reply"
+
+        outcome = await attempt.run(GUARDED_FORMS[form](breaker, body))
+
+        stats = breaker.stats()
+        assert (stats.failed_calls, stats.in_flight) == (0, 0)
+        if attempt.cut:
+            assert stats.state is state
+            assert stats.ignored_calls == 1
+            ticket = breaker.allow_request()  # the slot a cut probe held is free again
+            assert ticket is not None
+            breaker.record_success(ticket)
+        else:
+            assert outcome.value == "reply"
+        assert breaker.state is CircuitState.CLOSED
+        await attempt.drain()
+
+    coverage = cancel_at_every_await(case)
+    assert coverage.points == 3  # the body's three awaits: admission itself never suspends
+    assert coverage.resolved_cuts == 3
+
+
+# ------------------------------------------------------------------------------- MessageProcessor
+
+
+@pytest.mark.parametrize("state", [CircuitState.HALF_OPEN, CircuitState.CLOSED])
+def test_process_message_cancelled_at_every_await(state: CircuitState) -> None:
+    """One permit, at most one unread result. At t=1 a result is unread and message h2 holds
+    the permit until t=2; the caller (message c) waits for room among the results until a
+    reader takes one at t=1.5 (point 1), then for the permit (point 2). A bystander (message b)
+    arrives at t=1.25, behind it.
+
+    Cut anywhere, the caller leaves no dedup claim (its redelivery is ACCEPTED, not DUPLICATE)
+    and no permit or room (the bystander is admitted at t=2 as it would be anyway). With a
+    half-open breaker (one probe at a time) the caller is the probe and must leave no probe slot:
+    the bystander is refused "circuit open" while the caller holds the slot and admitted as the
+    probe once a cut freed it, and a redelivery after the cut is admitted as the probe. At the
+    end nothing is in flight, queued or waiting, and no task is left."""
+
+    async def case(attempt: Attempt) -> None:
+        clock = attempt.clock
+        config = MessageProcessorConfig(
+            worker_pool_size=1,
+            max_concurrent_requests=1,
+            max_undelivered_results=1,
+            processing_timeout=None,
+            circuit_config=CircuitConfig(
+                failure_threshold=1,
+                success_threshold=1,
+                half_open_max_calls=1,
+                timeout_duration=10.0,
+            ),
+        )
+        processor = MessageProcessor(config, clock=clock, name="proc")
+        breaker = processor.breaker
+        assert breaker is not None
+        results = processor.responses
+
+        async def slow(message: ChannelMessage) -> str:
+            await clock.sleep(1.0)
+            return "slow"
+
+        async def quick(message: ChannelMessage) -> str:
+            return "quick"
+
+        first = await processor.process_message("chat", msg("h1", sender="h1"), slow)
+        assert first.kind is AdmissionKind.ACCEPTED
+        second = asyncio.get_running_loop().create_task(
+            processor.process_message("chat", msg("h2", sender="h2"), slow)
+        )
+        await clock.run_for(1.0)  # h1 done (its result unread), h2 admitted with the permit
+        assert second.result().kind is AdmissionKind.ACCEPTED
+        if state is CircuitState.HALF_OPEN:
+            breaker.force_open(duration=0.0)  # the next admission is the probe
+        read: list[ProcessedMessage] = []
+
+        async def reader() -> None:
+            await clock.sleep(0.5)
+            read.append(await anext(results))
+
+        reading = asyncio.get_running_loop().create_task(reader())
+        admitted: list[AdmissionKind] = []
+
+        async def bystander_message() -> None:
+            bystander = msg("b", sender="b")
+            admitted.append((await processor.process_message("chat", bystander, quick)).kind)
+
+        bystander = arrive(clock, 1.25, bystander_message)
+        cut_at: list[float] = []
+        attempt.on_cut = lambda: cut_at.append(clock.now())
+        message = msg("c", sender="c")
+
+        outcome = await attempt.run(processor.process_message("chat", message, quick))
+
+        if attempt.cut:
+            after_cut = processor.stats()
+            assert after_cut.backpressure is not None
+            assert after_cut.circuit_breaker is not None
+            # Only the bystander may be left waiting or probing.
+            waiting_bystander = int(not bystander.done() and clock.now() >= 1.25)
+            assert after_cut.backpressure.waiting_count <= waiting_bystander
+            # In flight through the breaker: none but the bystander's and, while CLOSED, the
+            # accepted messages' (a half-open breaker counts probes only; the bystander cannot
+            # be probing yet: it comes later, or was refused).
+            assert after_cut.circuit_breaker.in_flight == (
+                0 if state is CircuitState.HALF_OPEN else after_cut.in_flight + waiting_bystander
+            )
+        else:
+            assert outcome.value is not None
+            assert outcome.value.kind is AdmissionKind.ACCEPTED
+        await attempt.drain()
+        await reading
+        assert bystander.done(), "the bystander was never given the room or the permit"
+        # The probe slot is free for the bystander only if the caller was cut before it came.
+        refused = state is CircuitState.HALF_OPEN and not (attempt.cut and cut_at[0] < 1.25)
+        if refused:
+            assert admitted == [AdmissionKind.REJECTED]
+        else:
+            assert admitted == [AdmissionKind.ACCEPTED]
+            assert bystander.result() == 2.0  # h2's permit, or the one after c's instant turn
+        while processor.stats().undelivered_results:
+            read.append(await anext(results))
+
+        again = await attempt.wait_for(processor.process_message("chat", message, quick))
+        if attempt.cut:
+            assert again.kind is AdmissionKind.ACCEPTED, again  # no claim, no probe slot left
+        else:
+            assert again.kind is AdmissionKind.DUPLICATE  # it was processed: the claim is kept
+        await attempt.drain()
+        while processor.stats().undelivered_results:
+            read.append(await anext(results))
+        expected = ["c", "h1", "h2"] if refused else ["b", "c", "h1", "h2"]
+        assert sorted(item.message.id for item in read) == expected
+        assert all(item.result.kind is MessageResultKind.SUCCESS for item in read)
+        assert breaker.state is CircuitState.CLOSED  # a probe's success closed it
+        stats = processor.stats()
+        assert stats.backpressure is not None
+        assert (stats.backpressure.available_permits, stats.backpressure.waiting_count) == (1, 0)
+        assert (stats.in_flight, stats.conversations, stats.accepted) == (0, 0, len(expected))
+        assert (stats.worker_pool.active_workers, stats.worker_pool.queued_tasks) == (0, 0)
+        await attempt.wait_for(processor.shutdown())
+        assert [item async for item in results] == []
+
+    coverage = cancel_at_every_await(case)
+    assert coverage.points == 2  # room among the unread results, then the permit
+    assert coverage.resolved_cuts == 2
