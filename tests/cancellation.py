@@ -19,7 +19,11 @@ Each point is cut in two ways (:data:`Mode`):
   handed over, the room given, the handle resolved) but before the task resumed: the
   "granted, then cancelled before it ran" race where a permit or slot is easiest to lose. When
   the future can never resolve (nothing scheduled would resolve it), the cut falls back to the
-  pending form, and :attr:`Coverage.fallbacks` counts it.
+  pending form, and :attr:`Coverage.fallbacks` counts it;
+* ``"settled"``: ``task.cancel()`` once everything ready has run and the call still waits there
+  (before the fake clock moves on): the cancellation from outside a caller usually sees, after
+  the work the call set off (a worker starting its task) has begun. A point the call leaves
+  within those loop turns cannot be cut this way and is skipped (:attr:`Coverage.skipped`).
 
 After every attempt the harness itself checks what any leak would show: the case returned, the
 call raised ``CancelledError`` if (and only if) it was cancelled, ``asyncio.all_tasks()`` is back
@@ -48,8 +52,8 @@ __all__ = ["Attempt", "Coverage", "Mode", "Outcome", "cancel_at_every_await"]
 
 T = TypeVar("T")
 
-Mode = Literal["pending", "woken"]
-MODES: tuple[Mode, ...] = ("pending", "woken")
+Mode = Literal["pending", "woken", "settled"]
+MODES: tuple[Mode, ...] = ("pending", "woken", "settled")
 
 # A call with more suspension points than this is a runaway loop, not a call to cover.
 MAX_POINTS = 200
@@ -122,6 +126,7 @@ class Attempt:
     resolved_at_cut: bool = False
     fell_back: bool = False
     _task: asyncio.Task[Any] | None = None
+    _settle_armed: bool = False
     _armed: asyncio.Future[Any] | None = None
     _runs: int = 0
 
@@ -150,6 +155,9 @@ class Attempt:
                     self._fire()
 
             yielded.add_done_callback(woken)
+            return
+        if self.mode == "settled":
+            self._settle_armed = True  # the drive cuts it once the loop has settled
             return
         self._fire()  # pending form (a bare yield has nothing to wait for: the same)
 
@@ -215,6 +223,11 @@ class Attempt:
         clock = self.clock
         for _ in range(MAX_DEADLINES):
             await settle()
+            if self._settle_armed:
+                self._settle_armed = False
+                if self.points == self.point:  # still waiting where it was to be cut
+                    self._fire()
+                    continue
             if task is not None and task.done():
                 return
             deadline = clock.next_deadline
@@ -244,6 +257,7 @@ class Coverage:
     attempts: int
     fallbacks: int  # woken cuts that had to be made while pending (the future never resolved)
     resolved_cuts: int  # woken cuts made between a result and the resumption
+    skipped: int  # settled cuts not made: the call had left the point before the loop settled
 
 
 def _attempt(case: Case, point: int | None, mode: Mode) -> Attempt:
@@ -286,7 +300,7 @@ def cancel_at_every_await(case: Case, *, modes: tuple[Mode, ...] = MODES) -> Cov
             module docstring): a call that did not raise ``CancelledError`` when cut, a task
             left behind, an error the loop reported, a ResourceWarning or RuntimeWarning.
     """
-    attempts = fallbacks = resolved = 0
+    attempts = fallbacks = resolved = skipped = 0
     point = 1
     while True:
         assert point <= MAX_POINTS, f"more than {MAX_POINTS} suspension points"
@@ -295,11 +309,14 @@ def cancel_at_every_await(case: Case, *, modes: tuple[Mode, ...] = MODES) -> Cov
         if not first.cut:
             # The call completed before suspending `point` times: that is its completing run.
             assert first.points == point - 1, (first.points, point)
-            return Coverage(point - 1, attempts, fallbacks, resolved)
+            return Coverage(point - 1, attempts, fallbacks, resolved, skipped)
         for mode in (first.mode, *modes[1:]):
             done = first if mode == first.mode else _attempt(case, point, mode)
             if done is not first:
                 attempts += 1
+            if mode == "settled" and not done.cut:
+                skipped += 1
+                continue
             assert done.cut, f"point {point} ({mode}) was reached once but not this time"
             fallbacks += done.fell_back
             resolved += done.resolved_at_cut

@@ -286,6 +286,41 @@ def test_worker_pool_submit_cancelled_at_every_await() -> None:
     assert coverage.resolved_cuts == 2
 
 
+def test_worker_pool_submit_to_an_idle_pool_cancelled_at_every_await() -> None:
+    """A free worker: the caller's only wait is for its result, and the worker (readied before
+    the cancelled caller resumes) has started the task by the time the caller sees its
+    cancellation. The running task is cancelled: it resolves CANCELLED, never finishes, and the
+    worker survives to run the next task. (Cut after the result was set, there is nothing left to
+    cancel.)"""
+
+    async def case(attempt: Attempt) -> None:
+        clock = attempt.clock
+        pool = WorkerPool(1, 1, clock=clock, name="pool")
+        work = Work(clock)
+
+        outcome = await attempt.run(pool.submit(Task(work)))
+
+        await attempt.drain()
+        # The worker, readied first, starts the task before the caller sees its cancellation.
+        assert work.started
+        # Cut once the result was in (woken), there was nothing left to cancel.
+        assert work.finished is (not attempt.cut or attempt.resolved_at_cut)
+        stats = pool.stats()
+        assert (stats.active_workers, stats.queued_tasks) == (0, 0)
+        assert (stats.completed_tasks, stats.cancelled_tasks) == (
+            (1, 0) if work.finished else (0, 1)
+        )
+        if not attempt.cut:
+            assert outcome.value is not None
+            assert outcome.value.status is TaskStatus.COMPLETED
+        after = await attempt.wait_for(pool.submit(Task(Work(clock))))
+        assert after.status is TaskStatus.COMPLETED
+        await attempt.wait_for(pool.shutdown())
+
+    coverage = cancel_at_every_await(case)
+    assert coverage.points == 1
+
+
 def test_worker_pool_spawn_cancelled_as_the_shutdown_refuses_it() -> None:
     """The caller waits for room in a full pool; at t=0.5 a shutdown begins and refuses it with
     ``PoolClosed``. Cut just after that refusal (before it resumed), the caller must still end
@@ -515,3 +550,86 @@ def test_process_message_cancelled_at_every_await(state: CircuitState) -> None:
     coverage = cancel_at_every_await(case)
     assert coverage.points == 2  # room among the unread results, then the permit
     assert coverage.resolved_cuts == 2
+
+
+@pytest.mark.parametrize("wait", ["permit", "room among unread results"])
+def test_process_message_cancelled_at_every_await_while_the_processor_shuts_down(
+    wait: str,
+) -> None:
+    """The caller waits (for the permit h1 holds until t=1, or for room among the unread
+    results), and a shutdown begins at t=1.25 (t=0.5 for the permit) while it waits: run to
+    the end, it is refused "shutting down"; cut anywhere, even after the shutdown's refusal or
+    the permit was handed to it, it raises CancelledError. Either way it keeps no dedup claim,
+    no breaker slot and no permit, the shutdown finishes, and ``responses`` ends after the
+    accepted messages' results."""
+
+    async def case(attempt: Attempt) -> None:
+        clock = attempt.clock
+        room = wait != "permit"
+        config = MessageProcessorConfig(
+            worker_pool_size=1,
+            max_concurrent_requests=1,
+            max_undelivered_results=1 if room else None,
+            processing_timeout=None,
+        )
+        processor = MessageProcessor(config, clock=clock, name="proc")
+
+        async def slow(message: ChannelMessage) -> str:
+            await clock.sleep(1.0)
+            return "slow"
+
+        accepted = ["h1"]
+        first = await processor.process_message("chat", msg("h1", sender="h1"), slow)
+        assert first.kind is AdmissionKind.ACCEPTED
+        if room:  # h1's result unread at t=1, h2 then running until t=2
+            accepted.append("h2")
+            second = asyncio.get_running_loop().create_task(
+                processor.process_message("chat", msg("h2", sender="h2"), slow)
+            )
+            await clock.run_for(1.0)
+            assert second.result().kind is AdmissionKind.ACCEPTED
+        stopped_at: list[float] = []
+
+        async def stop() -> None:
+            await processor.shutdown(timeout=5.0)
+            stopped_at.append(clock.now())
+
+        stopping: list[asyncio.Task[None]] = []
+        closing = at(
+            clock,
+            clock.now() + (0.25 if room else 0.5),
+            lambda: stopping.append(asyncio.get_running_loop().create_task(stop())),
+        )
+
+        outcome = await attempt.run(processor.process_message("chat", msg("c"), slow))
+
+        if not attempt.cut:
+            assert outcome.value is not None
+            assert outcome.value.kind is AdmissionKind.REJECTED
+            assert outcome.value.reason == "shutting down"
+        await attempt.drain()
+        await closing
+        assert stopping[0].done(), "the shutdown never finished"
+        await stopping[0]
+        # Once the last accepted message ends (an abandoned admission must not hold it up until
+        # the shutdown's timeout).
+        assert stopped_at == [2.0 if room else 1.0]
+        ended = [item async for item in processor.responses]
+        assert sorted(item.message.id for item in ended) == accepted
+        assert all(item.result.kind is MessageResultKind.SUCCESS for item in ended)
+        stats = processor.stats()
+        assert stats.deduplicator is not None
+        assert stats.deduplicator.current_entries == len(accepted)  # no claim of c left
+        assert stats.backpressure is not None
+        assert (stats.backpressure.available_permits, stats.backpressure.waiting_count) == (1, 0)
+        assert stats.circuit_breaker is not None
+        assert stats.circuit_breaker.in_flight == 0
+        assert (stats.in_flight, stats.accepted, stats.undelivered_results) == (
+            0,
+            len(accepted),
+            0,
+        )
+
+    coverage = cancel_at_every_await(case)
+    assert coverage.points == 1
+    assert coverage.resolved_cuts == 1
