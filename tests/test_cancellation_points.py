@@ -429,12 +429,15 @@ def test_circuit_breaker_guarded_call_cancelled_at_every_await(
 # ------------------------------------------------------------------------------- MessageProcessor
 
 
+@pytest.mark.parametrize("unread", [1, 2])
 @pytest.mark.parametrize("state", [CircuitState.HALF_OPEN, CircuitState.CLOSED])
-def test_process_message_cancelled_at_every_await(state: CircuitState) -> None:
-    """One permit, at most one unread result. At t=1 a result is unread and message h2 holds
-    the permit until t=2; the caller (message c) waits for room among the results until a
-    reader takes one at t=1.5 (point 1), then for the permit (point 2). A bystander (message b)
-    arrives at t=1.25, behind it.
+def test_process_message_cancelled_at_every_await(state: CircuitState, unread: int) -> None:
+    """One permit, at most one unread result; messages h1, h2... take one second each, in turn.
+    At t=T (T = ``unread``, 1 or 2) T results are unread and the next h holds the permit until
+    t=T+1. The caller (message c) waits for room among the results until a reader has taken
+    them all (one at T+0.5, the next at T+0.75: woken by the first, it finds the room still
+    full and waits again, at the head), then for the permit. A bystander (message b) arrives at
+    t=T+0.25, behind it.
 
     Cut anywhere, the caller leaves no dedup claim (its redelivery is ACCEPTED, not DUPLICATE)
     and no permit or room (the bystander is admitted at t=2 as it would be anyway). With a
@@ -469,20 +472,26 @@ def test_process_message_cancelled_at_every_await(state: CircuitState) -> None:
         async def quick(message: ChannelMessage) -> str:
             return "quick"
 
+        holders = [f"h{n}" for n in range(1, unread + 2)]
         first = await processor.process_message("chat", msg("h1", sender="h1"), slow)
         assert first.kind is AdmissionKind.ACCEPTED
-        second = asyncio.get_running_loop().create_task(
-            processor.process_message("chat", msg("h2", sender="h2"), slow)
-        )
-        await clock.run_for(1.0)  # h1 done (its result unread), h2 admitted with the permit
-        assert second.result().kind is AdmissionKind.ACCEPTED
+        rest = [
+            asyncio.get_running_loop().create_task(
+                processor.process_message("chat", msg(name, sender=name), slow)
+            )
+            for name in holders[1:]
+        ]
+        t = float(unread)
+        await clock.run_for(t)  # T results unread, the last holder admitted with the permit
+        assert all(task.result().kind is AdmissionKind.ACCEPTED for task in rest)
         if state is CircuitState.HALF_OPEN:
             breaker.force_open(duration=0.0)  # the next admission is the probe
         read: list[ProcessedMessage] = []
 
         async def reader() -> None:
-            await clock.sleep(0.5)
-            read.append(await anext(results))
+            for n in range(unread):
+                await clock.sleep(0.5 if n == 0 else 0.25)
+                read.append(await anext(results))
 
         reading = asyncio.get_running_loop().create_task(reader())
         admitted: list[AdmissionKind] = []
@@ -491,7 +500,7 @@ def test_process_message_cancelled_at_every_await(state: CircuitState) -> None:
             bystander = msg("b", sender="b")
             admitted.append((await processor.process_message("chat", bystander, quick)).kind)
 
-        bystander = arrive(clock, 1.25, bystander_message)
+        bystander = arrive(clock, t + 0.25, bystander_message)
         cut_at: list[float] = []
         attempt.on_cut = lambda: cut_at.append(clock.now())
         message = msg("c", sender="c")
@@ -503,7 +512,7 @@ def test_process_message_cancelled_at_every_await(state: CircuitState) -> None:
             assert after_cut.backpressure is not None
             assert after_cut.circuit_breaker is not None
             # Only the bystander may be left waiting or probing.
-            waiting_bystander = int(not bystander.done() and clock.now() >= 1.25)
+            waiting_bystander = int(not bystander.done() and clock.now() >= t + 0.25)
             assert after_cut.backpressure.waiting_count <= waiting_bystander
             # In flight through the breaker: none but the bystander's and, while CLOSED, the
             # accepted messages' (a half-open breaker counts probes only; the bystander cannot
@@ -518,12 +527,12 @@ def test_process_message_cancelled_at_every_await(state: CircuitState) -> None:
         await reading
         assert bystander.done(), "the bystander was never given the room or the permit"
         # The probe slot is free for the bystander only if the caller was cut before it came.
-        refused = state is CircuitState.HALF_OPEN and not (attempt.cut and cut_at[0] < 1.25)
+        refused = state is CircuitState.HALF_OPEN and not (attempt.cut and cut_at[0] < t + 0.25)
         if refused:
             assert admitted == [AdmissionKind.REJECTED]
         else:
             assert admitted == [AdmissionKind.ACCEPTED]
-            assert bystander.result() == 2.0  # h2's permit, or the one after c's instant turn
+            assert bystander.result() == t + 1  # the last holder's permit, or after c's turn
         while processor.stats().undelivered_results:
             read.append(await anext(results))
 
@@ -535,7 +544,7 @@ def test_process_message_cancelled_at_every_await(state: CircuitState) -> None:
         await attempt.drain()
         while processor.stats().undelivered_results:
             read.append(await anext(results))
-        expected = ["c", "h1", "h2"] if refused else ["b", "c", "h1", "h2"]
+        expected = sorted(["c", *holders] if refused else ["b", "c", *holders])
         assert sorted(item.message.id for item in read) == expected
         assert all(item.result.kind is MessageResultKind.SUCCESS for item in read)
         assert breaker.state is CircuitState.CLOSED  # a probe's success closed it
@@ -548,8 +557,8 @@ def test_process_message_cancelled_at_every_await(state: CircuitState) -> None:
         assert [item async for item in results] == []
 
     coverage = cancel_at_every_await(case)
-    assert coverage.points == 2  # room among the unread results, then the permit
-    assert coverage.resolved_cuts == 2
+    assert coverage.points == unread + 1  # room among the unread results (once per read), permit
+    assert coverage.resolved_cuts == unread + 1
 
 
 @pytest.mark.parametrize("wait", ["permit", "room among unread results"])
