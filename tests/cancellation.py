@@ -23,7 +23,13 @@ Each point is cut in two ways (:data:`Mode`):
 * ``"settled"``: ``task.cancel()`` once everything ready has run and the call still waits there
   (before the fake clock moves on): the cancellation from outside a caller usually sees, after
   the work the call set off (a worker starting its task) has begun. A point the call leaves
-  within those loop turns cannot be cut this way and is skipped (:attr:`Coverage.skipped`).
+  within those loop turns cannot be cut this way and is skipped (:attr:`Coverage.skipped`);
+* ``"racing"``: ``task.cancel()`` right after the fake clock moved to the deadline at which the
+  wait is resolved (measured by the woken attempt), when the timers due then have fired but the
+  tasks they woke (a holder about to release, a worker about to hand over room) have not run
+  yet: the cancellation races the wake-up, so the code that resolves the call's wait meets a
+  waiter already cancelled (a timeout and a release at the same instant). Skipped likewise when
+  the call left the point before the clock moved.
 
 After every attempt the harness itself checks what any leak would show: the case returned, the
 call raised ``CancelledError`` if (and only if) it was cancelled, ``asyncio.all_tasks()`` is back
@@ -52,8 +58,8 @@ __all__ = ["Attempt", "Coverage", "Mode", "Outcome", "cancel_at_every_await"]
 
 T = TypeVar("T")
 
-Mode = Literal["pending", "woken", "settled"]
-MODES: tuple[Mode, ...] = ("pending", "woken", "settled")
+Mode = Literal["pending", "woken", "settled", "racing"]
+MODES: tuple[Mode, ...] = ("pending", "woken", "settled", "racing")
 
 # A call with more suspension points than this is a runaway loop, not a call to cover.
 MAX_POINTS = 200
@@ -125,8 +131,13 @@ class Attempt:
     cut: bool = False
     resolved_at_cut: bool = False
     fell_back: bool = False
+    #: The fake time the cut point's wait was resolved at (woken attempts measure it).
+    resolved_time: float | None = None
+    #: For a racing cut: the deadline to cut at (``None``: the first one after the point).
+    race_at: float | None = None
     _task: asyncio.Task[Any] | None = None
     _settle_armed: bool = False
+    _race_armed: bool = False
     _armed: asyncio.Future[Any] | None = None
     _runs: int = 0
 
@@ -152,12 +163,16 @@ class Attempt:
             def woken(future: asyncio.Future[Any]) -> None:
                 if self._armed is future:
                     self.resolved_at_cut = True
+                    self.resolved_time = self.clock.now()
                     self._fire()
 
             yielded.add_done_callback(woken)
             return
         if self.mode == "settled":
             self._settle_armed = True  # the drive cuts it once the loop has settled
+            return
+        if self.mode == "racing":
+            self._race_armed = True  # the drive cuts it once the clock has moved
             return
         self._fire()  # pending form (a bare yield has nothing to wait for: the same)
 
@@ -232,6 +247,12 @@ class Attempt:
                 return
             deadline = clock.next_deadline
             if deadline is None:
+                if self._race_armed:  # no clock to race: cut it as it waits
+                    self._race_armed = False
+                    if self.points == self.point:
+                        self.fell_back = True
+                        self._fire()
+                    continue
                 if self._armed is not None:
                     # The awaited future can never resolve: cut it while pending instead.
                     self.fell_back = True
@@ -243,6 +264,10 @@ class Attempt:
                     )
                 return
             clock.advance_to(deadline)
+            if self._race_armed and (self.race_at is None or deadline >= self.race_at):
+                self._race_armed = False
+                if self.points == self.point:  # still waiting where it was to be cut
+                    self._fire()
         raise AssertionError(f"more than {MAX_DEADLINES} deadlines: a livelock")
 
 
@@ -255,14 +280,14 @@ class Coverage:
 
     points: int
     attempts: int
-    fallbacks: int  # woken cuts that had to be made while pending (the future never resolved)
+    fallbacks: int  # woken/racing cuts made while pending (nothing scheduled would resolve it)
     resolved_cuts: int  # woken cuts made between a result and the resumption
     skipped: int  # settled cuts not made: the call had left the point before the loop settled
 
 
-def _attempt(case: Case, point: int | None, mode: Mode) -> Attempt:
+def _attempt(case: Case, point: int | None, mode: Mode, race_at: float | None = None) -> Attempt:
     """Run ``case`` once in a fresh event loop; check the leaks any case could show."""
-    attempt = Attempt(point, mode)
+    attempt = Attempt(point, mode, race_at=race_at)
     problems: list[dict[str, Any]] = []
 
     async def main() -> None:
@@ -310,11 +335,14 @@ def cancel_at_every_await(case: Case, *, modes: tuple[Mode, ...] = MODES) -> Cov
             # The call completed before suspending `point` times: that is its completing run.
             assert first.points == point - 1, (first.points, point)
             return Coverage(point - 1, attempts, fallbacks, resolved, skipped)
+        race_at: float | None = None
         for mode in (first.mode, *modes[1:]):
-            done = first if mode == first.mode else _attempt(case, point, mode)
+            done = first if mode == first.mode else _attempt(case, point, mode, race_at)
+            if done.resolved_time is not None:
+                race_at = done.resolved_time
             if done is not first:
                 attempts += 1
-            if mode == "settled" and not done.cut:
+            if mode in ("settled", "racing") and not done.cut:
                 skipped += 1
                 continue
             assert done.cut, f"point {point} ({mode}) was reached once but not this time"

@@ -199,16 +199,24 @@ def test_adaptive_limiter_acquire_cancelled_at_every_await() -> None:
 
 
 class Work:
-    """A pool task's body that records whether it started and finished (after ``seconds``)."""
+    """A pool task's body that records whether it started, when it is due to end (``seconds``
+    after it started), and whether it finished."""
 
     def __init__(self, clock: FakeClock, seconds: float = 1.0) -> None:
         self.clock = clock
         self.seconds = seconds
         self.started = False
+        self.ends_at = float("inf")
         self.finished = False
+
+    def due_by(self, when: float) -> bool:
+        """Whether it had started and its wait was over at ``when`` (it cannot be stopped then:
+        its worker is already woken to finish it)."""
+        return self.started and self.ends_at <= when
 
     async def __call__(self) -> str:
         self.started = True
+        self.ends_at = self.clock.now() + self.seconds
         await self.clock.sleep(self.seconds)
         self.finished = True
         return "done"
@@ -254,24 +262,26 @@ def test_worker_pool_spawn_cancelled_at_every_await() -> None:
 
 def test_worker_pool_submit_cancelled_at_every_await() -> None:
     """As for spawn, then the caller waits for its task (queued at t=1, run from t=2 to t=3).
-    Cut while it waits for the result, the task is taken out of the queue and the room goes to
-    the bystander at t=1; cut once the result was set, the task has finished (nothing to undo).
-    A cut task never finishes after its submitter was cancelled."""
+    Cut while it waits for the result before t=2, the task is taken out of the queue and the room
+    goes to the bystander at t=1; cut later, the worker has taken the task (and handed the room
+    to the bystander at t=2) and the task is cancelled as it runs. A cut task never finishes
+    unless it was due to finish when the cut came (its result set, or its worker woken to end
+    it in the same instant: the cancellation cannot undo that)."""
 
     async def case(attempt: Attempt) -> None:
         clock = attempt.clock
         pool = await busy_pool(clock)
         work = Work(clock)
-        finished_at_cut: list[bool] = []
-        attempt.on_cut = lambda: finished_at_cut.append(work.finished)
+        cut_at: list[float] = []
+        attempt.on_cut = lambda: cut_at.append(clock.now())
         bystander = arrive(clock, 0.5, lambda: pool.spawn(Task(Work(clock))))
 
         outcome = await attempt.run(pool.submit(Task(work)))
 
         await attempt.drain()
         if attempt.cut:
-            assert work.finished == finished_at_cut[0]
-            assert bystander.result() == (2.0 if work.finished else 1.0)
+            assert work.finished is work.due_by(cut_at[0])
+            assert bystander.result() == (1.0 if cut_at[0] < 2.0 else 2.0)
         else:
             assert outcome.value is not None
             assert outcome.value.status is TaskStatus.COMPLETED
@@ -290,21 +300,23 @@ def test_worker_pool_submit_to_an_idle_pool_cancelled_at_every_await() -> None:
     """A free worker: the caller's only wait is for its result, and the worker (readied before
     the cancelled caller resumes) has started the task by the time the caller sees its
     cancellation. The running task is cancelled: it resolves CANCELLED, never finishes, and the
-    worker survives to run the next task. (Cut after the result was set, there is nothing left to
+    worker survives to run the next task. (Cut once its end was due, there is nothing left to
     cancel.)"""
 
     async def case(attempt: Attempt) -> None:
         clock = attempt.clock
         pool = WorkerPool(1, 1, clock=clock, name="pool")
         work = Work(clock)
+        cut_at: list[float] = []
+        attempt.on_cut = lambda: cut_at.append(clock.now())
 
         outcome = await attempt.run(pool.submit(Task(work)))
 
         await attempt.drain()
         # The worker, readied first, starts the task before the caller sees its cancellation.
         assert work.started
-        # Cut once the result was in (woken), there was nothing left to cancel.
-        assert work.finished is (not attempt.cut or attempt.resolved_at_cut)
+        # Cut once its end was due (its result set, its worker woken), nothing is left to cancel.
+        assert work.finished is (not attempt.cut or work.due_by(cut_at[0]))
         stats = pool.stats()
         assert (stats.active_workers, stats.queued_tasks) == (0, 0)
         assert (stats.completed_tasks, stats.cancelled_tasks) == (
@@ -324,24 +336,23 @@ def test_worker_pool_submit_to_an_idle_pool_cancelled_at_every_await() -> None:
 def test_worker_pool_spawn_cancelled_as_the_shutdown_refuses_it() -> None:
     """The caller waits for room in a full pool; at t=0.5 a shutdown begins and refuses it with
     ``PoolClosed``. Cut just after that refusal (before it resumed), the caller must still end
-    cancelled — not with a bookkeeping error — and the loop must not report a lost exception."""
+    cancelled, not with a bookkeeping error; cut in the same instant, just before the shutdown
+    runs, the shutdown must not fail on the cancelled waiter. The shutdown finishes either way."""
 
     async def case(attempt: Attempt) -> None:
         clock = attempt.clock
         pool = await busy_pool(clock)
         stopping: list[asyncio.Task[None]] = []
-        closing = at(
-            clock,
-            0.5,
-            lambda: stopping.append(asyncio.get_running_loop().create_task(pool.shutdown())),
-        )
+        loop = asyncio.get_running_loop()
+        # A timer, not a sleeping task: the shutdown's first step is then queued the moment the
+        # clock reaches t=0.5, ahead of a cancellation that races it.
+        clock.call_later(0.5, lambda: stopping.append(loop.create_task(pool.shutdown())))
 
         outcome = await attempt.run(pool.spawn(Task(Work(clock))))
 
         if not attempt.cut:
             assert isinstance(outcome.error, PoolClosed)
         await attempt.drain()
-        await closing
         await stopping[0]
         stats = pool.stats()
         assert (stats.active_workers, stats.queued_tasks, stats.completed_tasks) == (0, 0, 2)

@@ -560,12 +560,14 @@ class WorkerPool:
             await waiter.future  # resolved when a slot is handed over; PoolClosed at shutdown
         except asyncio.CancelledError:
             if handle._state == _PARKED:
-                if waiter.future.cancelled():  # still in line: leave it
-                    self._room_waiters[task.priority].remove(waiter)
+                # Never queued. Still in line, unless a hand-over or a shutdown that came after
+                # the cancellation (and before this resumed) dropped it, or a shutdown refused it
+                # (PoolClosed) just before: the cancellation wins either way.
+                waiters = self._room_waiters[task.priority]
+                if waiter in waiters:
+                    waiters.remove(waiter)
                     self._room_waiting -= 1
-                    task._discard()
-                # else a shutdown refused it (PoolClosed) just as we were cancelled: it already
-                # left the line and its task was discarded; the cancellation wins.
+                task._discard()
             else:  # the slot was handed over just as we were cancelled: nobody holds the handle
                 handle.cancel()
             raise
@@ -717,9 +719,13 @@ class WorkerPool:
         """Give a freed slot to the most urgent (then the oldest) submitter waiting for room."""
         for level in _MOST_URGENT_FIRST:
             waiters = self._room_waiters[level]
-            if waiters:
+            while waiters:
                 waiter = waiters.popleft()
                 self._room_waiting -= 1
+                if waiter.future.done():
+                    # Its submitter was cancelled and has not resumed yet to leave the line:
+                    # the slot goes to the next one (its spawn discards the task).
+                    continue
                 self._push(waiter.handle)
                 waiter.future.set_result(None)
                 return
@@ -735,6 +741,8 @@ class WorkerPool:
             while waiters:
                 waiter = waiters.popleft()
                 self._room_waiting -= 1
+                if waiter.future.done():  # cancelled, not resumed yet: its spawn discards it
+                    continue
                 refused = waiter.handle
                 refused._discard()
                 waiter.future.set_exception(
