@@ -45,7 +45,7 @@ from zeroclaw.concurrency.channel_integration import (
     MessageResultKind,
     ProcessedMessage,
 )
-from zeroclaw.testing import FakeClock
+from zeroclaw.testing import FakeClock, settle
 
 
 def at(clock: FakeClock, seconds: float, action: Callable[[], object]) -> asyncio.Task[None]:
@@ -653,3 +653,58 @@ def test_process_message_cancelled_at_every_await_while_the_processor_shuts_down
     coverage = cancel_at_every_await(case)
     assert coverage.points == 1
     assert coverage.resolved_cuts == 1
+
+
+# ------------------------------------------------------------------------------- regressions
+# The races the harness found, each on its own: a cancellation in the same instant as the event
+# that resolves the wait.
+
+
+async def test_a_spawn_cancelled_as_its_room_is_freed_keeps_the_worker_and_its_next_task() -> None:
+    """The worker frees a slot (the running task ends) in the same instant the spawn waiting for
+    it is cancelled. The worker handed the slot to the cancelled waiter and died of
+    InvalidStateError, losing the task it had just taken (its handle never resolved)."""
+    clock = FakeClock()
+    pool = WorkerPool(1, 1, clock=clock)
+    running = pool.spawn_nowait(Task(Work(clock)))
+    await asyncio.sleep(0)
+    queued = pool.spawn_nowait(Task(Work(clock)))
+    work = Work(clock)
+    waiting = asyncio.get_running_loop().create_task(pool.spawn(Task(work)))
+    behind = asyncio.get_running_loop().create_task(pool.spawn(Task(Work(clock))))
+    await settle()
+    clock.advance_to(1.0)  # the running task's wait ends: its worker is woken...
+    waiting.cancel()  # ...and the first spawn is cancelled before the worker runs
+    await clock.run_for(5.0)
+    assert waiting.cancelled()
+    assert (await running).status is TaskStatus.COMPLETED
+    assert queued.done(), "the task the worker took when it freed the slot was lost"
+    assert (await queued).status is TaskStatus.COMPLETED
+    assert (await (await behind)).status is TaskStatus.COMPLETED  # the slot went to it
+    assert not work.started
+    stats = pool.stats()
+    assert (stats.completed_tasks, stats.active_workers, stats.queued_tasks) == (3, 0, 0)
+    await pool.shutdown()
+
+
+async def test_a_shutdown_in_the_instant_a_waiting_spawn_is_cancelled_refuses_the_others() -> None:
+    """A spawn waiting for room is cancelled and, before it resumes, a shutdown begins: the
+    shutdown failed with InvalidStateError refusing the cancelled waiter, leaving the waiters
+    behind it unrefused. The cancelled spawn ends cancelled, the other is refused."""
+    clock = FakeClock()
+    pool = WorkerPool(1, 1, clock=clock)
+    pool.spawn_nowait(Task(Work(clock)))
+    await asyncio.sleep(0)
+    pool.spawn_nowait(Task(Work(clock)))
+    cancelled = asyncio.get_running_loop().create_task(pool.spawn(Task(Work(clock))))
+    refused = asyncio.get_running_loop().create_task(pool.spawn(Task(Work(clock))))
+    await settle()
+    stopping = asyncio.get_running_loop().create_task(pool.shutdown())  # runs first...
+    cancelled.cancel()  # ...then the cancelled spawn resumes
+    await clock.run_for(5.0)
+    assert stopping.done()
+    await stopping
+    assert cancelled.cancelled()
+    with pytest.raises(PoolClosed):
+        await refused
+    assert pool.stats().completed_tasks == 2
