@@ -2,7 +2,8 @@
 
 :func:`cancel_at_every_await` runs a *case* (an async function that sets up contention, makes the
 call under test through :meth:`Attempt.run`, and checks invariants) once per suspension point of
-the call, each time in a fresh event loop, and cancels the call's task at that point. It goes on
+the call and way of cutting it, each time in a fresh event loop, and cancels the call's task at
+that point. It goes on
 with n + 1 until an attempt finds the call completing before its n-th suspension: the call then has
 n - 1 suspension points, and every one of them has been cancelled.
 
@@ -11,7 +12,7 @@ value it yields to its task (a future, or ``None`` for a bare ``sleep(0)``) pass
 harness. Suspensions of other tasks (workers, holders, the clock driver) are not counted: only the
 caller's own.
 
-Each point is cut in two ways (:data:`Mode`):
+Each point is cut in four ways (:data:`Mode`), each in an attempt of its own:
 
 * ``"pending"``: ``task.cancel()`` while the awaited future is still pending, so the code sees a
   ``CancelledError`` from a wait that was never satisfied;

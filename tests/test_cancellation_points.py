@@ -1,9 +1,10 @@
 """Cancellation at every await: each blocking call of the core, cut at each suspension point.
 
 Every test hands a *case* to :func:`tests.cancellation.cancel_at_every_await`, which runs it once
-per suspension point of the call (cancelled there while the awaited future is pending, and again
-right after it was resolved but before the call resumed), plus once to completion, each time in a
-fresh event loop on a fake clock. The case builds the contention that makes the call suspend,
+per suspension point of the call and way of cutting it there (while the awaited future is
+pending; right after it was resolved but before the call resumed; once the loop has settled; and
+racing the wake-up that resolves it), plus once to completion, each time in a fresh event loop on
+a fake clock. The case builds the contention that makes the call suspend,
 queues a *bystander* behind the caller where the primitive has a queue, and checks after each
 attempt what the contract promises of a cancelled blocking call: nothing leaks — no permit, token
 or pool slot (the bystander gets it when the caller would have), no dedup claim (a redelivery is
@@ -18,12 +19,13 @@ them); a change that adds an await makes a test say so rather than go uncovered.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import pytest
 
-from tests.cancellation import Attempt, cancel_at_every_await
+from tests.cancellation import Attempt, Coverage, cancel_at_every_await
 from tests.helpers import msg
 from zeroclaw.concurrency import (
     AdaptiveLimiter,
@@ -72,6 +74,16 @@ def arrive(
     return asyncio.get_running_loop().create_task(bystander())
 
 
+def assert_every_point_cut_four_ways(coverage: Coverage, points: int) -> None:
+    """The call had ``points`` suspension points, and each was cut in every way: pending, just
+    after its wait was resolved (a real resolution, no fallback), once the loop had settled, and
+    racing the wake-up (none skipped). Never blocks."""
+    assert coverage.points == points
+    assert coverage.resolved_cuts == points
+    assert (coverage.fallbacks, coverage.skipped) == (0, 0)
+    assert coverage.attempts == 4 * points + 1  # and one run to completion
+
+
 # ------------------------------------------------------------------------------- Backpressure
 
 BackpressureCall = Callable[[Backpressure], Coroutine[Any, Any, Any]]
@@ -112,8 +124,7 @@ def test_backpressure_acquire_cancelled_at_every_await(form: str) -> None:
         await asyncio.gather(*releases)
 
     coverage = cancel_at_every_await(case)
-    assert coverage.points == 1
-    assert coverage.resolved_cuts == 1  # the grant was handed over, then the caller cancelled
+    assert_every_point_cut_four_ways(coverage, 1)
 
 
 # ------------------------------------------------------------------------------- RateLimiter
@@ -152,8 +163,7 @@ def test_rate_limiter_acquire_cancelled_at_every_await(form: str) -> None:
         assert limiter.available_tokens == pytest.approx(0.0, abs=1e-6)  # the bystander's, just
 
     coverage = cancel_at_every_await(case)
-    assert coverage.points == 1
-    assert coverage.resolved_cuts == 1
+    assert_every_point_cut_four_ways(coverage, 1)
 
 
 # ------------------------------------------------------------------------------- AdaptiveLimiter
@@ -191,8 +201,7 @@ def test_adaptive_limiter_acquire_cancelled_at_every_await() -> None:
         await release
 
     coverage = cancel_at_every_await(case)
-    assert coverage.points == 2  # the concurrency slot, then the rate token
-    assert coverage.resolved_cuts == 2
+    assert_every_point_cut_four_ways(coverage, 2)  # the concurrency slot, then the rate token
 
 
 # ------------------------------------------------------------------------------- WorkerPool
@@ -256,8 +265,7 @@ def test_worker_pool_spawn_cancelled_at_every_await() -> None:
         await pool.shutdown()
 
     coverage = cancel_at_every_await(case)
-    assert coverage.points == 1
-    assert coverage.resolved_cuts == 1
+    assert_every_point_cut_four_ways(coverage, 1)
 
 
 def test_worker_pool_submit_cancelled_at_every_await() -> None:
@@ -292,8 +300,7 @@ def test_worker_pool_submit_cancelled_at_every_await() -> None:
         await pool.shutdown()
 
     coverage = cancel_at_every_await(case)
-    assert coverage.points == 2  # room in the queue, then the result
-    assert coverage.resolved_cuts == 2
+    assert_every_point_cut_four_ways(coverage, 2)  # room in the queue, then the result
 
 
 def test_worker_pool_submit_to_an_idle_pool_cancelled_at_every_await() -> None:
@@ -330,7 +337,7 @@ def test_worker_pool_submit_to_an_idle_pool_cancelled_at_every_await() -> None:
         await attempt.wait_for(pool.shutdown())
 
     coverage = cancel_at_every_await(case)
-    assert coverage.points == 1
+    assert_every_point_cut_four_ways(coverage, 1)
 
 
 def test_worker_pool_spawn_cancelled_as_the_shutdown_refuses_it() -> None:
@@ -358,8 +365,7 @@ def test_worker_pool_spawn_cancelled_as_the_shutdown_refuses_it() -> None:
         assert (stats.active_workers, stats.queued_tasks, stats.completed_tasks) == (0, 0, 2)
 
     coverage = cancel_at_every_await(case)
-    assert coverage.points == 1
-    assert coverage.resolved_cuts == 1
+    assert_every_point_cut_four_ways(coverage, 1)
 
 
 # ------------------------------------------------------------------------------- CircuitBreaker
@@ -433,8 +439,8 @@ def test_circuit_breaker_guarded_call_cancelled_at_every_await(
         await attempt.drain()
 
     coverage = cancel_at_every_await(case)
-    assert coverage.points == 3  # the body's three awaits: admission itself never suspends
-    assert coverage.resolved_cuts == 3
+    # The body's three awaits: admission itself never suspends.
+    assert_every_point_cut_four_ways(coverage, 3)
 
 
 # ------------------------------------------------------------------------------- MessageProcessor
@@ -568,8 +574,8 @@ def test_process_message_cancelled_at_every_await(state: CircuitState, unread: i
         assert [item async for item in results] == []
 
     coverage = cancel_at_every_await(case)
-    assert coverage.points == unread + 1  # room among the unread results (once per read), permit
-    assert coverage.resolved_cuts == unread + 1
+    # Room among the unread results (once per read), then the permit.
+    assert_every_point_cut_four_ways(coverage, unread + 1)
 
 
 @pytest.mark.parametrize("wait", ["permit", "room among unread results"])
@@ -651,8 +657,7 @@ def test_process_message_cancelled_at_every_await_while_the_processor_shuts_down
         )
 
     coverage = cancel_at_every_await(case)
-    assert coverage.points == 1
-    assert coverage.resolved_cuts == 1
+    assert_every_point_cut_four_ways(coverage, 1)
 
 
 # ------------------------------------------------------------------------------- regressions
@@ -708,3 +713,106 @@ async def test_a_shutdown_in_the_instant_a_waiting_spawn_is_cancelled_refuses_th
     with pytest.raises(PoolClosed):
         await refused
     assert pool.stats().completed_tasks == 2
+
+
+# ------------------------------------------------------------------------------- the harness
+# It must fail where a primitive leaks; toys defined here show it does.
+
+
+class LeakyLock:
+    """A one-holder lock whose acquire ignores cancellation: a grant handed to a waiter that is
+    cancelled before it resumes is lost (the bug the harness's woken cut exists to find)."""
+
+    def __init__(self) -> None:
+        self.held = True
+        self.waiters: deque[asyncio.Future[None]] = deque()
+
+    async def acquire(self) -> None:
+        if not self.held:
+            self.held = True
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        await waiter
+
+    def release(self) -> None:
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # handed over: still held
+                return
+        self.held = False
+
+
+async def leaky_lock_case(attempt: Attempt) -> None:
+    """The lock is held until t=1; the caller waits from t=0, a bystander from t=0.5."""
+    clock = attempt.clock
+    lock = LeakyLock()
+    release = at(clock, 1.0, lock.release)
+    bystander = arrive(clock, 0.5, lock.acquire)
+    await attempt.run(lock.acquire())
+    if not attempt.cut:
+        lock.release()
+    await attempt.drain()
+    await release
+    assert bystander.done(), "the bystander never got the lock"
+
+
+def test_the_harness_finds_a_grant_lost_to_a_cancellation() -> None:
+    with pytest.raises(AssertionError, match="the bystander never got the lock"):
+        cancel_at_every_await(leaky_lock_case)
+
+
+def test_the_harness_finds_a_call_that_swallows_its_cancellation() -> None:
+    async def case(attempt: Attempt) -> None:
+        async def stubborn() -> str:
+            try:
+                await attempt.clock.sleep(1.0)
+            except asyncio.CancelledError:
+                return "carried on"
+            return "done"
+
+        await attempt.run(stubborn())
+
+    with pytest.raises(AssertionError, match=r"cut at point 1 \(pending\), the call returned"):
+        cancel_at_every_await(case)
+
+
+def test_the_harness_finds_a_task_left_behind() -> None:
+    async def case(attempt: Attempt) -> None:
+        async def forever() -> None:
+            await asyncio.Event().wait()
+
+        async def call() -> None:
+            asyncio.get_running_loop().create_task(forever())
+            await attempt.clock.sleep(1.0)
+
+        await attempt.run(call())
+
+    with pytest.raises(AssertionError, match="tasks left behind at point 1"):
+        cancel_at_every_await(case)
+
+
+def test_the_harness_counts_each_suspension_of_the_call_only() -> None:
+    """Three bare yields of the call (each cut pending; there is no wait to resolve, settle or
+    race), while another task yields many times: three points."""
+
+    async def case(attempt: Attempt) -> None:
+        async def busy() -> None:
+            for _ in range(10):
+                await asyncio.sleep(0)
+
+        other = asyncio.get_running_loop().create_task(busy())
+
+        async def three() -> str:
+            for _ in range(3):
+                await asyncio.sleep(0)
+            return "done"
+
+        outcome = await attempt.run(three())
+        assert outcome.cancelled is attempt.cut
+        await other
+
+    coverage = cancel_at_every_await(case)
+    assert coverage.points == 3
+    assert coverage.resolved_cuts == 0
