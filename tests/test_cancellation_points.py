@@ -29,10 +29,12 @@ from tests.cancellation import Attempt, Coverage, cancel_at_every_await
 from tests.helpers import msg
 from zeroclaw.concurrency import (
     AdaptiveLimiter,
+    AdaptivePermit,
     Backpressure,
     CircuitBreaker,
     CircuitConfig,
     CircuitState,
+    Permit,
     PoolClosed,
     RateLimiter,
     Task,
@@ -86,17 +88,50 @@ def assert_every_point_cut_four_ways(coverage: Coverage, points: int) -> None:
 
 # ------------------------------------------------------------------------------- Backpressure
 
-BackpressureCall = Callable[[Backpressure], Coroutine[Any, Any, Any]]
-BACKPRESSURE_CALLS: dict[str, BackpressureCall] = {
-    "acquire": lambda bp: bp.acquire(),
-    "acquire(timeout=10)": lambda bp: bp.acquire(timeout=10.0),
+BackpressureCall = Callable[[Backpressure, FakeClock], Coroutine[Any, Any, Permit | None]]
+
+
+async def _hold_in_async_with(bp: Backpressure, clock: FakeClock) -> None:
+    async with bp:
+        await clock.sleep(5.0)
+
+
+# Each form: the call, its suspension points, and when the bystander gets its permit given the
+# time of the cut (None: not cut; the caller then releases what it got at t=3).
+BACKPRESSURE_CALLS: dict[str, tuple[BackpressureCall, int, Callable[[float | None], float]]] = {
+    "acquire": (
+        lambda bp, clock: bp.acquire(),
+        1,
+        lambda cut: 2.0 if cut is None else 1.0,
+    ),
+    "acquire(timeout=10)": (
+        lambda bp, clock: bp.acquire(timeout=10.0),
+        1,
+        lambda cut: 2.0 if cut is None else 1.0,
+    ),
+    # Both permits at once (granted at t=2): the bystander, behind it, gets t=1's only if the
+    # caller was gone by then (no barging past a queued request).
+    "acquire_many(2)": (
+        lambda bp, clock: bp.acquire_many(2),
+        1,
+        lambda cut: 3.0 if cut is None else 1.0 if cut < 1.0 else 2.0,
+    ),
+    # The permit is held by the block (t=1 to t=6); cut in the block before t=2, its exit gives
+    # the t=1 permit on to the bystander.
+    "async with": (
+        _hold_in_async_with,
+        2,
+        lambda cut: 1.0 if cut is not None and cut < 2.0 else 2.0,
+    ),
 }
 
 
 @pytest.mark.parametrize("form", list(BACKPRESSURE_CALLS))
 def test_backpressure_acquire_cancelled_at_every_await(form: str) -> None:
     """Both permits are held (released at t=1 and t=2); the caller waits from t=0, a bystander
-    from t=0.5. A cut caller leaves the bystander the t=1 permit; at the end all are free."""
+    from t=0.5. A cut caller leaves the bystander the permit it would have had (the one freed at
+    t=1, when the cut came before it was used); at the end all are free, nobody waits."""
+    call, points, bystander_gets_it_at = BACKPRESSURE_CALLS[form]
 
     async def case(attempt: Attempt) -> None:
         clock = attempt.clock
@@ -110,21 +145,23 @@ def test_backpressure_acquire_cancelled_at_every_await(form: str) -> None:
             (await bp.acquire()).release()
 
         bystander = arrive(clock, 0.5, take_and_release)
+        cut_at: list[float] = []
+        attempt.on_cut = lambda: cut_at.append(clock.now())
 
-        outcome = await attempt.run(BACKPRESSURE_CALLS[form](bp))
+        outcome = await attempt.run(call(bp, clock))
 
         # Right after the call ended: what is held is what the live holders hold.
         assert bp.available_permits + bp.active_count == bp.max_concurrent
-        await attempt.drain()
-        assert bystander.result() == (1.0 if attempt.cut else 2.0)
         if outcome.value is not None:
-            outcome.value.release()
+            releases.append(at(clock, 3.0, outcome.value.release))
+        await attempt.drain()
+        assert bystander.result() == bystander_gets_it_at(cut_at[0] if cut_at else None)
         stats = bp.stats()
         assert (stats.available_permits, stats.active_count, stats.waiting_count) == (2, 0, 0)
         await asyncio.gather(*releases)
 
     coverage = cancel_at_every_await(case)
-    assert_every_point_cut_four_ways(coverage, 1)
+    assert_every_point_cut_four_ways(coverage, points)
 
 
 # ------------------------------------------------------------------------------- RateLimiter
@@ -169,11 +206,26 @@ def test_rate_limiter_acquire_cancelled_at_every_await(form: str) -> None:
 # ------------------------------------------------------------------------------- AdaptiveLimiter
 
 
-def test_adaptive_limiter_acquire_cancelled_at_every_await() -> None:
+async def _enter_adaptive(limiter: AdaptiveLimiter) -> None:
+    async with limiter:
+        pass  # released at once, as the other forms' caller does
+
+
+AdaptiveCall = Callable[[AdaptiveLimiter], Coroutine[Any, Any, AdaptivePermit | None]]
+ADAPTIVE_CALLS: dict[str, AdaptiveCall] = {
+    "acquire": lambda limiter: limiter.acquire(),
+    "acquire(timeout=10)": lambda limiter: limiter.acquire(timeout=10.0),
+    "async with": _enter_adaptive,
+}
+
+
+@pytest.mark.parametrize("form", list(ADAPTIVE_CALLS))
+def test_adaptive_limiter_acquire_cancelled_at_every_await(form: str) -> None:
     """Limit 1 with one token a second (burst 1): a holder has the slot and the token until
     t=0.5. The caller waits for the slot (point 1), then for the token (point 2, until t=1); a
     bystander queued at t=0.25 gets both at t=1 if the caller was cut, at t=2 (after the caller
-    released at t=1) otherwise. At the end nothing is in flight and nothing waits."""
+    released at t=1) otherwise. At the end nothing is in flight and nothing waits, and a cut is
+    never a latency sample or a drop."""
 
     async def case(attempt: Attempt) -> None:
         clock = attempt.clock
@@ -187,10 +239,11 @@ def test_adaptive_limiter_acquire_cancelled_at_every_await() -> None:
 
         bystander = arrive(clock, 0.25, take_and_release)
 
-        outcome = await attempt.run(limiter.acquire())
+        outcome = await attempt.run(ADAPTIVE_CALLS[form](limiter))
 
-        if outcome.value is not None:
+        if not attempt.cut:
             assert clock.now() == pytest.approx(1.0, abs=1e-6)
+        if outcome.value is not None:
             outcome.value.release()
         await attempt.drain()
         assert bystander.result() == pytest.approx(1.0 if attempt.cut else 2.0, abs=1e-6)
@@ -198,6 +251,7 @@ def test_adaptive_limiter_acquire_cancelled_at_every_await() -> None:
         assert (stats.inflight, stats.waiting_count, stats.current_limit) == (0, 0, 1)
         assert stats.rate_limiter is not None
         assert stats.rate_limiter.waiting_count == 0
+        assert (stats.samples, stats.drops) == (2 if attempt.cut else 3, 0)
         await release
 
     coverage = cancel_at_every_await(case)
