@@ -870,3 +870,31 @@ def test_the_harness_counts_each_suspension_of_the_call_only() -> None:
     coverage = cancel_at_every_await(case)
     assert coverage.points == 3
     assert coverage.resolved_cuts == 0
+
+
+async def test_a_spawn_just_after_a_task_cancelled_its_own_worker_is_queued_and_runs() -> None:
+    """A task cancels its own worker and returns: the worker goes idle with its cancellation
+    pending, so its idle future is cancelled before it resumes. A spawn in that same loop turn
+    woke that future and raised InvalidStateError (its task queued all the same, its handle never
+    returned). Now it wakes another worker or lets the ending one be replaced: the task runs."""
+    pool = WorkerPool(1, 4)
+
+    async def cancels_its_worker() -> str:
+        current = asyncio.current_task()
+        assert current is not None
+        current.cancel()
+        return "returned"
+
+    async def after() -> str:
+        return "ran"
+
+    rogue = pool.spawn_nowait(Task(cancels_its_worker))
+    await asyncio.sleep(0)  # the worker runs it and parks, cancelled; this resumes first
+    assert rogue.done()
+    handle = pool.spawn_nowait(Task(after))
+    result = await handle
+    assert (result.status, result.value) == (TaskStatus.COMPLETED, "ran")
+    assert (await rogue).status is TaskStatus.COMPLETED
+    stats = pool.stats()
+    assert (stats.completed_tasks, stats.active_workers, stats.queued_tasks) == (2, 0, 0)
+    await pool.shutdown()

@@ -690,9 +690,16 @@ class WorkerPool:
         self._queues[handle._priority].append(handle)
         self._queued += 1
         handle._state = _QUEUED
-        if self._idle_workers:
-            self._idle_workers.popleft().set_result(None)
-        elif len(self._workers) < self._worker_count:
+        idle_workers = self._idle_workers
+        while idle_workers:
+            idle = idle_workers.popleft()
+            # Done only if its worker was cancelled as it went idle (a task that cancelled its
+            # own worker) and has not resumed yet to leave: wake another; it ends, and
+            # _worker_ended replaces it.
+            if not idle.done():
+                idle.set_result(None)
+                return
+        if len(self._workers) < self._worker_count:
             self._start_worker()
 
     def _shed_for(self, priority: TaskPriority) -> bool:
@@ -1029,7 +1036,9 @@ class WorkerPool:
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
         while self._idle_workers:
-            self._idle_workers.popleft().set_result(None)
+            idle = self._idle_workers.popleft()
+            if not idle.done():  # (cancelled as it went idle: that worker is ending anyway)
+                idle.set_result(None)
 
     def _force_stop(self) -> None:
         """The shutdown timeout ended: cancel what is queued and what is running."""
