@@ -74,8 +74,8 @@ class Outcome(Generic[T]):
 
     ``cancelled``: the harness cancelled it (it raised ``CancelledError``); ``value`` or
     ``error``: what it returned or raised otherwise. ``points`` counts the suspensions the call
-    made; ``resolved_at_cut`` says whether the awaited future was already done when the cut was
-    made (always ``False`` for the pending form).
+    made; ``resolved_at_cut`` is ``True`` for a woken cut, made once the awaited future was done
+    (the other cuts do not look: a racing cut may find it done too).
     """
 
     cancelled: bool
@@ -120,7 +120,12 @@ class _Counted(Generic[T]):
 class Attempt:
     """One attempt of a case: cut the call at suspension ``point`` (``None``: never), by ``mode``.
 
-    A case calls :meth:`run` exactly once with the call under test, then checks what it must.
+    A case calls :meth:`run` exactly once with the call under test, then checks what it must;
+    :meth:`drain` and :meth:`wait_for` drive the fake clock for its own waits. ``cut`` says
+    whether the cancellation was issued (a call that completes before ``point`` is not cut),
+    ``points`` how often the call suspended, ``resolved_at_cut`` whether a woken cut found its
+    wait resolved, ``fell_back`` whether a woken or racing cut had to be made while
+    pending because nothing would resolve the wait.
     """
 
     point: int | None
