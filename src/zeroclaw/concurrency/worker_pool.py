@@ -553,8 +553,13 @@ class WorkerPool:
             await waiter.future  # resolved when a slot is handed over; PoolClosed at shutdown
         except asyncio.CancelledError:
             if handle._state == _PARKED:
-                self._room_waiters[task.priority].remove(waiter)
-                self._room_waiting -= 1
+                # Never queued. Still in line, unless a hand-over or a shutdown that came after
+                # the cancellation (and before this resumed) dropped it, or a shutdown refused it
+                # (PoolClosed) just before: the cancellation wins either way.
+                waiters = self._room_waiters[task.priority]
+                if waiter in waiters:
+                    waiters.remove(waiter)
+                    self._room_waiting -= 1
                 task._discard()
             else:  # the slot was handed over just as we were cancelled: nobody holds the handle
                 handle.cancel()
@@ -678,9 +683,16 @@ class WorkerPool:
         self._queues[handle._priority].append(handle)
         self._queued += 1
         handle._state = _QUEUED
-        if self._idle_workers:
-            self._idle_workers.popleft().set_result(None)
-        elif len(self._workers) < self._worker_count:
+        idle_workers = self._idle_workers
+        while idle_workers:
+            idle = idle_workers.popleft()
+            # Done only if its worker was cancelled as it went idle (a task that cancelled its
+            # own worker) and has not resumed yet to leave: wake another; it ends, and
+            # _worker_ended replaces it.
+            if not idle.done():
+                idle.set_result(None)
+                return
+        if len(self._workers) < self._worker_count:
             self._start_worker()
 
     def _shed_for(self, priority: TaskPriority) -> bool:
@@ -707,9 +719,13 @@ class WorkerPool:
         """Give a freed slot to the most urgent (then the oldest) submitter waiting for room."""
         for level in _MOST_URGENT_FIRST:
             waiters = self._room_waiters[level]
-            if waiters:
+            while waiters:
                 waiter = waiters.popleft()
                 self._room_waiting -= 1
+                if waiter.future.done():
+                    # Its submitter was cancelled and has not resumed yet to leave the line:
+                    # the slot goes to the next one (its spawn discards the task).
+                    continue
                 self._push(waiter.handle)
                 waiter.future.set_result(None)
                 return
@@ -725,6 +741,8 @@ class WorkerPool:
             while waiters:
                 waiter = waiters.popleft()
                 self._room_waiting -= 1
+                if waiter.future.done():  # cancelled, not resumed yet: its spawn discards it
+                    continue
                 refused = waiter.handle
                 refused._discard()
                 waiter.future.set_exception(
@@ -1028,7 +1046,9 @@ class WorkerPool:
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
         while self._idle_workers:
-            self._idle_workers.popleft().set_result(None)
+            idle = self._idle_workers.popleft()
+            if not idle.done():  # (cancelled as it went idle: that worker is ending anyway)
+                idle.set_result(None)
 
     def _force_stop(self) -> None:
         """The shutdown timeout ended: cancel what is queued and what is running."""
