@@ -157,23 +157,27 @@ async def queue_mode_costs(report: Report, messages: list[ChannelMessage], round
     """What collect and interrupt cost per message, against followup in the same run.
 
     ``collect_window = 0``: only messages that arrive while their conversation's turn runs are
-    merged (here most of them: ten per conversation arrive at once), so collect calls the
-    handler less often; interrupt cancels each running turn for the next message.
+    merged. With 1000 conversations and 1000 messages in flight at most, a conversation rarely
+    has a second message waiting: the mode's own cost. With 10 conversations a hundred wait in
+    each, and collect answers them in batches (one handler call each); interrupt supersedes
+    all but the newest.
     """
-    timings = await interleave(
-        {
-            mode: functools.partial(pipeline_round, messages, queue_mode=mode)
-            for mode in ("followup", "collect", "interrupt")
-        },
-        rounds,
-    )
-    for mode in ("collect", "interrupt"):
-        report.ratio(
-            GROUP,
-            timings[mode],
-            timings["followup"],
-            note=f"queue_mode={mode} vs followup, per message",
+    for conversations in (1000, 10):
+        spread = make_messages(len(messages), conversations)
+        timings = await interleave(
+            {
+                mode: functools.partial(pipeline_round, spread, queue_mode=mode)
+                for mode in ("followup", "collect", "interrupt")
+            },
+            rounds,
         )
+        for mode in ("collect", "interrupt"):
+            report.ratio(
+                GROUP,
+                timings[mode],
+                timings["followup"],
+                note=f"{conversations} conversations, queue_mode={mode} vs followup, per message",
+            )
 
 
 async def stage_costs(report: Report, messages: list[ChannelMessage], rounds: int) -> None:

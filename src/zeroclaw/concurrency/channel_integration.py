@@ -931,7 +931,9 @@ class MessageProcessor:
                     raise
             self._in_flight += 1
             item = _Item(self, channel, message, handler, dedup_key, permit, key, priority, ticket)
-            if mode == _COLLECT:  # its turn starts once the debounce window has passed
+            # Its turn starts once the debounce window has passed; with no window at once (what
+            # arrives while it runs is merged all the same), and without a timer.
+            if mode == _COLLECT and window > 0:
                 lane = self._lanes[key] = _Lane(key, priority, _COLLECTING)
                 lane.mode = mode
                 lane.window = window
