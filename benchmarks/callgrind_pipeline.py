@@ -14,6 +14,7 @@ wall-clock figures on a shared machine move by more than the change. Needs valgr
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -54,6 +55,8 @@ def instructions(python: str, root: Path, count: int, mode: str) -> int:
             capture_output=True,
             text=True,
             check=False,
+            # A fixed hash seed: str hashing decides dict probing, and so the count.
+            env={**os.environ, "PYTHONHASHSEED": "0"},
         )
         if done.returncode != 0:
             raise SystemExit(f"the round failed under callgrind:\n{done.stderr[-2000:]}")
