@@ -477,6 +477,11 @@ allowed_users = ["*"]
                 return r.status == 503
 
         await until(draining, what="/healthz 503")
+        # A second SIGTERM (an impatient supervisor) does not cut the drain short.
+        served.signal(signal.SIGTERM)
+        await until(
+            lambda: "SIGTERM again: already draining" in served.log(), what="the second SIGTERM"
+        )
         async with session.post(url, json={"sender": "v", "content": "late"}) as r:
             assert r.status == 503
             assert int(r.headers["Retry-After"]) >= 1
