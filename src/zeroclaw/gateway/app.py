@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import signal
 import sys
 import time
@@ -378,11 +379,32 @@ class Gateway:
                 "in_flight": provider.in_flight,
             },
             "conversations": len(self.history),
+            "process": process_figures(),
             "channels": channels,
         }
 
     def __repr__(self) -> str:
         return f"<Gateway {self.server.url} channels={[c.name for c in self.channels]}>"
+
+
+def process_figures() -> dict[str, int | None]:
+    """The gateway process's own resources: what a soak run watches for leaks. Does not block.
+
+    ``rss_bytes`` and ``open_fds`` are read from ``/proc`` (``None`` where there is none);
+    ``asyncio_tasks`` counts the event loop's tasks (call it inside the loop).
+    """
+    rss: int | None = None
+    fds: int | None = None
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    rss = int(line.split()[1]) * 1024
+                    break
+        fds = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        pass
+    return {"rss_bytes": rss, "open_fds": fds, "asyncio_tasks": len(asyncio.all_tasks())}
 
 
 async def _healthy(channel: Channel) -> bool:
