@@ -18,7 +18,7 @@ capped, fully jittered exponential backoff, at most ``retries`` times.
 
 from __future__ import annotations
 
-import json as _json
+import asyncio
 import logging
 import math
 import random
@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from zeroclaw import wire_json
 from zeroclaw.concurrency._clock import Clock, resolve_clock
 from zeroclaw.concurrency._validate import to_seconds
 
@@ -40,6 +41,8 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 __all__ = [
     "AttemptFailed",
     "BodyTooLarge",
+    "BodyTooSlow",
+    "CLIENT_TIMEOUT_KEY",
     "GaveUp",
     "HttpAnswer",
     "HttpSender",
@@ -70,25 +73,46 @@ class BodyTooLarge(Exception):
         self.limit = limit
 
 
+class BodyTooSlow(Exception):
+    """The client did not send the whole request body in time (answered 408)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"the request body did not arrive within {seconds:g} s")
+
+
+#: The app key under which the server puts its ``client_timeout``: how long a request body may
+#: take to arrive (:func:`read_limited_body` reads it; without it, no limit).
+CLIENT_TIMEOUT_KEY = web.AppKey("zeroclaw_client_timeout", float)
+
+
 async def read_limited_body(request: web.Request, limit: int) -> bytes:
-    """Read the request body, refusing it once it passes ``limit`` bytes. Waits for the body.
+    """Read the request body, refusing it once it passes ``limit`` bytes, or once it has taken
+    longer than the server's ``client_timeout`` to arrive (a client sending a byte a second).
+    Waits for the body.
 
     Raises:
         BodyTooLarge: ``Content-Length`` declares more than ``limit``, or the body turns out longer.
+        BodyTooSlow: the body did not arrive within the server's ``client_timeout``.
     """
     declared = request.content_length
     if declared is not None and declared > limit:
         raise BodyTooLarge(limit)
+    timeout = request.config_dict.get(CLIENT_TIMEOUT_KEY)
     chunks: list[bytes] = []
     size = 0
-    while True:
-        chunk = await request.content.readany()
-        if not chunk:
-            break
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(limit)
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                chunk = await request.content.readany()
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > limit:
+                    raise BodyTooLarge(limit)
+                chunks.append(chunk)
+    except TimeoutError:
+        assert timeout is not None
+        raise BodyTooSlow(timeout) from None
     return b"".join(chunks)
 
 
@@ -213,8 +237,8 @@ class HttpAnswer:
     def json(self) -> Any:
         """The body as JSON; ``None`` when it is not JSON. Does not block."""
         try:
-            return _json.loads(self.body)
-        except (ValueError, UnicodeDecodeError):
+            return wire_json.loads(self.body)
+        except ValueError:
             return None
 
 

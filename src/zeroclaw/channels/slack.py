@@ -58,6 +58,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from zeroclaw import wire_json
 from zeroclaw.channels.base import ChannelContext, ChannelSpec, Intake, allows, submit_within
 from zeroclaw.channels.http import (
     AttemptFailed,
@@ -424,8 +425,8 @@ class SlackChannel:
             log("slack %r: request refused (401): %s", self._name, problem)
             return error_response(401, problem or "unsigned")
         try:
-            envelope = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
+            envelope = wire_json.loads(body)
+        except ValueError as exc:
             return error_response(400, f"malformed JSON: {exc}")
         if not isinstance(envelope, dict):
             return error_response(400, "the body must be a JSON object")
@@ -627,8 +628,8 @@ class SlackChannel:
 
 def _ok_answer(method: str, body: bytes) -> dict[str, Any]:
     try:
-        answer = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        answer = wire_json.loads(body)
+    except ValueError:
         raise SlackApiError(method, "invalid_response", status=200) from None
     if not isinstance(answer, dict):
         raise SlackApiError(method, "invalid_response", status=200)

@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import json
 import logging
 import random
 import time
@@ -44,6 +43,7 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from zeroclaw import wire_json
 from zeroclaw.channels.base import ChannelContext, ChannelSpec, Intake, allows, submit_within
 from zeroclaw.channels.http import (
     AttemptFailed,
@@ -512,8 +512,8 @@ class TelegramChannel:
             return error_response(401, f"missing or wrong {SECRET_HEADER}")
         body = await read_limited_body(request, self._max_body)
         try:
-            update = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
+            update = wire_json.loads(body)
+        except ValueError as exc:
             return error_response(400, f"malformed JSON: {exc}")
         if not isinstance(update, dict) or not _is_int(update.get("update_id")):
             return error_response(400, "an update needs an integer 'update_id'")

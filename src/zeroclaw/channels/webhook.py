@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 import random
 import time
@@ -33,6 +32,7 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
+from zeroclaw import wire_json
 from zeroclaw.channels.base import ChannelContext, ChannelSpec, Intake, allows, submit_within
 from zeroclaw.channels.http import (
     AttemptFailed,
@@ -278,8 +278,8 @@ class WebhookChannel:
     def _parse(self, body: bytes, idempotency_key: str | None) -> ChannelMessage | str:
         """The message in ``body``, or the reason it is malformed (answered 400)."""
         try:
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
+            data = wire_json.loads(body)
+        except ValueError as exc:
             return f"malformed JSON: {exc}"
         if not isinstance(data, dict):
             return "the body must be a JSON object"

@@ -202,6 +202,7 @@ class Gateway:
             status=self.status,
             max_body_bytes=server_settings.max_body_bytes,
             shutdown_timeout=min(_SERVER_LINGER, server_settings.shutdown_timeout),
+            client_timeout=server_settings.client_timeout,
         )
         self._started_at = time.monotonic()
         self._stopping = False

@@ -75,6 +75,7 @@ class ServerSettings:
     port: int = 8080  # 0: any free port
     max_body_bytes: int = 1_048_576
     shutdown_timeout: float = 25.0
+    client_timeout: float = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -449,6 +450,7 @@ SECTIONS: Final[Mapping[str, Section]] = MappingProxyType(
                 Key("port", "integer", _integer(0, 65535), 8080),
                 Key("max_body_bytes", "integer", _integer(1), 1_048_576),
                 Key("shutdown_timeout", "seconds", _SECONDS, 25.0),
+                Key("client_timeout", "seconds", _number(0.0, above=True), 15.0),
             ),
         ),
         "processor": Section(

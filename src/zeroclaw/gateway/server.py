@@ -21,12 +21,13 @@ import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from zeroclaw.channels.http import BodyTooLarge, error_response
+from zeroclaw.channels.http import CLIENT_TIMEOUT_KEY, BodyTooLarge, BodyTooSlow, error_response
 from zeroclaw.concurrency._validate import to_count, to_seconds
 from zeroclaw.gateway.metrics import CONTENT_TYPE
 
 try:
     from aiohttp import HttpVersion11, web
+    from aiohttp.http_exceptions import HttpProcessingError
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError(
         "zeroclaw's HTTP server needs aiohttp: pip install 'zeroclaw[gateway]'"
@@ -70,6 +71,19 @@ def jsonable(value: Any) -> Any:
     return value
 
 
+class _NoBadRequestTracebacks(logging.Filter):
+    """Drops aiohttp's "Error handling request" record (with a traceback) for a request it could
+    not parse (a header too long, a malformed request line): the client is answered 400 and the
+    fault is its own; logged per request, anyone could fill the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, HttpProcessingError)
+
+
+logging.getLogger("aiohttp.server").addFilter(_NoBadRequestTracebacks())
+
+
 class GatewayServer:
     """The aiohttp application and its listener.
 
@@ -81,6 +95,9 @@ class GatewayServer:
         status: builds the ``/status`` document.
         max_body_bytes: larger request bodies get 413.
         shutdown_timeout: how long :meth:`stop` lets requests still running finish.
+        client_timeout: how long a client may take to send a request's headers (else the
+            connection is closed: a slowloris holds nothing for long) and its body (else 408);
+            also how long an idle keep-alive connection stays open.
 
     Raises:
         ValueError: two channels share a path, or a path collides with a built-in route.
@@ -96,16 +113,21 @@ class GatewayServer:
         status: Callable[[], Awaitable[Mapping[str, Any]]],
         max_body_bytes: int = 1_048_576,
         shutdown_timeout: float = 25.0,
+        client_timeout: float = 15.0,
     ) -> None:
         self.host = host
         self._port = to_count(port, what="port")
         self._max_body = to_count(max_body_bytes, what="max_body_bytes", minimum=1)
         self._shutdown_timeout = to_seconds(shutdown_timeout, what="shutdown_timeout")
+        self._client_timeout = to_seconds(
+            client_timeout, what="client_timeout", allow_infinite=False
+        )
         self._metrics = metrics
         self._status = status
         self._draining = False
         self._runner: web.AppRunner | None = None
         self.app = web.Application(middlewares=[self._guard], client_max_size=self._max_body)
+        self.app[CLIENT_TIMEOUT_KEY] = self._client_timeout
         router = self.app.router
         builtin = {"/healthz", "/metrics", "/status"}
         seen: dict[str, str] = {}
@@ -163,6 +185,9 @@ class GatewayServer:
             # After a 413 the rest of an upload is read and thrown away for at most this long, so
             # the client sees the answer instead of a reset (nginx's lingering_time, shorter).
             lingering_time=_LINGER_AFTER_REFUSAL,
+            # aiohttp closes a connection still without a whole request this long after it
+            # opened (and an idle keep-alive one): the bound on slow headers.
+            keepalive_timeout=self._client_timeout,
         )
         await runner.setup()
         try:
@@ -195,6 +220,10 @@ class GatewayServer:
             return await handler(request)
         except BodyTooLarge as exc:
             return self._too_large(exc)
+        except BodyTooSlow as exc:
+            response = error_response(408, str(exc))
+            response.force_close()
+            return response
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise

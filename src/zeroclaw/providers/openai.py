@@ -12,7 +12,6 @@ both, is well kept, and costs one dependency instead of two. It comes with the `
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -24,7 +23,7 @@ except ImportError as exc:  # exercised in a subprocess by the tests
         "zeroclaw.providers.openai needs aiohttp: pip install 'zeroclaw[gateway]'"
     ) from exc
 
-from zeroclaw import __version__
+from zeroclaw import __version__, wire_json
 from zeroclaw.concurrency._validate import to_count, to_seconds
 from zeroclaw.providers.base import (
     ChatMessage,
@@ -244,8 +243,8 @@ def _reply_content(status: int, content_type: str, raw: bytes) -> str:
     if content_type != "application/json":
         raise _invalid(status, f"expected application/json, got {content_type or 'no type'!r}")
     try:
-        data: Any = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data: Any = wire_json.loads(raw)
+    except ValueError as exc:
         raise _invalid(status, f"malformed JSON in the reply: {exc}") from exc
     try:
         content = data["choices"][0]["message"]["content"]
@@ -263,8 +262,8 @@ def _error_details(raw: bytes) -> tuple[str | None, str]:
     (``code`` falls back to ``type``), ``{"error": "text"}`` (Ollama, some proxies), or the text."""
     text = raw.decode("utf-8", "replace")
     try:
-        data: Any = json.loads(text)
-    except json.JSONDecodeError:
+        data: Any = wire_json.loads(text)
+    except ValueError:
         return None, text.strip()[:_MAX_ERROR_TEXT]
     error = data.get("error") if isinstance(data, dict) else None
     if isinstance(error, str):
