@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -25,6 +26,8 @@ from tests.gateway_process import Served, start_serve, write_config
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 TG_SECRET = "hostile-secret"
+# benchmarks/reliability.py (the long form) raises it.
+FUZZ_EXAMPLES = int(os.environ.get("ZEROCLAW_FUZZ_EXAMPLES", "150"))
 CLIENT_TIMEOUT = 2.0
 
 
@@ -242,7 +245,7 @@ async def test_ten_thousand_senders_not_allowed_admit_nothing_and_keep_memory_fl
 
 
 @settings(
-    max_examples=150,
+    max_examples=FUZZ_EXAMPLES,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
