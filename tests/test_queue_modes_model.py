@@ -775,6 +775,61 @@ class QueueModeMachine(RuleBasedStateMachine):
             loop.close()
 
 
+# ---------------------------------------------------------------------------- found by the model
+
+
+async def test_a_pool_queue_smaller_than_the_pool_leaves_no_worker_idle() -> None:
+    """Three conversations, three workers, a pool queue of one: all three run at once. (Lanes
+    fed the pool only while its queue had a free place, so the second and third waited, with
+    two workers idle, for the first to end, then for each other.)"""
+    clock = FakeClock()
+    config = MessageProcessorConfig(worker_pool_size=3, task_queue_size=1, processing_timeout=None)
+    p = MessageProcessor(config, clock=clock)
+    started: dict[str, float] = {}
+
+    async def handler(message: ChannelMessage) -> str:
+        started[message.id] = clock.now()
+        await clock.sleep(10.0)
+        return "ok"
+
+    for sender in SENDERS:
+        assert (await p.process_message(CHANNEL, msg(sender, sender=sender), handler)).accepted
+    await clock.run_for(1.0)
+    assert started == dict.fromkeys(SENDERS, 0.0)
+    await clock.run_for(10.0)
+    await p.shutdown()
+    assert [r.result.kind async for r in p.responses] == [K.SUCCESS] * 3
+
+
+async def test_collect_a_batch_past_its_window_starts_with_a_worker_free() -> None:
+    """A batch whose window has passed starts at once when a worker is free, and a message
+    arriving then waits for a window of its own. (With the pool queue full for an instant, the
+    batch waited for another conversation's turn to end, and took in the newcomer early.)"""
+    clock = FakeClock()
+    config = MessageProcessorConfig(
+        worker_pool_size=3,
+        task_queue_size=1,
+        processing_timeout=None,
+        queue_mode="collect",
+        collect_window=WINDOW,
+    )
+    p = MessageProcessor(config, clock=clock)
+    turns: list[tuple[float, list[str]]] = []
+
+    async def handler(message: ChannelMessage) -> str:
+        turns.append((clock.now(), list(message.metadata.get("merged_ids", [message.id]))))
+        await clock.sleep(1.0 if message.sender == "bob" else 0.0)
+        return "ok"
+
+    await p.process_message(CHANNEL, msg("b1", sender="bob"), handler)
+    await p.process_message(CHANNEL, msg("a1", sender="alice"), handler)
+    await clock.run_for(WINDOW)  # both windows end together: two batches for the pool at once
+    await p.process_message(CHANNEL, msg("a2", sender="alice"), handler)
+    await clock.run_for(2.0)
+    assert sorted(turns) == [(0.5, ["a1"]), (0.5, ["b1"]), (1.0, ["a2"])]
+    await p.shutdown()
+
+
 def machine_for(mode: str) -> type[QueueModeMachine]:
     """The machine of one queue mode."""
     return type(f"{mode.title()}Machine", (QueueModeMachine,), {"MODE": mode})
