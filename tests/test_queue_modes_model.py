@@ -333,7 +333,7 @@ class QueueModeMachine(RuleBasedStateMachine):
     @initialize(
         workers=st.integers(1, 3),
         queue=st.sampled_from([1, 100]),
-        permits=st.sampled_from([2, 4, 100]),
+        permits=st.sampled_from([2, 4, 100, 100]),
         admission=st.sampled_from(["wait", "reject"]),
         cap=st.sampled_from([0, 1, 2, 20]),
     )
@@ -467,6 +467,21 @@ class QueueModeMachine(RuleBasedStateMachine):
     def arrive_in_a_burst(self, burst: list[tuple[int, float, bool, float]]) -> None:
         """Several messages a short gap apart (a user typing fast, several users at once)."""
         for conv, duration, fails, gap in burst:
+            self._arrive(conv, duration, fails)
+            self.run(gap)
+
+    @precondition(may_offer)
+    @rule(
+        conv=st.integers(0, len(SENDERS) - 1),
+        lines=st.lists(
+            st.tuples(st.sampled_from(DURATIONS), FAILS, st.sampled_from(GAPS)),
+            min_size=2,
+            max_size=5,
+        ),
+    )
+    def one_user_types_fast(self, conv: int, lines: list[tuple[float, bool, float]]) -> None:
+        """Several lines of one conversation, each within the collect window of the last."""
+        for duration, fails, gap in lines:
             self._arrive(conv, duration, fails)
             self.run(gap)
 
@@ -830,6 +845,13 @@ async def test_collect_a_batch_past_its_window_starts_with_a_worker_free() -> No
     await p.shutdown()
 
 
+def _examples() -> int:
+    """120 under the default profile (its 100 plus a fifth); the explore profile's ten times."""
+    profile = settings.default
+    assert profile is not None
+    return profile.max_examples * 6 // 5
+
+
 def machine_for(mode: str) -> type[QueueModeMachine]:
     """The machine of one queue mode."""
     return type(f"{mode.title()}Machine", (QueueModeMachine,), {"MODE": mode})
@@ -841,8 +863,8 @@ def test_queue_mode_model(mode: str) -> None:
     run_state_machine_as_test(
         machine_for(mode),
         settings=settings(
-            max_examples=60,
-            stateful_step_count=30,
+            max_examples=_examples(),
+            stateful_step_count=40,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow],
         ),
