@@ -16,9 +16,10 @@ conversation (aiogram's per-chat isolation, OpenClaw's lanes).
 
 Lanes: messages of one conversation (by default channel + reply target) run one at a time, in
 arrival order; different conversations run in parallel on the pool; between conversations the pool
-runs the more urgent first. A lane feeds the pool only when the pool's queue has room, so an
-accepted message is never shed by the pool; lanes waiting for room are served most urgent first,
-then in the order they became ready (round robin between conversations).
+runs the more urgent first. A lane feeds the pool only when the pool's queue has room (counting
+the idle workers about to take a message from it), so an accepted message is never shed by the
+pool; lanes waiting for room are served most urgent first, then in the order they became ready
+(round robin between conversations).
 """
 
 from __future__ import annotations
@@ -942,7 +943,7 @@ class MessageProcessor:
                 self._collect_after(lane, window)
                 return _ACCEPTED
             pool = self._pool
-            if not self._ready and pool.free_slots > 0:
+            if not self._ready and pool._job_room() > 0:
                 self._lanes[key] = item  # the common case: no lane, straight into the pool
                 try:
                     pool._queue_job(item)
@@ -1084,10 +1085,9 @@ class MessageProcessor:
         heapq.heappush(self._ready, (-lane.priority, next(self._ready_order), lane))
 
     def _pump(self) -> None:
-        """Move the heads of ready lanes into the pool while it has room."""
-        pool = self._pool
+        """Move the heads of ready lanes into the pool while it has room (:meth:`_pool_room`)."""
         ready = self._ready
-        while ready and pool.free_slots > 0:
+        while ready and self._pool_room() > 0:
             _, _, lane = heapq.heappop(ready)
             lane.state = _RUNNING
             item = lane.pending.popleft()
@@ -1096,6 +1096,12 @@ class MessageProcessor:
             lane.running = item
             item._priority = lane.priority
             self._start(item)
+
+    def _pool_room(self) -> int:
+        """How many more messages the pool takes now (:meth:`WorkerPool._job_room`): the queue's
+        places alone are not enough, with a queue smaller than the pool workers would stay idle
+        while lanes wait, until some message ended."""
+        return self._pool._job_room()
 
     def _priority_for(self, channel_name: str, message: ChannelMessage) -> TaskPriority:
         """The configuration's priority for a message; TypeError if it is not a TaskPriority."""

@@ -765,6 +765,15 @@ class WorkerPool:
                 )
         self._check_drained()
 
+    def _job_room(self) -> int:
+        """How many jobs :meth:`_queue_job` may queue now without the queue outgrowing its size
+        once the workers have taken theirs: the free places in the queue plus the workers not
+        running a task (each takes one from the queue as soon as it runs). Does not block.
+
+        For modules built on the pool, as :meth:`_queue_job`.
+        """
+        return self._queue_size - self._queued + self._worker_count - len(self._running)
+
     def _cancel_job(self, job: _Job, error: BaseException) -> bool:
         """Cancel ``job``: a queued one is removed and resolves CANCELLED (with ``error``) at once,
         a running one is cancelled at its next await and resolves once that lands. Returns
