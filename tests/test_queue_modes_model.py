@@ -1,5 +1,6 @@
-"""Stateful property test of the conversation queue modes (DESIGN §3.6), one machine per mode
-(followup, collect, interrupt), against a small model of what each mode promises.
+"""Stateful property test of the conversation queue modes (docs/channel_integration.md, "Queue
+modes"), one machine per mode (followup, collect, interrupt), against a small model of what each
+mode promises.
 
 Random steps: a message arrives (one of three conversations, a handler of random duration that
 sometimes fails or outlives ``processing_timeout``), a message is redelivered (same id and

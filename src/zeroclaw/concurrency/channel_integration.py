@@ -457,7 +457,10 @@ class MessageProcessorConfig:
                 f"got {cap!r}"
             )
         modes: dict[str, tuple[str, float]] = {}
-        for channel_name, setting in dict(self.channel_queue_modes).items():
+        # object, not the field's type: a compiled build would check each pair's type itself,
+        # with its own wording, before this could.
+        given: dict[str, object] = dict(getattr(self, "channel_queue_modes"))  # noqa: B009
+        for channel_name, setting in given.items():
             what = f"MessageProcessorConfig.channel_queue_modes[{channel_name!r}]"
             if not isinstance(setting, tuple | list) or len(setting) != 2:
                 raise ValueError(f"{what} must be a pair (queue_mode, collect_window)")
