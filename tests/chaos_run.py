@@ -27,6 +27,7 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
+from tests.helpers import UnusedProvider
 from zeroclaw.concurrency import CircuitConfig
 from zeroclaw.concurrency.channel_integration import (
     AdmissionKind,
@@ -119,18 +120,6 @@ class _PushChannel:
         return True
 
 
-class _NoProvider:
-    name = "simulated"
-
-    async def chat_with_system(
-        self, system_prompt: str | None, message: str, model: str, temperature: float
-    ) -> str:
-        raise AssertionError("the handler answers")
-
-    async def chat(self, message: str, model: str, temperature: float) -> str:
-        raise AssertionError("the handler answers")
-
-
 @dataclass(frozen=True)
 class _Delivery:
     at: float
@@ -220,7 +209,7 @@ async def run_chaos(settings: ChaosSettings) -> ChaosReport:
         send_timeout=None,
     )
     channel = _PushChannel()
-    running = asyncio.ensure_future(gateway.start([channel], _NoProvider(), None))
+    running = asyncio.ensure_future(gateway.start([channel], UnusedProvider(), None))
     await gateway.wait_started()
 
     accepted_at: dict[int, int] = {}  # delivery index -> acceptance rank in its conversation

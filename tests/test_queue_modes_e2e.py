@@ -90,16 +90,30 @@ async def _until_running(session: aiohttp.ClientSession, served: Served) -> None
     raise AssertionError("the provider never got the call")
 
 
+async def _second_during_first(
+    session: aiohttp.ClientSession,
+    served: Served,
+    channel: str,
+    sender: str,
+    first: str,
+    second: str,
+) -> tuple[tuple[int, dict[str, Any]], tuple[int, dict[str, Any]]]:
+    """Send ``first``; once the provider has it, send ``second``; both answers."""
+    running = asyncio.ensure_future(
+        post(session, served, channel, {"sender": sender, "content": first})
+    )
+    await _until_running(session, served)
+    later = await asyncio.wait_for(
+        post(session, served, channel, {"sender": sender, "content": second}), 30
+    )
+    return await asyncio.wait_for(running, 30), later
+
+
 async def test_interrupt_a_correction_cancels_the_running_answer(served: Served) -> None:
     async with aiohttp.ClientSession() as session:
-        first = asyncio.ensure_future(
-            post(session, served, "interrupt", {"sender": "dan", "content": "reset the router"})
+        (status, body), second = await _second_during_first(
+            session, served, "interrupt", "dan", "reset the router", "no, the modem"
         )
-        await _until_running(session, served)
-        second = await asyncio.wait_for(
-            post(session, served, "interrupt", {"sender": "dan", "content": "no, the modem"}), 30
-        )
-        status, body = await asyncio.wait_for(first, 30)
     assert (status, body["status"]) == (200, "interrupted")
     assert second[0] == 200
     assert second[1]["reply"] == "simulated reply to: no, the modem"
@@ -107,14 +121,9 @@ async def test_interrupt_a_correction_cancels_the_running_answer(served: Served)
 
 async def test_stop_cancels_the_running_turn_in_followup_mode(served: Served) -> None:
     async with aiohttp.ClientSession() as session:
-        running = asyncio.ensure_future(
-            post(session, served, "plain", {"sender": "erin", "content": "a long essay"})
+        (status, body), stopped = await _second_during_first(
+            session, served, "plain", "erin", "a long essay", "/stop"
         )
-        await _until_running(session, served)
-        stopped = await asyncio.wait_for(
-            post(session, served, "plain", {"sender": "erin", "content": "/stop"}), 30
-        )
-        status, body = await asyncio.wait_for(running, 30)
         assert (status, body["status"]) == (200, "interrupted")
         assert stopped[0] == 200
         assert stopped[1]["reply"] == "Stopped."

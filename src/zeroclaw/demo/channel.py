@@ -96,7 +96,6 @@ class SimulatedChat:
             await self._offer(planned)
         self.offering_done = True
         if self.record.pending:
-            self._settled.clear()
             try:
                 async with asyncio.timeout(self._settle_timeout):
                     await self._settled.wait()

@@ -38,16 +38,13 @@ def _limit_phases(samples: Sequence[Sample], scenario: DemoScenario) -> dict[str
     outage_start = scenario.outage_start
     recovered = outage_start + scenario.outage_duration + scenario.recovery
 
-    def extreme(values: list[int], pick: Any) -> int | None:
-        return pick(values) if values else None
-
     before = [s.concurrency_limit for s in samples if s.t < outage_start]
     during = [s.concurrency_limit for s in samples if outage_start <= s.t < recovered]
     after = [s.concurrency_limit for s in samples if s.t >= recovered]
     return {
-        "highest_before_outage": extreme(before, max),
-        "lowest_in_outage": extreme(during, min),
-        "highest_after_recovery": extreme(after, max),
+        "highest_before_outage": max(before, default=None),
+        "lowest_in_outage": min(during, default=None),
+        "highest_after_recovery": max(after, default=None),
     }
 
 
@@ -68,7 +65,6 @@ def summarize(
     demo's own cost: traffic, pipeline, sampler and live view together).
     """
     latencies = [latency for _, latency in record.answer_log]
-    limits = [s.concurrency_limit for s in samples]
     results = record.results
     return {
         "duration_seconds": round(elapsed, 3),
@@ -91,8 +87,8 @@ def summarize(
         "breaker_transitions": [dataclasses.asdict(t) for t in transitions],
         "breaker_opened": sum(1 for t in transitions if t.new == "open"),
         "concurrency_limit": {
-            "min": min(limits) if limits else None,
-            "max": max(limits) if limits else None,
+            "min": min((s.concurrency_limit for s in samples), default=None),
+            "max": max((s.concurrency_limit for s in samples), default=None),
             **_limit_phases(samples, scenario),
         },
         "provider": dict(provider),

@@ -61,6 +61,10 @@ class Sample:
     outage: bool
 
 
+def _time_of(sample: Sample) -> float:
+    return sample.t
+
+
 def take_sample(
     t: float,
     record: RunRecord,
@@ -79,8 +83,7 @@ def take_sample(
     rejected = admissions["rejected"]
     window_start = t - RATE_WINDOW
     # The latest sample at or before the window's start (or nothing: the run's start).
-    times = [sample.t for sample in previous]
-    base_index = bisect.bisect_right(times, window_start + 1e-9) - 1
+    base_index = bisect.bisect_right(previous, window_start + 1e-9, key=_time_of) - 1
     base = previous[base_index] if base_index >= 0 else None
     span = t - base.t if base is not None else max(t, 1e-9)
     log = record.answer_log
