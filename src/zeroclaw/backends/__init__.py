@@ -1,0 +1,1 @@
+"""Backends that let several gateway processes share state: :mod:`zeroclaw.backends.redis`."""

@@ -1,0 +1,44 @@
+"""The redis-py asyncio client, made from a ``redis://`` url, and the missing-extra message."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+__all__ = ["MISSING_EXTRA", "connect", "redis_module"]
+
+MISSING_EXTRA = (
+    "scale-out on Redis needs the 'redis' extra (redis-py): pip install 'zeroclaw[redis]'"
+)
+# A command that takes longer than this is an unreachable server, not a slow one: every command
+# we send is O(1) or O(log n) on the server.
+SOCKET_TIMEOUT = 5.0
+
+
+def redis_module() -> Any:
+    """``redis.asyncio``, imported on first use. Raises ImportError naming the extra."""
+    try:
+        import redis.asyncio
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ImportError(MISSING_EXTRA) from exc
+    return redis.asyncio
+
+
+def connect(url: str, *, socket_timeout: float = SOCKET_TIMEOUT) -> Redis:
+    """A client for ``url`` (``redis://host:port/db``). Does not connect yet (the first command
+    does); replies are ``bytes``.
+
+    Raises:
+        ImportError: the ``redis`` extra is not installed (the message says how to get it).
+        ValueError: ``url`` is not a Redis url.
+    """
+    module = redis_module()
+    client: Redis = module.Redis.from_url(
+        url,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=socket_timeout,
+        health_check_interval=10,
+    )
+    return client

@@ -1,0 +1,57 @@
+"""The names of every key a gateway keeps in Redis, under its namespace.
+
+Processes that share a url and a namespace are one gateway. Each Lua script touches only keys of
+one resource, and those share a hash tag (``{ns:...}``), so every script's keys live in one slot
+of a Redis Cluster and are all passed in ``KEYS[]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Keys"]
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Key names under ``namespace``. Pure: builds strings, touches no server."""
+
+    namespace: str
+
+    def seen(self, dedup_key: str) -> str:
+        """The dedup claim of one message."""
+        return f"{self.namespace}:seen:{dedup_key}"
+
+    def rate(self, name: str) -> tuple[str, str]:
+        """The rate limit ``name``: its GCRA state and its pause (one hash tag)."""
+        tag = f"{{{self.namespace}:rate:{name}}}"
+        return f"{tag}:tat", f"{tag}:pause"
+
+    def breaker(self, name: str) -> tuple[str, str]:
+        """The breaker ``name``'s shared decision: "open until" and the probe owner."""
+        tag = f"{{{self.namespace}:breaker:{name}}}"
+        return f"{tag}:open", f"{tag}:probe"
+
+    def partition(self, index: int) -> str:
+        """The work stream of partition ``index``."""
+        return f"{{{self.namespace}:p{index}}}:in"
+
+    def lease(self, index: int) -> tuple[str, str]:
+        """Partition ``index``'s lease (owner id) and fencing epoch (one hash tag with its
+        stream)."""
+        tag = f"{{{self.namespace}:p{index}}}"
+        return f"{tag}:lease", f"{tag}:epoch"
+
+    def replied(self, message_key: str) -> str:
+        """The marker that the reply to one message went out."""
+        return f"{self.namespace}:replied:{message_key}"
+
+    @property
+    def members(self) -> str:
+        """The processes alive: a sorted set of member id → heartbeat deadline (ms)."""
+        return f"{self.namespace}:members"
+
+    @property
+    def dead_letters(self) -> str:
+        """The stream of entries given up, each with its reason."""
+        return f"{self.namespace}:dead"
