@@ -28,6 +28,7 @@ from zeroclaw.gateway.config import (
     ConfigError,
     GatewayConfig,
     ProviderSettings,
+    RedisSettings,
     ServerSettings,
     load_config,
     parse_config,
@@ -259,6 +260,16 @@ def test_circuit_preset_then_fields() -> None:
         assert config.processor.circuit_config == getattr(CircuitConfig, name)()
 
 
+def test_redis_table_turns_scale_out_on() -> None:
+    async_web = WEB + 'callback_url = "http://127.0.0.1:9/replies"\n'
+    assert load(PROVIDER + async_web).redis is None
+    config = load(
+        '[redis]\nurl = "redis://127.0.0.1:6379/0"\nlease_ttl = 3\n' + PROVIDER + async_web
+    )
+    assert config.redis == RedisSettings(url="redis://127.0.0.1:6379/0", lease_ttl=3.0)
+    assert (config.redis.namespace, config.redis.partitions) == ("zeroclaw", 32)
+
+
 # ---------------------------------------------------------------------------- one problem each
 
 BAD: list[tuple[str, str]] = [
@@ -296,7 +307,25 @@ BAD: list[tuple[str, str]] = [
         "failure_threshold: unknown key (it belongs in [processor.circuit])",
     ),
     ("bot_token = 'x'\n", "bot_token: unknown key (it belongs in [channels.NAME])"),
-    ("[redis]\nurl = 'redis://'\n", "redis: scale-out on Redis is not available in this version"),
+    # [redis]
+    (
+        "[redis]\nurl = 'http://127.0.0.1:6379'\n",
+        'redis.url: must be a redis://, rediss:// or unix:// URL, got "http://127.0.0.1:6379"',
+    ),
+    ("[redis]\nnamespace = 'zc'\n", "redis.url: required"),
+    (
+        "[redis]\nurl = 'redis://h'\n",
+        "channels.web.callback_url: required with [redis]: scale-out serves webhooks in async "
+        "mode only (the reply is POSTed to the callback by whichever process answers)",
+    ),
+    (
+        "[redis]\nurl = 'redis://h'\npartitions = 0\n",
+        "redis.partitions: must be between 1 and 1024, got 0",
+    ),
+    (
+        "[redis]\nurl = 'redis://h'\nnamespace = 'a b'\n",
+        'redis.namespace: must be letters, digits, - _ . and :, got "a b"',
+    ),
     # [processor]: types are the loader's, ranges the core's
     (
         "[processor]\nworker_pool_size = 0\n",

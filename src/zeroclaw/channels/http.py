@@ -62,7 +62,7 @@ _T = TypeVar("_T")
 _CHUNK = 65536
 
 # Refusal reasons that mean "this gateway cannot take it now, whatever the rate": 503.
-_UNAVAILABLE_REASONS = ("circuit open", "shutting down", "not running")
+_UNAVAILABLE_REASONS = ("circuit open", "shutting down", "not running", "redis unavailable")
 
 
 class BodyTooLarge(Exception):

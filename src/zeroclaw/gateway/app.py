@@ -31,7 +31,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Hashable, Sequence
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from zeroclaw import __version__
 from zeroclaw.channels import ChannelContext, build_channel
@@ -46,6 +46,9 @@ from zeroclaw.gateway.intake import GatewayIntake
 from zeroclaw.gateway.metrics import GatewayCollector, MessageLedger, MetricSources
 from zeroclaw.gateway.server import GatewayServer, HttpChannel
 from zeroclaw.providers import ManagedProvider, backend_options, build_backend
+
+if TYPE_CHECKING:
+    from zeroclaw.backends.redis.scale_out import ScaleOut
 
 __all__ = [
     "NEW_CONVERSATION_COMMAND",
@@ -155,6 +158,10 @@ class Gateway:
                 if spec.queue_mode != "followup"
             },
         )
+        if config.redis is not None:
+            # Scale-out dedups at ingress, gateway-wide; entries read again after a takeover
+            # must not be refused as duplicates by the owner's own memory.
+            processor_config = dataclasses.replace(processor_config, enable_dedup=False)
         server_settings = config.gateway
         # The processor is made before the channels (they submit to it through the intake), and
         # its send timeout must cover the slowest channel's delivery, known once they exist.
@@ -179,7 +186,24 @@ class Gateway:
             handle_signals=False,
             interrupt_command=STOP_COMMAND,
         )
-        self.intake.attach(self.processor)
+        self.scale_out: ScaleOut | None = None
+        if config.redis is not None:
+            from zeroclaw.backends.redis.scale_out import ScaleOut
+
+            dedup_key = config.processor.dedup_key
+            self.scale_out = ScaleOut(
+                config.redis,
+                self.processor,
+                self.channels,
+                dedup=(
+                    None
+                    if not config.processor.enable_dedup
+                    else ("content" if dedup_key == "content" else "message_id")
+                ),
+            )
+            self.intake.attach(self.scale_out)
+        else:
+            self.intake.attach(self.processor)
         self.collector = GatewayCollector(
             MetricSources(
                 processor=self.processor.stats,
@@ -187,6 +211,7 @@ class Gateway:
                 provider=self.provider.stats,
                 channels=self.processor.channel_stats,
                 ledger=self.ledger,
+                scale_out=self.scale_out.stats if self.scale_out is not None else None,
             )
         )
         http_channels: list[HttpChannel] = [
@@ -241,8 +266,11 @@ class Gateway:
     async def run(self) -> int:
         """Serve until stopped (see :func:`serve`); returns the exit code. Blocks until then."""
         loop = asyncio.get_running_loop()
+        channels = (
+            self.scale_out.channels_for_processor() if self.scale_out is not None else self.channels
+        )
         processing = loop.create_task(
-            self.processor.start(self.channels, self.provider, self.system_prompt),
+            self.processor.start(channels, self.provider, self.system_prompt),
             name="gateway:processor",
         )
         started = loop.create_task(self.processor.wait_started())
@@ -273,6 +301,8 @@ class Gateway:
                 await processing
             await self._close()
             return 1
+        if self.scale_out is not None:
+            await self.scale_out.start()
         if self.http:
             print(f"zeroclaw: listening on {self.server.url}", file=sys.stderr, flush=True)
         installed = self._install_signal_handlers(loop)
@@ -318,9 +348,13 @@ class Gateway:
             )
         self.intake.begin_draining(timeout)
         self.server.begin_draining()
+        if self.scale_out is not None:
+            self.scale_out.stop_reading()
         self._stop_task = asyncio.get_running_loop().create_task(self.processor.stop())
 
     async def _close(self) -> None:
+        if self.scale_out is not None:
+            await self.scale_out.aclose()
         for channel in self.channels:
             close = getattr(channel, "aclose", None)
             if close is not None:
@@ -380,6 +414,7 @@ class Gateway:
                 "in_flight": provider.in_flight,
             },
             "conversations": len(self.history),
+            "redis": _scale_out_status(self.scale_out),
             "process": process_figures(),
             "channels": channels,
         }
@@ -406,6 +441,16 @@ def process_figures() -> dict[str, int | None]:
     except OSError:
         pass
     return {"rss_bytes": rss, "open_fds": fds, "asyncio_tasks": len(asyncio.all_tasks())}
+
+
+def _scale_out_status(scale_out: ScaleOut | None) -> dict[str, Any] | None:
+    """``/status``'s ``redis``: ``None`` without ``[redis]``."""
+    if scale_out is None:
+        return None
+    stats = scale_out.stats()
+    document = dataclasses.asdict(stats)
+    document["owned"] = list(stats.owned)
+    return document
 
 
 async def _healthy(channel: Channel) -> bool:

@@ -4,8 +4,7 @@
 :class:`ConfigError` listing **every** problem it found, one line each, in the form
 ``zeroclaw.toml: channels.tg.bot_token: required`` (the file name as the caller gave it). Nothing
 in the file is ignored: an unknown key is a problem (with a "did you mean" when a valid key is
-close), so is a key that only applies to another kind of channel or provider, and so is a feature
-this version does not have yet (a ``[redis]`` table).
+close), and so is a key that only applies to another kind of channel or provider.
 
 The accepted keys are data, not code: :data:`SECTIONS` holds one :class:`Section` per table of the
 file, each with its :class:`Key` rows (name, type, default, parser). The loader reads them, and
@@ -38,6 +37,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
+from zeroclaw.backends.redis.settings import RedisSettings
 from zeroclaw.concurrency._validate import to_fraction
 from zeroclaw.concurrency.channel_integration import MessageProcessorConfig
 from zeroclaw.concurrency.circuit_breaker import COUNT_FIELDS as CIRCUIT_COUNT_FIELDS
@@ -51,6 +51,7 @@ __all__ = [
     "ProviderSettings",
     "SECTIONS",
     "Section",
+    "RedisSettings",
     "ServerSettings",
     "load_config",
     "parse_config",
@@ -136,13 +137,15 @@ class ChannelSettings:
 
 @dataclass(frozen=True, slots=True)
 class GatewayConfig:
-    """Everything ``zeroclaw serve`` runs, as read from ``source`` (the file name as given)."""
+    """Everything ``zeroclaw serve`` runs, as read from ``source`` (the file name as given).
+    ``redis`` is ``None`` without a ``[redis]`` table (one process on its own)."""
 
     gateway: ServerSettings
     processor: MessageProcessorConfig
     provider: ProviderSettings
     channels: tuple[ChannelSettings, ...]
     source: str = "<config>"
+    redis: RedisSettings | None = None
 
 
 class ConfigError(Exception):
@@ -292,6 +295,14 @@ def _url(value: Any) -> str:
     return text.rstrip("/")
 
 
+def _redis_url(value: Any) -> str:
+    text = _string()(value)
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme not in ("redis", "rediss", "unix") or not (parts.netloc or parts.path):
+        raise _Invalid(f"must be a redis://, rediss:// or unix:// URL, got {_show(value)}")
+    return text
+
+
 def _integer(minimum: int | None = None, maximum: int | None = None) -> Callable[[Any], int]:
     def parse(value: Any) -> int:
         if type(value) is not int:
@@ -404,6 +415,7 @@ def _queue_mode(value: Any) -> str:
 _PATH: Final = re.compile(r"/[A-Za-z0-9_\-.~/]*")
 _TELEGRAM_SECRET: Final = re.compile(r"[A-Za-z0-9_-]{1,256}")
 _CHANNEL_NAME: Final = re.compile(r"[A-Za-z0-9_-]+")
+_NAMESPACE: Final = re.compile(r"[A-Za-z0-9_\-.:]+")
 
 _SECONDS: Final = _number(0.0)
 
@@ -561,6 +573,23 @@ SECTIONS: Final[Mapping[str, Section]] = MappingProxyType(
                 Key("collect_window", "seconds", _SECONDS, 0.5, when=("queue_mode", ("collect",))),
             ),
         ),
+        "redis": Section(
+            "`[redis]`",
+            (
+                Key("url", "string", _redis_url, REQUIRED),
+                Key(
+                    "namespace",
+                    "string",
+                    _string(pattern=_NAMESPACE, pattern_text="letters, digits, - _ . and :"),
+                    "zeroclaw",
+                ),
+                Key("partitions", "integer", _integer(1, 1024), 32),
+                Key("lease_ttl", "seconds", _number(0.5), 15.0),
+                Key("max_deliveries", "integer", _integer(1), 5),
+                Key("max_backlog", "integer", _integer(1), 1000),
+                Key("dedup_ttl", "seconds", _number(1.0), 86_400.0),
+            ),
+        ),
         "channels.webhook": Section(
             '`[channels.NAME]` with `kind = "webhook"`',
             (
@@ -627,9 +656,7 @@ PROCESSOR_FIELDS_NOT_IN_TOML: Final = frozenset(
     }
 )
 CIRCUIT_FIELDS_NOT_IN_TOML: Final = frozenset({"is_failure"})
-_TOP_LEVEL: Final = ("gateway", "processor", "provider", "channels")
-# Planned tables this version does not implement: refused with a reason, not "unknown key".
-_LATER: Final = {"redis": "scale-out on Redis is not available in this version"}
+_TOP_LEVEL: Final = ("gateway", "processor", "provider", "channels", "redis")
 
 
 # ---------------------------------------------------------------------------- the loader
@@ -797,6 +824,15 @@ class _Loader:
         return values
 
     # ------------------------------------------------------------ sections
+
+    def redis(self, document: Mapping[str, Any]) -> RedisSettings | None:
+        if "redis" not in document:
+            return None
+        table = self.table(document, "redis", ())
+        values = self.read(table, ("redis",), [SECTIONS["redis"]])
+        if _FAILED in values.values() or "url" not in values:
+            return None
+        return RedisSettings(**values)
 
     def server(self, document: Mapping[str, Any]) -> ServerSettings:
         values = self.read(self.table(document, "gateway", ()), ("gateway",), [SECTIONS["gateway"]])
@@ -1004,12 +1040,32 @@ class _Loader:
             options=MappingProxyType(options),
         )
 
+    def scale_out_channels(self, channels: Sequence[ChannelSettings]) -> None:
+        """What ``[redis]`` cannot serve: a sync-mode webhook (its HTTP answer would wait in the
+        receiving process for a reply another process makes), a channel that reads messages
+        itself (every process would poll the same bot, or read its own terminal)."""
+        for channel in channels:
+            if channel.kind == "terminal":
+                self.problem(
+                    ("channels", channel.name),
+                    "the terminal channel cannot be scaled out: [redis] serves HTTP channels",
+                )
+            elif channel.kind == "telegram" and channel.options.get("mode") != "webhook":
+                self.problem(
+                    ("channels", channel.name, "mode"),
+                    'must be "webhook" with [redis]: in polling mode every process would poll '
+                    "the same bot (Telegram serves one getUpdates at a time)",
+                )
+            elif channel.kind == "webhook" and not channel.options.get("callback_url"):
+                self.problem(
+                    ("channels", channel.name, "callback_url"),
+                    "required with [redis]: scale-out serves webhooks in async mode only "
+                    "(the reply is POSTed to the callback by whichever process answers)",
+                )
+
     def top_level(self, document: Mapping[str, Any]) -> None:
         for name in document:
             if name in _TOP_LEVEL:
-                continue
-            if name in _LATER:
-                self.problem((name,), _LATER[name])
                 continue
             homes = [
                 _table_name(sid) for sid, section in SECTIONS.items() if name in section.names()
@@ -1063,9 +1119,12 @@ def parse_config(
     processor = loader.processor(expanded)
     provider = loader.provider(expanded)
     channels = loader.channels(expanded)
+    redis = loader.redis(expanded)
+    if redis is not None:
+        loader.scale_out_channels(channels)
     if loader.problems or provider is None:
         raise ConfigError(loader.problems)
-    return GatewayConfig(server, processor, provider, channels, source)
+    return GatewayConfig(server, processor, provider, channels, source, redis)
 
 
 def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -> GatewayConfig:

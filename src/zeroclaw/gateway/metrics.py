@@ -275,6 +275,8 @@ class MetricSources:
     provider: Callable[[], ProviderStatsLike | None]
     channels: Callable[[], Mapping[str, ChannelCountersLike]]
     ledger: MessageLedger
+    #: Scale-out's figures (``ScaleOut.stats``); ``None`` without ``[redis]`` (no such families).
+    scale_out: Callable[[], ScaleOutStatsLike] | None = None
 
 
 class GatewayCollector:
@@ -304,6 +306,83 @@ class GatewayCollector:
         for name, counters in sorted(sources.channels().items()):
             failures.add_metric([name], counters.send_failures)
         yield failures
+        if sources.scale_out is not None:
+            yield from _scale_out(sources.scale_out())
+
+
+class ScaleOutStatsLike(Protocol):
+    """What the scale-out families read (``zeroclaw.backends.redis.ScaleOutStats``)."""
+
+    @property
+    def connected(self) -> bool: ...
+    @property
+    def partitions_owned(self) -> int: ...
+    @property
+    def pending(self) -> int: ...
+    @property
+    def lag(self) -> int: ...
+    @property
+    def redeliveries(self) -> int: ...
+    @property
+    def dead_letters(self) -> int: ...
+    @property
+    def lease_changes(self) -> int: ...
+    @property
+    def fenced_out(self) -> int: ...
+    @property
+    def in_doubt(self) -> int: ...
+
+
+def _scale_out(stats: ScaleOutStatsLike) -> Iterator[Metric]:
+    gauges = (
+        ("zeroclaw_redis_connected", "1 while the last Redis command succeeded.", stats.connected),
+        (
+            "zeroclaw_redis_partitions_owned",
+            "Partitions this process owns.",
+            stats.partitions_owned,
+        ),
+        (
+            "zeroclaw_redis_pending",
+            "Entries of the owned partitions handed out and not acknowledged.",
+            stats.pending,
+        ),
+        ("zeroclaw_redis_lag", "Entries of the owned partitions not handed out yet.", stats.lag),
+    )
+    for name, doc, value in gauges:
+        gauge = GaugeMetricFamily(name, doc)
+        gauge.add_metric([], float(value))
+        yield gauge
+    counters = (
+        (
+            "zeroclaw_redis_redeliveries",
+            "Entries read again after an earlier owner had them.",
+            stats.redeliveries,
+        ),
+        (
+            "zeroclaw_redis_dead_letters",
+            "Entries moved to a dead-letter stream.",
+            stats.dead_letters,
+        ),
+        (
+            "zeroclaw_redis_lease_changes",
+            "Partition leases acquired, released or lost.",
+            stats.lease_changes,
+        ),
+        (
+            "zeroclaw_redis_fenced_out",
+            "Replies not sent because the partition's lease had passed on.",
+            stats.fenced_out,
+        ),
+        (
+            "zeroclaw_redis_in_doubt",
+            "Replies sent although an earlier owner may have sent them (it died sending).",
+            stats.in_doubt,
+        ),
+    )
+    for name, doc, value in counters:
+        counter = CounterMetricFamily(name, doc)
+        counter.add_metric([], value)
+        yield counter
 
 
 def _pool_and_pipeline(stats: ProcessorStats | None) -> Iterator[Metric]:

@@ -42,16 +42,22 @@ class Keys:
         tag = f"{{{self.namespace}:p{index}}}"
         return f"{tag}:lease", f"{tag}:epoch"
 
-    def replied(self, message_key: str) -> str:
-        """The marker that the reply to one message went out."""
-        return f"{self.namespace}:replied:{message_key}"
+    def seen_in(self, index: int, dedup_key: str) -> str:
+        """The dedup claim of a message of partition ``index`` (its conversation's partition, so
+        every delivery of it names the same key), in the partition's hash tag: the ingress
+        script claims it and appends to the stream atomically."""
+        return f"{{{self.namespace}:p{index}}}:seen:{dedup_key}"
+
+    def replied(self, index: int, message_key: str) -> str:
+        """The marker of the reply to one message of partition ``index``: ``sending:<epoch>``
+        while it goes out, ``done`` once it went."""
+        return f"{{{self.namespace}:p{index}}}:replied:{message_key}"
+
+    def dead_letters(self, index: int) -> str:
+        """The stream of partition ``index``'s entries given up, each with its reason."""
+        return f"{{{self.namespace}:p{index}}}:dead"
 
     @property
     def members(self) -> str:
         """The processes alive: a sorted set of member id → heartbeat deadline (ms)."""
         return f"{self.namespace}:members"
-
-    @property
-    def dead_letters(self) -> str:
-        """The stream of entries given up, each with its reason."""
-        return f"{self.namespace}:dead"
