@@ -10,15 +10,14 @@ off, cannot answer after its successor began.
 
 Which member *should* own a partition is a pure function of the live members,
 :func:`assign_partitions`: rendezvous hashing (highest random weight: Thaler & Ravishankar) with
-a cap of ``ceil(partitions / N)`` per member (each partition goes to the highest-ranked member
-not yet full), so each of ``N`` members owns ``partitions / N`` rounded up or down, and a member
-joining or leaving moves few partitions besides its own.
+a share per member (each partition goes to the highest-ranked member whose share is not full),
+so each of ``N`` members owns ``partitions / N`` rounded down or up, and a member joining or
+leaving moves few partitions besides its own.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -68,16 +67,22 @@ return 0
 
 def assign_partitions(partitions: int, members: Sequence[str]) -> dict[int, str]:
     """Which member should own each of ``partitions`` among ``members`` (see the module
-    docstring); empty when there are no members. Pure: every process computes the same."""
+    docstring); empty when there are no members. Pure: every process computes the same.
+
+    Each member's share is ``partitions // N``, one more for the first ``partitions % N``
+    members in sorted order; each partition goes to the highest-ranked member whose share is
+    not full yet.
+    """
     if not members:
         return {}
-    cap = math.ceil(partitions / len(members))
-    load = dict.fromkeys(members, 0)
+    ordered = sorted(set(members))
+    share, extra = divmod(partitions, len(ordered))
+    room = {member: share + (1 if rank < extra else 0) for rank, member in enumerate(ordered)}
     owners: dict[int, str] = {}
     for partition in range(partitions):
-        ranked = sorted(members, key=lambda member: _weight(member, partition), reverse=True)
-        owner = next(member for member in ranked if load[member] < cap)
-        load[owner] += 1
+        ranked = sorted(ordered, key=lambda member: _weight(member, partition), reverse=True)
+        owner = next(member for member in ranked if room[member] > 0)
+        room[owner] -= 1
         owners[partition] = owner
     return owners
 

@@ -283,13 +283,17 @@ class ScaleOut:
         self._processor = processor
         self._dedup = dedup
         self._fenced = {c.name: FencedChannel(c, self) for c in channels}
-        self._leases = LeaseClient(self.client, self.keys, self.member, settings.lease_ttl)
+        self._tick = min(1.0, settings.lease_ttl / 5)
+        # A lease key lives one tick less than lease_ttl: the owner renews it every tick, so a
+        # dead owner's key is gone within lease_ttl - tick of its death, and the next owner,
+        # acting on its next tick, has taken over within lease_ttl.
+        self._key_ttl = settings.lease_ttl - self._tick
+        self._leases = LeaseClient(self.client, self.keys, self.member, self._key_ttl)
         self._ingress: Any = self.client.register_script(_INGRESS)
         self._before_send: Any = self.client.register_script(_BEFORE_SEND)
         self._after_send: Any = self.client.register_script(_AFTER_SEND)
         self._dead_letter: Any = self.client.register_script(_DEAD_LETTER)
         self._marker_ttl_ms = max(1, round(settings.dedup_ttl * 1000))
-        self._tick = min(1.0, settings.lease_ttl / 5)
         self._owned: dict[int, _Partition] = {}
         self._backlog = [0] * settings.partitions
         self._pending = 0
@@ -434,8 +438,9 @@ class ScaleOut:
                     _logger.exception("scale-out membership failed; retrying")
                 else:
                     self._redis_failed("membership", error)
-                if loop.time() - self._last_renewed > self.settings.lease_ttl:
-                    self._drop_all("its leases could not be renewed for a whole lease_ttl")
+                if loop.time() - self._last_renewed > self._key_ttl - self._tick:
+                    # Stop before the keys can have expired: another process may own them then.
+                    self._drop_all("its leases could not be renewed (Redis unreachable)")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _BACKOFF[1])
 

@@ -1,0 +1,254 @@
+"""Scale-out end to end: several ``zeroclaw serve`` processes, one real Redis, a real client.
+
+Each test gets a namespace of its own on the session's Redis (a process killed or a Redis
+restarted gets a private server). The webhook channel is in async mode: a message is answered
+202 once it is in Redis, and its reply is POSTed to the test's receiver by whichever process
+owns the conversation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.gateway_process import Served, until
+from tests.scale_out_world import (
+    Receiver,
+    post_message,
+    scale_out_config,
+    start_processes,
+    status_of,
+)
+
+pytestmark = pytest.mark.asyncio
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def namespace() -> str:
+    return f"zctest-{uuid.uuid4().hex[:10]}"
+
+
+async def owned_partitions(session: aiohttp.ClientSession, processes: list[Served]) -> list[int]:
+    owned: list[int] = []
+    for served in processes:
+        owned += (await status_of(session, served))["redis"]["owned"]
+    return sorted(owned)
+
+
+async def stop_all(processes: list[Served]) -> None:
+    for served in processes:
+        if served.process.returncode is None:
+            assert await served.stop() == 0, served.log()
+
+
+async def test_a_message_delivered_to_two_processes_is_answered_once(tmp_path: Path) -> None:
+    receiver = Receiver()
+    await receiver.start()
+    processes = await start_processes(
+        tmp_path, scale_out_config(REDIS_URL, namespace(), receiver), 2
+    )
+    try:
+        async with aiohttp.ClientSession() as session:
+            ids = [f"m{i}" for i in range(50)]
+            for index, message_id in enumerate(ids):
+                body = {"id": message_id, "sender": f"u{index % 5}", "content": f"hi {index}"}
+                first = await post_message(session, processes[0], body)
+                again = await post_message(session, processes[1], body)
+                assert (first, again) == (202, 200)
+            await until(lambda: len(receiver.replies()) >= len(ids), what="every reply")
+            # Give a duplicate reply the time to show up, if there were one: every process has
+            # nothing pending once each partition's backlog is 0.
+            await until(
+                lambda: _all_idle(session, processes), timeout=30, what="every partition idle"
+            )
+            assert sorted(receiver.replied_ids()) == sorted(ids)
+    finally:
+        await stop_all(processes)
+        await receiver.stop()
+
+
+async def _all_idle(session: aiohttp.ClientSession, processes: list[Served]) -> bool:
+    for served in processes:
+        redis = (await status_of(session, served))["redis"]
+        if redis["pending"] or redis["lag"]:
+            return False
+    return True
+
+
+async def test_partitions_are_spread_and_a_stopping_process_hands_them_over_at_once(
+    tmp_path: Path,
+) -> None:
+    receiver = Receiver()
+    await receiver.start()
+    # A long lease: a takeover within a few seconds can only come from the release.
+    config = scale_out_config(REDIS_URL, namespace(), receiver, partitions=12, lease_ttl=30.0)
+    processes = await start_processes(tmp_path, config, 3)
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def spread() -> bool:
+                counts = [
+                    (await status_of(session, s))["redis"]["partitions_owned"] for s in processes
+                ]
+                return counts == [4, 4, 4]
+
+            await until(spread, timeout=30, what="4 partitions each")
+            stopped = time.monotonic()
+            assert await processes[0].stop() == 0
+            survivors = processes[1:]
+
+            async def taken_over() -> bool:
+                return await owned_partitions(session, survivors) == list(range(12))
+
+            await until(taken_over, timeout=10, what="the survivors own every partition")
+            assert time.monotonic() - stopped < 10  # lease_ttl is 30 s
+            counts = [(await status_of(session, s))["redis"]["partitions_owned"] for s in survivors]
+            assert counts == [6, 6]
+    finally:
+        await stop_all(processes)
+        await receiver.stop()
+
+
+async def test_status_and_metrics_show_the_scale_out_figures(tmp_path: Path) -> None:
+    receiver = Receiver()
+    await receiver.start()
+    (served,) = await start_processes(
+        tmp_path, scale_out_config(REDIS_URL, namespace(), receiver, partitions=4), 1
+    )
+    try:
+        async with aiohttp.ClientSession() as session:
+            await until(
+                lambda: _owns(session, served, 4), timeout=30, what="all 4 partitions owned"
+            )
+            status = await post_message(session, served, {"sender": "a", "content": "x"})
+            assert status == 202
+            await until(lambda: len(receiver.replies()) == 1, what="the reply")
+            redis = (await status_of(session, served))["redis"]
+            assert redis["connected"] is True
+            assert redis["members"] == 1
+            assert redis["owned"] == [0, 1, 2, 3]
+            async with session.get(served.base + "/metrics") as response:
+                text = await response.text()
+            for line in (
+                "zeroclaw_redis_partitions_owned 4.0",
+                "zeroclaw_redis_connected 1.0",
+                "zeroclaw_redis_dead_letters_total 0.0",
+                "zeroclaw_redis_redeliveries_total 0.0",
+            ):
+                assert line in text.splitlines(), text
+            assert "zeroclaw_redis_lease_changes_total 4.0" in text.splitlines()
+            assert any(line.startswith("zeroclaw_redis_pending ") for line in text.splitlines())
+    finally:
+        await stop_all([served])
+        await receiver.stop()
+
+
+async def _owns(session: aiohttp.ClientSession, served: Served, count: int) -> bool:
+    return bool((await status_of(session, served))["redis"]["partitions_owned"] == count)
+
+
+async def test_redis_unreachable_refuses_and_stays_healthy(tmp_path: Path) -> None:
+    receiver = Receiver()
+    await receiver.start()
+    dead = "redis://127.0.0.1:1/0"  # nothing listens on port 1
+    (served,) = await start_processes(tmp_path, scale_out_config(dead, namespace(), receiver), 1)
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(
+                served.base + "/channels/web", json={"sender": "a", "content": "x"}
+            ) as response:
+                assert response.status == 503
+                assert (await response.json())["reason"] == "redis unavailable"
+                assert int(response.headers["Retry-After"]) >= 1
+            async with session.get(served.base + "/healthz") as response:
+                assert response.status == 200
+            redis = (await status_of(session, served))["redis"]
+            assert redis["connected"] is False
+            assert redis["refused"] == 1
+    finally:
+        await stop_all([served])
+        await receiver.stop()
+    assert "Redis unreachable" in served.log()
+
+
+async def test_three_processes_one_killed_mid_run_lose_nothing(tmp_path: Path) -> None:
+    """5 000 messages over 200 conversations, each conversation's messages sent in order;
+    one of three processes is SIGKILLed mid-run."""
+    conversations, per_conversation, lease_ttl = 200, 25, 3.0
+    total = conversations * per_conversation
+    receiver = Receiver()
+    await receiver.start()
+    config = scale_out_config(REDIS_URL, namespace(), receiver, partitions=16, lease_ttl=lease_ttl)
+    processes = await start_processes(tmp_path, config, 3)
+    victim, survivors = processes[0], processes[1:]
+    alive = list(processes)
+    accepted = 0
+    try:
+        async with aiohttp.ClientSession() as session:
+            await until(
+                lambda: _spread(session, processes, 16), timeout=30, what="partitions spread"
+            )
+
+            async def conversation(index: int) -> None:
+                nonlocal accepted
+                for turn in range(per_conversation):
+                    body = {"id": f"c{index}-{turn}", "sender": f"user{index}", "content": "go"}
+                    for attempt in range(50):
+                        target = alive[(index + turn + attempt) % len(alive)]
+                        status = await post_message(session, target, body, attempts=3)
+                        if status in (200, 202):
+                            break
+                    else:
+                        raise AssertionError(f"{body['id']} was never accepted")
+                    accepted += 1
+
+            senders = asyncio.gather(*(conversation(i) for i in range(conversations)))
+            await until(lambda: len(receiver.replies()) >= total * 0.4, timeout=120, what="40 %")
+            victim.process.send_signal(signal.SIGKILL)
+            alive.remove(victim)
+            killed_at = time.monotonic()
+            await victim.wait()
+
+            async def taken_over() -> bool:
+                return await owned_partitions(session, survivors) == list(range(16))
+
+            await until(taken_over, timeout=30, what="the survivors own every partition")
+            takeover = time.monotonic() - killed_at
+            await senders
+            await until(lambda: len(set(receiver.replied_ids())) >= total, timeout=180)
+            await until(lambda: _all_idle(session, survivors), timeout=60, what="idle")
+            in_doubt = 0
+            for served in survivors:
+                in_doubt += (await status_of(session, served))["redis"]["in_doubt"]
+    finally:
+        await stop_all(alive)
+        await receiver.stop()
+    ids = receiver.replied_ids()
+    expected = {f"c{i}-{t}" for i in range(conversations) for t in range(per_conversation)}
+    assert set(ids) == expected
+    duplicates = {message_id: n for message_id, n in Counter(ids).items() if n > 1}
+    # A reply the killed process was sending when it died may have gone out: the takeover
+    # sends it again and says so (in_doubt). Nothing else may be doubled.
+    assert len(duplicates) <= in_doubt, (duplicates, in_doubt)
+    for recipient, replied in receiver.by_recipient().items():
+        first_seen = list(dict.fromkeys(replied))
+        turns = [int(message_id.rsplit("-", 1)[1]) for message_id in first_seen]
+        assert turns == sorted(turns), (recipient, turns)
+    # Within the lease TTL, plus the time /status takes to show it on a loaded machine.
+    assert takeover <= lease_ttl + 1.0, takeover
+    print(f"takeover {takeover:.2f}s, in_doubt {in_doubt}, duplicates {len(duplicates)}")
+
+
+async def _spread(session: aiohttp.ClientSession, processes: list[Served], partitions: int) -> bool:
+    counts: list[int] = [
+        (await status_of(session, s))["redis"]["partitions_owned"] for s in processes
+    ]
+    return sum(counts) == partitions and min(counts) >= partitions // len(processes)
