@@ -115,7 +115,7 @@ class LeaseClient:
     async def heartbeat(self) -> list[str]:
         """Say this member is alive for one TTL; returns the live members, sorted."""
         members = await self._heartbeat(keys=[self._keys.members], args=[self.member, self._ttl_ms])
-        return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
+        return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
 
     async def leave(self) -> None:
         """Say this member is gone (its partitions' preferred owners change at once)."""
