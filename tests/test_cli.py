@@ -530,6 +530,34 @@ requests_per_second = 2.5
     assert lines[7] == "channels   terminal  terminal  stdin/stdout  allowed_users *"
 
 
+def test_check_shows_scale_out_with_the_password_masked(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(
+        tmp_path,
+        """
+[provider]
+kind = "echo"
+[redis]
+url = "redis://app:hunter2@redis.internal:6379/1"
+partitions = 8
+[channels.web]
+kind = "webhook"
+allowed_users = ["*"]
+callback_url = "http://127.0.0.1:9000/replies"
+""",
+    )
+    assert main(["check", "--config", path]) == 0
+    out = capsys.readouterr().out
+    assert "hunter2" not in out
+    lines = out.splitlines()
+    assert lines[5].startswith("           dedup on (gateway-wide in Redis, ttl 86400s, key ")
+    assert lines[6] == (
+        "redis      redis://app:****@redis.internal:6379/1  namespace zeroclaw  partitions 8"
+        "  lease_ttl 15s  max_deliveries 5  max_backlog 1000"
+    )
+
+
 def test_check_and_init_load_no_extra() -> None:
     """``check`` and ``init`` work without the gateway extra: importing the command loads none
     of its modules."""

@@ -18,6 +18,7 @@ import importlib
 import logging
 import os
 import sys
+import urllib.parse
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from types import ModuleType
@@ -400,6 +401,16 @@ def mask(secret: str | None) -> str:
     return f"****{tail} ({len(secret)} characters)"
 
 
+def _masked_url(url: str) -> str:
+    """``url`` with its password (if any) masked."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:****@{host}"))
+
+
 def _as_seconds(value: float | timedelta) -> float:
     return value.total_seconds() if isinstance(value, timedelta) else value
 
@@ -440,7 +451,12 @@ def describe(config: GatewayConfig) -> str:
         f"  admission {processor.admission}"
     )
     stages = []
-    if processor.enable_dedup:
+    if processor.enable_dedup and config.redis is not None:
+        stages.append(
+            f"dedup on (gateway-wide in Redis, ttl {_seconds(config.redis.dedup_ttl)}, "
+            f"key {processor.dedup_key})"
+        )
+    elif processor.enable_dedup:
         stages.append(f"dedup on (ttl {_seconds(processor.dedup_ttl)}, key {processor.dedup_key})")
     else:
         stages.append("dedup off")
@@ -455,6 +471,13 @@ def describe(config: GatewayConfig) -> str:
         stages.append("breaker off")
     stages.append(f"backpressure {'on' if processor.enable_backpressure else 'off'}")
     lines.append("           " + ", ".join(stages))
+    if config.redis is not None:
+        redis = config.redis
+        lines.append(
+            f"redis      {_masked_url(redis.url)}  namespace {redis.namespace}"
+            f"  partitions {redis.partitions}  lease_ttl {_seconds(redis.lease_ttl)}"
+            f"  max_deliveries {redis.max_deliveries}  max_backlog {redis.max_backlog}"
+        )
     width = max(len(channel.name) for channel in config.channels)
     for index, channel in enumerate(config.channels):
         label = "channels" if index == 0 else ""
