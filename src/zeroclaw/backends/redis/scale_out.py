@@ -104,8 +104,9 @@ return redis.call('XADD', KEYS[2], '*', unpack(fields))
 """
 
 # KEYS: lease, epoch, replied; ARGV: member, epoch, ttl_ms.
-# 'lost' (not our lease), 'done' (the reply went out already), 'doubt' (an earlier owner began
-# sending it), 'send'; for the last two the marker now says this epoch is sending.
+# 'lost' (not our lease), 'done' (the reply went out already), 'doubt' (an earlier attempt began
+# sending it and may have sent it), 'send'; for the last two the marker now says this epoch is
+# sending.
 _BEFORE_SEND = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] or redis.call('GET', KEYS[2]) ~= ARGV[2] then
   return 'lost'
@@ -113,7 +114,7 @@ end
 local marker = redis.call('GET', KEYS[3])
 if marker == 'done' then return 'done' end
 redis.call('SET', KEYS[3], 'sending:' .. ARGV[2], 'PX', ARGV[3])
-if marker and marker ~= ('sending:' .. ARGV[2]) then return 'doubt' end
+if marker then return 'doubt' end
 return 'send'
 """
 
@@ -176,14 +177,16 @@ class ScaleOutStats:
 class _Partition:
     """One partition this process owns: its epoch, its reader, its entries in flight."""
 
-    __slots__ = ("epoch", "in_flight", "index", "reader", "releasing")
+    __slots__ = ("epoch", "in_flight", "index", "reader", "reread")
 
     def __init__(self, index: int, epoch: int) -> None:
         self.index = index
         self.epoch = epoch
         self.reader: asyncio.Task[None] | None = None
         self.in_flight = 0
-        self.releasing = False
+        # Read the entries pending under the partition's consumer name before new ones: at
+        # first (an earlier owner's), and after a read or an answer that went wrong (ours).
+        self.reread = True
 
 
 class FencedChannel:
@@ -461,10 +464,13 @@ class ScaleOut:
                 epoch = await self._leases.acquire(index)
                 if epoch:
                     self._take(index, epoch)
+            elif owned is not None and preferred == self.member and owned.reader is None:
+                self._start_reader(owned)  # it was being handed over; it is ours again
             elif owned is not None and preferred not in (None, self.member):
-                owned.releasing = True
                 if owned.reader is not None:
                     owned.reader.cancel()
+                    owned.reader = None
+                    owned.reread = True
                 if owned.in_flight == 0:
                     await self._leases.release(index, owned.epoch)
                     del self._owned[index]
@@ -475,10 +481,13 @@ class ScaleOut:
         partition = _Partition(index, epoch)
         self._owned[index] = partition
         self._lease_changes += 1
-        partition.reader = asyncio.get_running_loop().create_task(
-            self._read(partition), name=f"redis:p{index}"
-        )
+        self._start_reader(partition)
         _logger.info("partition %d acquired (epoch %d)", index, epoch)
+
+    def _start_reader(self, partition: _Partition) -> None:
+        partition.reader = asyncio.get_running_loop().create_task(
+            self._read(partition), name=f"redis:p{partition.index}"
+        )
 
     def _lose(self, partition: _Partition, why: str) -> None:
         if self._owned.get(partition.index) is partition:
@@ -495,19 +504,19 @@ class ScaleOut:
     # ------------------------------------------------------------------ reading a partition
 
     async def _read(self, partition: _Partition) -> None:
-        """Hand the partition's entries to the processor in order: first those an earlier owner
-        took and never acknowledged, then new ones. Runs until cancelled."""
+        """Hand the partition's entries to the processor in order: first those taken under the
+        partition's consumer name and never acknowledged (an earlier owner's, or ours that
+        could not be answered), then new ones. Runs until cancelled."""
         stream = self.keys.partition(partition.index)
         consumer = f"p{partition.index}"
         delay = _BACKOFF[0]
-        pel_done = False
         while True:
             try:
                 await self._ensure_group(stream)
-                if not pel_done:
-                    await self._read_pending(partition, stream, consumer)
-                    pel_done = True
                 while True:
+                    if partition.reread:
+                        partition.reread = False
+                        await self._read_pending(partition, stream, consumer)
                     reply: Any = await self.client.xreadgroup(
                         GROUP, consumer, {stream: ">"}, count=_READ_COUNT, block=_BLOCK_MS
                     )
@@ -523,6 +532,8 @@ class ScaleOut:
                     _logger.exception("partition %d: reading failed; retrying", partition.index)
                 else:
                     self._redis_failed("read", error)
+                # A read whose reply was lost still handed its entries to our consumer name.
+                partition.reread = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _BACKOFF[1])
 
@@ -535,25 +546,32 @@ class ScaleOut:
                 raise
 
     async def _read_pending(self, partition: _Partition, stream: str, consumer: str) -> None:
-        """The entries an earlier owner of this partition took and never acknowledged, in
-        order, each with its delivery count."""
-        last = "0"
+        """The entries pending under the partition's consumer name that are not being answered
+        here now, in order, each claimed again (``XCLAIM``: that counts a delivery) and handed
+        over with its delivery count."""
+        start = "-"
         while True:
-            reply: Any = await self.client.xreadgroup(GROUP, consumer, {stream: last}, count=100)
-            entries: list[Any] = reply[0][1] if reply else []
-            if not entries:
-                return
-            first, final = _text(entries[0][0]), _text(entries[-1][0])
             described: Any = await self.client.xpending_range(
-                stream, GROUP, min=first, max=final, count=len(entries), consumername=consumer
+                stream, GROUP, min=start, max="+", count=100, consumername=consumer
             )
+            if not described:
+                return
             counts = {_text(p["message_id"]): int(p["times_delivered"]) for p in described}
-            for entry_id, fields in entries:
+            start = "(" + _text(described[-1]["message_id"])
+            wanted: list[Any] = [
+                entry
+                for entry in counts
+                if (partition.index, entry, partition.epoch) not in self._entries
+            ]
+            if not wanted:
+                continue
+            claimed: Any = await self.client.xclaim(stream, GROUP, consumer, 0, wanted)
+            payloads = {_text(entry_id): fields for entry_id, fields in claimed}
+            for entry in wanted:
+                if entry not in payloads:  # deleted from the stream: XCLAIM dropped it
+                    continue
                 self._redeliveries += 1
-                await self._hand_over(
-                    partition, stream, entry_id, fields, counts.get(_text(entry_id), 1)
-                )
-                last = _text(entry_id)
+                await self._hand_over(partition, stream, entry, payloads[entry], counts[entry] + 1)
 
     async def _hand_over(
         self,
@@ -688,8 +706,17 @@ class ScaleOut:
                 self._fenced_out += 1
             if failure is not None:
                 raise failure
+        except asyncio.CancelledError:
+            # Not acknowledged (Redis unreachable until the send timeout): read it again.
+            self._reread(ref)
+            raise
         finally:
             self._entry_done((ref.partition, ref.entry_id, ref.epoch))
+
+    def _reread(self, ref: EntryRef) -> None:
+        partition = self._owned.get(ref.partition)
+        if partition is not None and partition.epoch == ref.epoch:
+            partition.reread = True
 
     async def _retrying(self, command: Any) -> Any:
         """``await command()``, again after a backoff while Redis is unreachable (the caller's
