@@ -27,6 +27,7 @@ class Receiver:
 
     url: str = ""
     received: list[dict[str, Any]] = field(default_factory=list)
+    answered: set[str] = field(default_factory=set)
     runner: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -42,7 +43,10 @@ class Receiver:
             await self.runner.cleanup()
 
     async def handle(self, request: web.Request) -> web.Response:
-        self.received.append(await request.json())
+        payload = await request.json()
+        self.received.append(payload)
+        if payload.get("kind") == "reply":
+            self.answered.add(str(payload["id"]))
         return web.Response(status=204)
 
     def replies(self) -> list[dict[str, Any]]:
