@@ -74,6 +74,7 @@ def scale_out_config(
     extra_redis: str = "",
     extra_processor: str = "",
     extra_provider: str = "",
+    extra_channels: str = "",
 ) -> str:
     return f"""
 [gateway]
@@ -108,6 +109,7 @@ allowed_users = ["*"]
 callback_url = "{receiver.url}"
 callback_timeout = 5.0
 callback_retries = 5
+{extra_channels}
 """
 
 

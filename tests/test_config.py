@@ -314,9 +314,14 @@ BAD: list[tuple[str, str]] = [
     ),
     ("[redis]\nnamespace = 'zc'\n", "redis.url: required"),
     (
-        "[redis]\nurl = 'redis://h'\n",
-        "channels.web.callback_url: required with [redis]: scale-out serves webhooks in async "
-        "mode only (the reply is POSTed to the callback by whichever process answers)",
+        "[redis]\nurl = 'redis://h'\n[channels.tty]\nkind = 'terminal'\n",
+        "channels.tty: the terminal channel cannot be scaled out: [redis] serves HTTP channels",
+    ),
+    (
+        "[redis]\nurl = 'redis://h'\n[channels.tg]\nkind = 'telegram'\nbot_token = 'x'\n"
+        "allowed_users = ['*']\n",
+        'channels.tg.mode: must be "webhook" with [redis]: in polling mode every process would '
+        "poll the same bot (Telegram serves one getUpdates at a time)",
     ),
     (
         "[redis]\nurl = 'redis://h'\npartitions = 0\n",

@@ -27,6 +27,7 @@ from tests.scale_out_world import (
     start_processes,
     status_of,
 )
+from zeroclaw.backends.redis.codec import partition_of
 
 pytestmark = pytest.mark.asyncio
 
@@ -82,6 +83,38 @@ async def _all_idle(session: aiohttp.ClientSession, processes: list[Served]) -> 
         if redis["pending"] or redis["lag"]:
             return False
     return True
+
+
+async def test_a_sync_webhook_is_answered_by_whichever_process_owns_the_conversation(
+    tmp_path: Path,
+) -> None:
+    receiver = Receiver()
+    await receiver.start()
+    sync = '[channels.sync]\nkind = "webhook"\nallowed_users = ["*"]\n'
+    config = scale_out_config(REDIS_URL, namespace(), receiver, extra_channels=sync)
+    processes = await start_processes(tmp_path, config, 2)
+    try:
+        async with aiohttp.ClientSession() as session:
+            await until(lambda: _spread(session, processes, 8), timeout=30, what="spread")
+            elsewhere = set((await status_of(session, processes[1]))["redis"]["owned"])
+            senders = [f"user{i}" for i in range(40)]
+            relayed = [s for s in senders if partition_of(("sync", s), 8) in elsewhere]
+            assert relayed  # some conversations are owned by the other process
+
+            async def ask(sender: str) -> None:
+                body = {"sender": sender, "content": f"question of {sender}"}
+                async with session.post(
+                    processes[0].base + "/channels/sync", json=body
+                ) as response:
+                    answer = await response.json()
+                    assert response.status == 200, answer
+                    assert answer["status"] == "success"
+                    assert answer["reply"]
+
+            await asyncio.gather(*(ask(s) for s in senders))
+    finally:
+        await stop_all(processes)
+        await receiver.stop()
 
 
 async def test_partitions_are_spread_and_a_stopping_process_hands_them_over_at_once(
@@ -284,7 +317,8 @@ async def test_a_redis_restart_mid_run_loses_nothing(tmp_path: Path) -> None:
                             break
                         refused += 1
                         await asyncio.sleep(0.2)  # the client's own retry pace
-                    await until(lambda: body["id"] in receiver.answered, timeout=120)
+                    sent = str(body["id"])
+                    await until(lambda sent=sent: sent in receiver.answered, timeout=120)
 
             senders = asyncio.gather(*(conversation(i) for i in range(conversations)))
             await until(lambda: len(receiver.replies()) >= total * 0.3, timeout=60, what="30 %")

@@ -1041,9 +1041,8 @@ class _Loader:
         )
 
     def scale_out_channels(self, channels: Sequence[ChannelSettings]) -> None:
-        """What ``[redis]`` cannot serve: a sync-mode webhook (its HTTP answer would wait in the
-        receiving process for a reply another process makes), a channel that reads messages
-        itself (every process would poll the same bot, or read its own terminal)."""
+        """What ``[redis]`` cannot serve: a channel that reads messages itself (every process
+        would poll the same bot, or read its own terminal)."""
         for channel in channels:
             if channel.kind == "terminal":
                 self.problem(
@@ -1055,12 +1054,6 @@ class _Loader:
                     ("channels", channel.name, "mode"),
                     'must be "webhook" with [redis]: in polling mode every process would poll '
                     "the same bot (Telegram serves one getUpdates at a time)",
-                )
-            elif channel.kind == "webhook" and not channel.options.get("callback_url"):
-                self.problem(
-                    ("channels", channel.name, "callback_url"),
-                    "required with [redis]: scale-out serves webhooks in async mode only "
-                    "(the reply is POSTed to the callback by whichever process answers)",
                 )
 
     def top_level(self, document: Mapping[str, Any]) -> None:

@@ -1,7 +1,9 @@
 """A :class:`ChannelMessage` as a stream entry and back, and the names it is known by. Pure.
 
-An entry has three fields: ``m``, the message as JSON; ``k``, its dedup digest (the key of its
-claim and of its reply marker); ``r``, the member id of the process that received it.
+An entry has three fields, and a fourth for some: ``m``, the message as JSON; ``k``, its dedup
+digest (the key of its claim and of its reply marker); ``r``, the member id of the process that
+received it; ``w`` (``"1"``) when that process waits for the answer itself (a sync-mode webhook's
+HTTP request), so the owner relays the answer there.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ class EntryRef:
     entry_id: str
     epoch: int
     digest: str
+    #: The member waiting for the answer (it holds the request), when it is not the owner's to
+    #: send: ``None`` for a reply any process sends (a callback, a chat message).
+    relay_to: str | None = None
 
 
 def message_digest(*parts: str) -> str:
@@ -70,8 +75,11 @@ def _jsonable(metadata: Mapping[str, Any], message_id: str) -> dict[str, Any]:
     return kept
 
 
-def encode_entry(message: ChannelMessage, digest: str, member: str) -> dict[str, str]:
-    """The stream fields of ``message`` (see the module docstring)."""
+def encode_entry(
+    message: ChannelMessage, digest: str, member: str, *, waits: bool = False
+) -> dict[str, str]:
+    """The stream fields of ``message`` (see the module docstring); ``waits``: the receiving
+    process ``member`` holds the request the answer goes to."""
     body = {
         "id": message.id,
         "sender": message.sender,
@@ -82,7 +90,10 @@ def encode_entry(message: ChannelMessage, digest: str, member: str) -> dict[str,
         "thread_id": message.thread_id,
         "metadata": _jsonable(message.metadata, message.id),
     }
-    return {"m": json.dumps(body, ensure_ascii=False), "k": digest, "r": member}
+    fields = {"m": json.dumps(body, ensure_ascii=False), "k": digest, "r": member}
+    if waits:
+        fields["w"] = "1"
+    return fields
 
 
 def decode_entry(
@@ -97,7 +108,8 @@ def decode_entry(
         body = json.loads(fields[b"m"])
         digest = fields[b"k"].decode()
         metadata = dict(body.get("metadata") or {})
-        metadata[ENTRY_META] = EntryRef(partition, entry_id, epoch, digest)
+        relay_to = fields[b"r"].decode() if fields.get(b"w") == b"1" else None
+        metadata[ENTRY_META] = EntryRef(partition, entry_id, epoch, digest, relay_to)
         return ChannelMessage(
             id=str(body["id"]),
             sender=str(body["sender"]),

@@ -57,6 +57,10 @@ class Keys:
         """The stream of partition ``index``'s entries given up, each with its reason."""
         return f"{{{self.namespace}:p{index}}}:dead"
 
+    def relay(self, member: str) -> str:
+        """The pub/sub channel on which ``member`` takes the answers to requests it holds."""
+        return f"{self.namespace}:relay:{member}"
+
     @property
     def members(self) -> str:
         """The processes alive: a sorted set of member id → heartbeat deadline (ms)."""

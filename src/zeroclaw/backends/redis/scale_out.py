@@ -40,11 +40,13 @@ own them by then).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import os
 import socket
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -237,7 +239,12 @@ class FencedChannel:
         if not isinstance(ref, EntryRef):
             await self._send(message, result, text)
             return
-        await self._scale_out.answer(ref, lambda: self._send(message, result, text), text)
+        scale_out = self._scale_out
+        if ref.relay_to is not None and ref.relay_to != scale_out.member:
+            relay_to = ref.relay_to
+            await scale_out.answer(ref, lambda: scale_out.relay(relay_to, message, result, text))
+            return
+        await scale_out.answer(ref, lambda: self._send(message, result, text))
 
     async def _send(self, message: ChannelMessage, result: MessageResult, text: str | None) -> None:
         if self._deliver is not None:
@@ -342,6 +349,7 @@ class ScaleOut:
         self._tasks = [
             loop.create_task(self._membership(), name="redis:membership"),
             loop.create_task(self._refresh_stats(), name="redis:stats"),
+            loop.create_task(self._take_relays(), name="redis:relays"),
         ]
 
     def stop_reading(self) -> None:
@@ -402,7 +410,8 @@ class ScaleOut:
             digest = message_digest(channel.name, message.sender, "content", message.content)
         else:
             digest = message_digest(channel.name, message.sender, message.id)
-        fields = encode_entry(message, digest, self.member)
+        waits = bool(getattr(channel, "sync", False))  # its HTTP request waits here
+        fields = encode_entry(message, digest, self.member, waits=waits)
         args: list[str | int] = [self._marker_ttl_ms, 1 if self._dedup else 0]
         for name, value in fields.items():
             args += [name, value]
@@ -663,7 +672,7 @@ class ScaleOut:
 
     # ------------------------------------------------------------------ answering
 
-    async def answer(self, ref: EntryRef, send: Any, text: str | None) -> None:
+    async def answer(self, ref: EntryRef, send: Callable[[], Awaitable[None]]) -> None:
         """Send one entry's answer under its lease, then acknowledge it (see the module doc).
         Waits for Redis (retrying while it is unreachable) and the send.
 
@@ -734,6 +743,84 @@ class ScaleOut:
                 continue
             self._redis_ok("reply")
             return result
+
+    # ------------------------------------------------------------------ relays
+
+    async def relay(
+        self, member: str, message: ChannelMessage, result: MessageResult, text: str | None
+    ) -> None:
+        """Hand an answer to ``member``, the process holding the request it goes to (a sync
+        webhook's). Waits for one round trip. Raises redis-py's errors when Redis is
+        unreachable; a member that is gone (its request went with it) is only logged."""
+        error = result.error
+        payload = {
+            "channel": message.channel,
+            "id": message.id,
+            "sender": message.sender,
+            "reply_target": message.reply_target,
+            "thread_id": message.thread_id,
+            "kind": result.kind.value,
+            "text": text,
+            "value": result.value,
+            "error": None if error is None else [type(error).__name__, str(error)],
+            "retry_after": getattr(error, "retry_after", None),
+            "merged_into": result.merged_into,
+        }
+        taken = await self.client.publish(self.keys.relay(member), json.dumps(payload))
+        if not taken:
+            _logger.info(
+                "the answer to message %r is not relayed: %s, which held its request, is gone",
+                message.id,
+                member,
+            )
+
+    async def _take_relays(self) -> None:
+        """Take the answers other owners relay to requests this process holds, and give each to
+        its channel's ``deliver``. Runs until cancelled; resubscribes after a lost
+        connection."""
+        delay = _BACKOFF[0]
+        while True:
+            pubsub = self.client.pubsub()
+            try:
+                await pubsub.subscribe(self.keys.relay(self.member))
+                delay = _BACKOFF[0]
+                while True:
+                    relayed = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if relayed is not None:
+                        await self._relayed(relayed["data"])
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                if not _is_redis_error(error):
+                    _logger.exception("taking relayed answers failed; retrying")
+                else:
+                    self._redis_failed("relay", error)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _BACKOFF[1])
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    async def _relayed(self, data: bytes) -> None:
+        try:
+            payload = json.loads(data)
+            fenced = self._fenced.get(payload["channel"])
+            deliver = getattr(fenced.inner, "deliver", None) if fenced is not None else None
+            if deliver is None:
+                _logger.warning("relayed answer for unknown channel %r", payload["channel"])
+                return
+            message = ChannelMessage(
+                id=payload["id"],
+                sender=payload["sender"],
+                content="",
+                channel=payload["channel"],
+                timestamp=0.0,
+                reply_target=payload["reply_target"],
+                thread_id=payload["thread_id"],
+            )
+            await deliver(message, _result_of(payload), payload["text"])
+        except Exception:
+            _logger.exception("a relayed answer could not be delivered")
 
     # ------------------------------------------------------------------ figures
 
@@ -830,6 +917,29 @@ class ScaleOut:
             f"<ScaleOut {self.member} namespace={self.settings.namespace!r} "
             f"owned={len(self._owned)}/{self.settings.partitions}>"
         )
+
+
+_ERROR_TYPES: dict[str, type[Exception]] = {}
+
+
+def _result_of(payload: Mapping[str, Any]) -> MessageResult:
+    """The :class:`MessageResult` a relay describes; its error, when it has one, is an exception
+    of the same class name and text (what a sync webhook's answer shows)."""
+    kind = MessageResultKind(payload["kind"])
+    error: BaseException | None = None
+    described = payload.get("error")
+    if kind is MessageResultKind.REJECTED:
+        reason = described[1] if described else "refused"
+        error = Rejected(reason, retry_after=payload.get("retry_after"))
+    elif described:
+        name, text = str(described[0]), str(described[1])
+        cls = _ERROR_TYPES.get(name)
+        if cls is None:
+            cls = _ERROR_TYPES[name] = type(name, (Exception,), {})
+        error = cls(text)
+    return MessageResult(
+        kind, value=payload.get("value"), error=error, merged_into=payload.get("merged_into")
+    )
 
 
 def _text(value: bytes | str) -> str:
