@@ -49,6 +49,9 @@ class Receiver:
             self.answered.add(str(payload["id"]))
         return web.Response(status=204)
 
+    def has_answered(self, message_id: str) -> bool:
+        return message_id in self.answered
+
     def replies(self) -> list[dict[str, Any]]:
         return [r for r in self.received if r.get("kind") == "reply"]
 

@@ -9,6 +9,7 @@ owns the conversation.
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 import time
 import uuid
@@ -317,8 +318,7 @@ async def test_a_redis_restart_mid_run_loses_nothing(tmp_path: Path) -> None:
                             break
                         refused += 1
                         await asyncio.sleep(0.2)  # the client's own retry pace
-                    sent = str(body["id"])
-                    await until(lambda sent=sent: sent in receiver.answered, timeout=120)
+                    await until(functools.partial(receiver.has_answered, str(body["id"])), 120)
 
             senders = asyncio.gather(*(conversation(i) for i in range(conversations)))
             await until(lambda: len(receiver.replies()) >= total * 0.3, timeout=60, what="30 %")
