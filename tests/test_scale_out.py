@@ -443,3 +443,21 @@ async def test_a_refusal_at_the_owner_is_answered_with_a_notice(db: Db) -> None:
         assert text == node.processor.notices.unavailable
     finally:
         await node.close()
+
+
+def test_a_relayed_result_keeps_its_kind_error_and_retry_after() -> None:
+    from zeroclaw.backends.redis.scale_out import _result_of
+    from zeroclaw.concurrency.errors import Rejected
+
+    failed = _result_of({"kind": "failed", "error": ["ProviderError", "503 from upstream"]})
+    assert failed.kind is MessageResultKind.FAILED
+    assert f"{type(failed.error).__name__}: {failed.error}" == "ProviderError: 503 from upstream"
+    refused = _result_of(
+        {"kind": "rejected", "error": ["Rejected", "circuit open"], "retry_after": 4.0}
+    )
+    assert isinstance(refused.error, Rejected)
+    assert (str(refused.error), refused.error.retry_after) == ("circuit open", 4.0)
+    merged = _result_of({"kind": "merged", "merged_into": "m9"})
+    assert (merged.kind, merged.merged_into, merged.error) == (MessageResultKind.MERGED, "m9", None)
+    ok = _result_of({"kind": "success", "value": "hi"})
+    assert (ok.ok, ok.value) == (True, "hi")
