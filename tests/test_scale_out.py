@@ -226,6 +226,8 @@ async def start_node(db: Db, *, partitions: int = 2, hold: bool = False, **setti
 
     async def handler(message: ChannelMessage) -> str:
         await release.wait()
+        if message.content == "fail":
+            raise RuntimeError("the provider failed")
         return f"re: {message.content}"
 
     processor = ConcurrentMessageProcessor(
@@ -461,3 +463,20 @@ def test_a_relayed_result_keeps_its_kind_error_and_retry_after() -> None:
     assert (merged.kind, merged.merged_into, merged.error) == (MessageResultKind.MERGED, "m9", None)
     ok = _result_of({"kind": "success", "value": "hi"})
     assert (ok.ok, ok.value) == (True, "hi")
+
+
+async def test_a_failed_message_can_be_delivered_again(db: Db) -> None:
+    node = await start_node(db, partitions=1)
+    try:
+        web = node.channel
+        first = await node.scale_out.submit(web, msg("f1", "fail", channel="web"))
+        assert first.kind is AdmissionKind.ACCEPTED
+        await until(lambda: len(node.channel.delivered) == 1)
+        assert node.channel.delivered[0][1].kind is MessageResultKind.FAILED
+        seen = Keys(db.namespace).seen_in(0, message_digest("web", "alice", "f1"))
+        assert not await db.client.exists(seen)
+        again = await node.scale_out.submit(web, msg("f1", "fail", channel="web"))
+        assert again.kind is AdmissionKind.ACCEPTED  # as the in-memory dedup forgets a failure
+        await until(lambda: len(node.channel.delivered) == 2)
+    finally:
+        await node.close()

@@ -83,6 +83,14 @@ _logger = logging.getLogger("zeroclaw.redis")
 
 #: The consumer group every partition stream is read through.
 GROUP = "workers"
+_UNSUCCESSFUL = frozenset(
+    {
+        MessageResultKind.FAILED,
+        MessageResultKind.TIMEOUT,
+        MessageResultKind.CANCELLED,
+        MessageResultKind.REJECTED,
+    }
+)
 # Entries read from a stream at a time, per partition.
 _READ_COUNT = 16
 # How long a read waits for new entries, ms: also how soon a reader notices it should stop.
@@ -120,11 +128,14 @@ if marker then return 'doubt' end
 return 'send'
 """
 
-# KEYS: lease, epoch, replied, stream; ARGV: member, epoch, ttl_ms, group, entry id, sent (1/0).
-# The reply went out (sent = 1): marked done whoever owns the lease now (it is true). The entry is
-# acknowledged only under our lease: 1 acknowledged, 0 fenced out.
+# KEYS: lease, epoch, replied, stream, seen; ARGV: member, epoch, ttl_ms, group, entry id,
+# sent (1/0), forget (1/0). The reply went out (sent = 1): marked done whoever owns the lease now
+# (it is true). forget = 1 (the message ended without success): its dedup claim is released, so a
+# redelivery is processed again, as the in-memory dedup does. The entry is acknowledged only
+# under our lease: 1 acknowledged, 0 fenced out.
 _AFTER_SEND = """
 if ARGV[6] == '1' then redis.call('SET', KEYS[3], 'done', 'PX', ARGV[3]) end
+if ARGV[7] == '1' then redis.call('DEL', KEYS[5]) end
 if redis.call('GET', KEYS[1]) ~= ARGV[1] or redis.call('GET', KEYS[2]) ~= ARGV[2] then
   return 0
 end
@@ -240,11 +251,17 @@ class FencedChannel:
             await self._send(message, result, text)
             return
         scale_out = self._scale_out
+        # Merged and interrupted messages were answered by another turn: as good as success.
+        succeeded = result.kind not in _UNSUCCESSFUL
         if ref.relay_to is not None and ref.relay_to != scale_out.member:
             relay_to = ref.relay_to
-            await scale_out.answer(ref, lambda: scale_out.relay(relay_to, message, result, text))
+            await scale_out.answer(
+                ref,
+                lambda: scale_out.relay(relay_to, message, result, text),
+                succeeded=succeeded,
+            )
             return
-        await scale_out.answer(ref, lambda: self._send(message, result, text))
+        await scale_out.answer(ref, lambda: self._send(message, result, text), succeeded=succeeded)
 
     async def _send(self, message: ChannelMessage, result: MessageResult, text: str | None) -> None:
         if self._deliver is not None:
@@ -672,14 +689,19 @@ class ScaleOut:
 
     # ------------------------------------------------------------------ answering
 
-    async def answer(self, ref: EntryRef, send: Callable[[], Awaitable[None]]) -> None:
-        """Send one entry's answer under its lease, then acknowledge it (see the module doc).
-        Waits for Redis (retrying while it is unreachable) and the send.
+    async def answer(
+        self, ref: EntryRef, send: Callable[[], Awaitable[None]], *, succeeded: bool = True
+    ) -> None:
+        """Send one entry's answer under its lease, then acknowledge it (see the module doc);
+        ``succeeded=False`` (the message failed, timed out, was refused or cancelled) also
+        releases its dedup claim. Waits for Redis (retrying while it is unreachable) and the
+        send.
 
         Raises what ``send()`` raises, after the entry was acknowledged.
         """
         lease, epoch = self.keys.lease(ref.partition)
         replied = self.keys.replied(ref.partition, ref.digest)
+        seen = self.keys.seen_in(ref.partition, ref.digest)
         fence = [self.member, ref.epoch]
         try:
             verdict = await self._retrying(
@@ -707,8 +729,15 @@ class ScaleOut:
             stream = self.keys.partition(ref.partition)
             acked = await self._retrying(
                 lambda: self._after_send(
-                    keys=[lease, epoch, replied, stream],
-                    args=[*fence, self._marker_ttl_ms, GROUP, ref.entry_id, 1 if sent else 0],
+                    keys=[lease, epoch, replied, stream, seen],
+                    args=[
+                        *fence,
+                        self._marker_ttl_ms,
+                        GROUP,
+                        ref.entry_id,
+                        1 if sent else 0,
+                        0 if succeeded else 1,
+                    ],
                 )
             )
             if not acked:
