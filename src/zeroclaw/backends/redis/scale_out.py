@@ -130,12 +130,15 @@ return 'send'
 
 # KEYS: lease, epoch, replied, stream, seen; ARGV: member, epoch, ttl_ms, group, entry id,
 # sent (1/0), forget (1/0). The reply went out (sent = 1): marked done whoever owns the lease now
-# (it is true). forget = 1 (the message ended without success): its dedup claim is released, so a
-# redelivery is processed again, as the in-memory dedup does. The entry is acknowledged only
-# under our lease: 1 acknowledged, 0 fenced out.
+# (it is true). forget = 1 (the message ended without success): its dedup claim and reply marker
+# are dropped instead, so a redelivery is processed and answered again, as with the in-memory
+# dedup. The entry is acknowledged only under our lease: 1 acknowledged, 0 fenced out.
 _AFTER_SEND = """
-if ARGV[6] == '1' then redis.call('SET', KEYS[3], 'done', 'PX', ARGV[3]) end
-if ARGV[7] == '1' then redis.call('DEL', KEYS[5]) end
+if ARGV[7] == '1' then
+  redis.call('DEL', KEYS[5], KEYS[3])
+elseif ARGV[6] == '1' then
+  redis.call('SET', KEYS[3], 'done', 'PX', ARGV[3])
+end
 if redis.call('GET', KEYS[1]) ~= ARGV[1] or redis.call('GET', KEYS[2]) ~= ARGV[2] then
   return 0
 end
