@@ -252,10 +252,14 @@ def delete_matching(url: str, pattern: str) -> int:
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The url of the Redis the session's tests share (see the module docstring)."""
+    found: tuple[str, RedisServer | None] | str
     try:
-        url, server = session_redis(url_from(os.environ), tmp_path_factory.mktemp("redis"))
+        found = session_redis(url_from(os.environ), tmp_path_factory.mktemp("redis"))
     except NoRedis as missing:
-        pytest.fail(str(missing), pytrace=False)
+        found = str(missing)  # failed outside the except block: no chained traceback
+    if isinstance(found, str):
+        pytest.fail(found, pytrace=False)
+    url, server = found
     try:
         yield url
     finally:
