@@ -9,6 +9,9 @@ The install compiles the hot modules with mypyc, and Python imports a compiled m
 its ``.py`` file, so an edited source would go untested until the next build: the run stops at
 once if a module compiled in this source tree (an editable install) is older than its source.
 The header says which build runs.
+
+The Redis fixtures (``redis_url``, ``namespace``, ``redis_client``, ``private_redis``) live in
+``tests/redis_support.py``; importing them here gives them to every module.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import pathlib
 import pytest
 from hypothesis import settings
 
+from tests.redis_support import namespace, private_redis, redis_client, redis_url  # noqa: F401
 from zeroclaw.concurrency._mypyc import compiled_modules
 
 settings.register_profile("deterministic", derandomize=True, database=None)

@@ -31,6 +31,7 @@ CONTRACT: dict[str, set[str]] = {
         "DedupStrategy",
         "Deduplicator",
     },
+    "zeroclaw.concurrency.dedup_store": {"DedupStore", "MemoryDedupStore"},
     "zeroclaw.concurrency.backpressure": {
         "AdaptiveLimiter",
         "AdaptiveLimiterStats",

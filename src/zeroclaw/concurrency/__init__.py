@@ -22,6 +22,7 @@ from zeroclaw.concurrency.circuit_breaker import (
     CircuitConfig,
     CircuitState,
 )
+from zeroclaw.concurrency.dedup_store import DedupStore, MemoryDedupStore
 from zeroclaw.concurrency.deduplicator import (
     DedupKey,
     Deduplicator,
@@ -62,8 +63,10 @@ __all__ = [
     "ConcurrencyError",
     "DedupKey",
     "DedupStats",
+    "DedupStore",
     "DedupStrategy",
     "Deduplicator",
+    "MemoryDedupStore",
     "Overloaded",
     "Permit",
     "PoolClosed",

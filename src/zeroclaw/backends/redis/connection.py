@@ -15,6 +15,10 @@ MISSING_EXTRA = (
 # A command that takes longer than this is an unreachable server, not a slow one: every command
 # we send is O(1) or O(log n) on the server.
 SOCKET_TIMEOUT = 5.0
+# Connections one client opens at most; further commands wait for a free one (up to the socket
+# timeout). redis-py's default pool raises MaxConnectionsError (a ConnectionError, so it would
+# read as "Redis is down") beyond 100 commands in flight, which a burst of messages reaches.
+MAX_CONNECTIONS = 64
 
 
 def redis_module() -> Any:
@@ -26,19 +30,28 @@ def redis_module() -> Any:
     return redis.asyncio
 
 
-def connect(url: str, *, socket_timeout: float = SOCKET_TIMEOUT) -> Redis:
+def connect(
+    url: str, *, socket_timeout: float = SOCKET_TIMEOUT, max_connections: int = MAX_CONNECTIONS
+) -> Redis:
     """A client for ``url`` (``redis://host:port/db``). Does not connect yet (the first command
     does); replies are ``bytes``.
+
+    Commands sent together share at most ``max_connections`` connections; beyond that a command
+    waits up to ``socket_timeout`` for one, then raises redis' ``ConnectionError``. No command is
+    retried: a retried ``SET NX`` whose first reply was lost would read as somebody else's claim.
 
     Raises:
         ImportError: the ``redis`` extra is not installed (the message says how to get it).
         ValueError: ``url`` is not a Redis url.
     """
     module = redis_module()
-    client: Redis = module.Redis.from_url(
+    pool = module.BlockingConnectionPool.from_url(
         url,
+        max_connections=max_connections,
+        timeout=socket_timeout,
         socket_timeout=socket_timeout,
         socket_connect_timeout=socket_timeout,
         health_check_interval=10,
     )
+    client: Redis = module.Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
     return client
