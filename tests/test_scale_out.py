@@ -2,7 +2,8 @@
 reply scripts, and a :class:`ScaleOut` in front of a real processor (dead letters, fencing, reply
 markers, backlog, trimming).
 
-Each test has a namespace of its own on the session's Redis; keys are deleted afterwards.
+Each test has a namespace of its own on the session's Redis (tests/redis_support.py); its keys
+are deleted afterwards.
 """
 
 from __future__ import annotations
@@ -10,8 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.helpers import DeliveringFakeChannel, UnusedProvider, msg
-from zeroclaw.backends.redis import Keys, connect
+from zeroclaw.backends.redis import Keys
 from zeroclaw.backends.redis.codec import (
     ENTRY_META,
     EntryRef,
@@ -40,8 +40,6 @@ from zeroclaw.concurrency.channel_integration import (
     MessageProcessorConfig,
     MessageResultKind,
 )
-
-REDIS_URL = "redis://127.0.0.1:6379/0"
 
 # ---------------------------------------------------------------------------- pure parts
 
@@ -136,19 +134,12 @@ class Db:
 
     client: Any
     namespace: str
+    url: str
 
 
 @pytest_asyncio.fixture
-async def db() -> AsyncIterator[Db]:
-    client = connect(REDIS_URL)
-    namespace = f"zctest-{uuid.uuid4().hex[:10]}"
-    try:
-        yield Db(client, namespace)
-    finally:
-        keys = [key async for key in client.scan_iter(match=f"*{namespace}*")]
-        if keys:
-            await client.delete(*keys)
-        await client.aclose()
+async def db(redis_client: Any, namespace: str, redis_url: str) -> Db:
+    return Db(redis_client, namespace, redis_url)
 
 
 async def until(condition: Callable[[], bool | Awaitable[bool]], timeout: float = 15.0) -> None:
@@ -236,7 +227,7 @@ async def start_node(db: Db, *, partitions: int = 2, hold: bool = False, **setti
     channel = DeliveringFakeChannel("web")
     scale_out = ScaleOut(
         RedisSettings(
-            url=REDIS_URL,
+            url=db.url,
             namespace=db.namespace,
             partitions=partitions,
             lease_ttl=settings.pop("lease_ttl", 2.0),

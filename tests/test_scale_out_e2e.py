@@ -12,7 +12,6 @@ import asyncio
 import functools
 import signal
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -32,12 +31,6 @@ from zeroclaw.backends.redis.codec import partition_of
 
 pytestmark = pytest.mark.asyncio
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
-
-
-def namespace() -> str:
-    return f"zctest-{uuid.uuid4().hex[:10]}"
-
 
 async def owned_partitions(session: aiohttp.ClientSession, processes: list[Served]) -> list[int]:
     owned: list[int] = []
@@ -52,12 +45,12 @@ async def stop_all(processes: list[Served]) -> None:
             assert await served.stop() == 0, served.log()
 
 
-async def test_a_message_delivered_to_two_processes_is_answered_once(tmp_path: Path) -> None:
+async def test_a_message_delivered_to_two_processes_is_answered_once(
+    tmp_path: Path, redis_url: str, namespace: str
+) -> None:
     receiver = Receiver()
     await receiver.start()
-    processes = await start_processes(
-        tmp_path, scale_out_config(REDIS_URL, namespace(), receiver), 2
-    )
+    processes = await start_processes(tmp_path, scale_out_config(redis_url, namespace, receiver), 2)
     try:
         async with aiohttp.ClientSession() as session:
             ids = [f"m{i}" for i in range(50)]
@@ -87,12 +80,12 @@ async def _all_idle(session: aiohttp.ClientSession, processes: list[Served]) -> 
 
 
 async def test_a_sync_webhook_is_answered_by_whichever_process_owns_the_conversation(
-    tmp_path: Path,
+    tmp_path: Path, redis_url: str, namespace: str
 ) -> None:
     receiver = Receiver()
     await receiver.start()
     sync = '[channels.sync]\nkind = "webhook"\nallowed_users = ["*"]\n'
-    config = scale_out_config(REDIS_URL, namespace(), receiver, extra_channels=sync)
+    config = scale_out_config(redis_url, namespace, receiver, extra_channels=sync)
     processes = await start_processes(tmp_path, config, 2)
     try:
         async with aiohttp.ClientSession() as session:
@@ -119,12 +112,12 @@ async def test_a_sync_webhook_is_answered_by_whichever_process_owns_the_conversa
 
 
 async def test_partitions_are_spread_and_a_stopping_process_hands_them_over_at_once(
-    tmp_path: Path,
+    tmp_path: Path, redis_url: str, namespace: str
 ) -> None:
     receiver = Receiver()
     await receiver.start()
     # A long lease: a takeover within a few seconds can only come from the release.
-    config = scale_out_config(REDIS_URL, namespace(), receiver, partitions=12, lease_ttl=30.0)
+    config = scale_out_config(redis_url, namespace, receiver, partitions=12, lease_ttl=30.0)
     processes = await start_processes(tmp_path, config, 3)
     try:
         async with aiohttp.ClientSession() as session:
@@ -152,11 +145,13 @@ async def test_partitions_are_spread_and_a_stopping_process_hands_them_over_at_o
         await receiver.stop()
 
 
-async def test_status_and_metrics_show_the_scale_out_figures(tmp_path: Path) -> None:
+async def test_status_and_metrics_show_the_scale_out_figures(
+    tmp_path: Path, redis_url: str, namespace: str
+) -> None:
     receiver = Receiver()
     await receiver.start()
     (served,) = await start_processes(
-        tmp_path, scale_out_config(REDIS_URL, namespace(), receiver, partitions=4), 1
+        tmp_path, scale_out_config(redis_url, namespace, receiver, partitions=4), 1
     )
     try:
         async with aiohttp.ClientSession() as session:
@@ -190,11 +185,13 @@ async def _owns(session: aiohttp.ClientSession, served: Served, count: int) -> b
     return bool((await status_of(session, served))["redis"]["partitions_owned"] == count)
 
 
-async def test_redis_unreachable_refuses_and_stays_healthy(tmp_path: Path) -> None:
+async def test_redis_unreachable_refuses_and_stays_healthy(
+    tmp_path: Path, redis_url: str, namespace: str
+) -> None:
     receiver = Receiver()
     await receiver.start()
     dead = "redis://127.0.0.1:1/0"  # nothing listens on port 1
-    (served,) = await start_processes(tmp_path, scale_out_config(dead, namespace(), receiver), 1)
+    (served,) = await start_processes(tmp_path, scale_out_config(dead, namespace, receiver), 1)
     try:
         async with aiohttp.ClientSession() as session:
             async with session.post(
@@ -214,14 +211,16 @@ async def test_redis_unreachable_refuses_and_stays_healthy(tmp_path: Path) -> No
     assert "Redis unreachable" in served.log()
 
 
-async def test_three_processes_one_killed_mid_run_lose_nothing(tmp_path: Path) -> None:
+async def test_three_processes_one_killed_mid_run_lose_nothing(
+    tmp_path: Path, redis_url: str, namespace: str
+) -> None:
     """5 000 messages over 200 conversations, each conversation's messages sent in order;
     one of three processes is SIGKILLed mid-run."""
     conversations, per_conversation, lease_ttl = 200, 25, 3.0
     total = conversations * per_conversation
     receiver = Receiver()
     await receiver.start()
-    config = scale_out_config(REDIS_URL, namespace(), receiver, partitions=16, lease_ttl=lease_ttl)
+    config = scale_out_config(redis_url, namespace, receiver, partitions=16, lease_ttl=lease_ttl)
     processes = await start_processes(tmp_path, config, 3)
     victim, survivors = processes[0], processes[1:]
     alive = list(processes)
@@ -289,18 +288,19 @@ async def _spread(session: aiohttp.ClientSession, processes: list[Served], parti
     return sum(counts) == partitions and min(counts) >= partitions // len(processes)
 
 
-async def test_a_redis_restart_mid_run_loses_nothing(tmp_path: Path) -> None:
+async def test_a_redis_restart_mid_run_loses_nothing(
+    tmp_path: Path, namespace: str, private_redis: RedisServer
+) -> None:
     """A private, durable Redis (AOF, fsync always) is SIGKILLed mid-run and started again:
     processing resumes and every accepted message is answered, in order. Each conversation
     sends its next message once the previous one was answered, as a chat user does, so
     messages keep arriving through the outage."""
     conversations, per_conversation = 60, 10
     total = conversations * per_conversation
-    server = RedisServer(tmp_path / "redis")
-    server.start()
+    server = private_redis
     receiver = Receiver()
     await receiver.start()
-    config = scale_out_config(server.url, namespace(), receiver, partitions=8, lease_ttl=3.0)
+    config = scale_out_config(server.url, namespace, receiver, partitions=8, lease_ttl=3.0)
     processes = await start_processes(tmp_path, config, 2)
     try:
         async with aiohttp.ClientSession() as session:
@@ -341,7 +341,6 @@ async def test_a_redis_restart_mid_run_loses_nothing(tmp_path: Path) -> None:
     finally:
         await stop_all(processes)
         await receiver.stop()
-        await asyncio.to_thread(server.stop)
     ids = receiver.replied_ids()
     assert set(ids) == {f"c{i}-{t}" for i in range(conversations) for t in range(per_conversation)}
     duplicates = {message_id: n for message_id, n in Counter(ids).items() if n > 1}

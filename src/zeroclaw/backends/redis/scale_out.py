@@ -58,7 +58,7 @@ from zeroclaw.backends.redis.codec import (
     message_digest,
     partition_of,
 )
-from zeroclaw.backends.redis.connection import connect, redis_module
+from zeroclaw.backends.redis.connection import MAX_CONNECTIONS, connect, redis_module
 from zeroclaw.backends.redis.keys import Keys
 from zeroclaw.backends.redis.leases import LeaseClient, assign_partitions
 from zeroclaw.backends.redis.settings import RedisSettings
@@ -307,7 +307,13 @@ class ScaleOut:
         redis_module()
         self.settings = settings
         self.keys = Keys(settings.namespace)
-        self.client: Redis = client if client is not None else connect(settings.url)
+        # Each owned partition's reader holds a connection while it blocks, the relay
+        # subscription one more: room for every partition besides the usual commands.
+        self.client: Redis = (
+            client
+            if client is not None
+            else connect(settings.url, max_connections=settings.partitions + MAX_CONNECTIONS)
+        )
         self._own_client = client is None
         self.member = member or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._processor = processor
