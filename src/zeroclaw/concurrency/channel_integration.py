@@ -25,6 +25,7 @@ pool; lanes waiting for room are served most urgent first, then in the order the
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import heapq
 import inspect
@@ -52,6 +53,7 @@ from zeroclaw.concurrency.circuit_breaker import (
     CircuitConfig,
     CircuitState,
 )
+from zeroclaw.concurrency.dedup_store import DedupStore
 from zeroclaw.concurrency.deduplicator import DedupKey, Deduplicator, DedupStats
 from zeroclaw.concurrency.errors import PoolClosed, Rejected
 from zeroclaw.concurrency.worker_pool import (
@@ -323,6 +325,17 @@ def _message_id_key(channel: str, message: ChannelMessage) -> str:
 
 def _content_key(channel: str, message: ChannelMessage) -> str:
     return _scoped_key(channel, message.sender, DedupKey.content_hash(message.content))
+
+
+def _dedup_key_function(
+    dedup_key: Literal["message_id", "content"] | Callable[[str, ChannelMessage], DedupKey | str],
+) -> Callable[[str, ChannelMessage], DedupKey | str]:
+    """The function a configuration's ``dedup_key`` names."""
+    if dedup_key == "message_id":
+        return _message_id_key
+    if dedup_key == "content":
+        return _content_key
+    return dedup_key
 
 
 def _conversation_key(channel: str, message: ChannelMessage) -> Hashable:
@@ -778,13 +791,8 @@ class MessageProcessor:
         )
         # Without backpressure, this still bounds what a processor holds.
         self._hard_limit = config.worker_pool_size + config.task_queue_size
-        dedup_key = config.dedup_key
-        self._dedup_key: Callable[[str, ChannelMessage], DedupKey | str] = (
-            _message_id_key
-            if dedup_key == "message_id"
-            else _content_key
-            if dedup_key == "content"
-            else dedup_key
+        self._dedup_key: Callable[[str, ChannelMessage], DedupKey | str] = _dedup_key_function(
+            config.dedup_key
         )
         # The configuration's functions and timeout are read once, here (the per-message path).
         self._processing_timeout = config.processing_timeout
@@ -1642,10 +1650,20 @@ class ConcurrentMessageProcessor:
         interrupt_command: a message whose content is exactly this (``"/stop"``) first cancels
             its conversation's running turn (INTERRUPTED), then is admitted like any message
             (its handler answers it). ``None`` (the default): no command.
+        dedup_store: an async :class:`~zeroclaw.concurrency.DedupStore` that takes the place of
+            the processor's in-memory deduplicator (which is then not made): each message's
+            dedup key (the configuration's ``dedup_key``) is claimed there before admission, a
+            duplicate is not admitted, and the claim is released when admission refuses the
+            message or it ends without success (so a redelivery is processed), as the in-memory
+            one does. A Redis store (``zeroclaw.backends.redis.dedup.RedisDedupStore``) makes
+            several processes one dedup. Ignored stage settings are said: with a store,
+            ``enable_dedup`` must be ``True`` (``ValueError`` otherwise: a store and no dedup
+            contradict each other).
 
     Raises:
         TypeError: an argument of the wrong type (a ``handler`` that is not an async function).
-        ValueError: a ``listener_backoff`` or timeout out of range.
+        ValueError: a ``listener_backoff`` or timeout out of range; a ``dedup_store`` with
+            ``enable_dedup=False``.
     """
 
     def __init__(
@@ -1664,8 +1682,16 @@ class ConcurrentMessageProcessor:
         handler: Handler | None = None,
         clock: Clock | None = None,
         interrupt_command: str | None = None,
+        dedup_store: DedupStore | None = None,
     ) -> None:
         self.config = config if config is not None else MessageProcessorConfig()
+        if dedup_store is not None and not self.config.enable_dedup:
+            raise ValueError(
+                "dedup_store is given but the config has enable_dedup=False: give one or the other"
+            )
+        self.dedup_store = dedup_store
+        self._store_key = _dedup_key_function(self.config.dedup_key)
+        self._store_releases: set[asyncio.Task[None]] = set()
         self.interrupt_command = interrupt_command
         self.model = model
         self.temperature = temperature
@@ -1756,8 +1782,11 @@ class ConcurrentMessageProcessor:
             return
         provider_name = getattr(provider, "name", type(provider).__name__)
         breaker = self.breakers.get_or_create(f"{provider_name}:{self.model}")
+        config = self.config
+        if self.dedup_store is not None:  # the store dedups in its place
+            config = dataclasses.replace(config, enable_dedup=False)
         processor = self._processor = MessageProcessor(
-            self.config, breaker=breaker, clock=self._clock, name="gateway"
+            config, breaker=breaker, clock=self._clock, name="gateway"
         )
         stop = self._stop_requested = asyncio.Event()
         model, temperature = self.model, self.temperature
@@ -1843,10 +1872,38 @@ class ConcurrentMessageProcessor:
         try:
             if self.interrupt_command is not None:
                 self._maybe_interrupt(processor, channel, message)
+            if self.dedup_store is not None:
+                return await self._admit_claimed(processor, channel, message, handler)
             return await processor.process_message(channel, message, handler)
         except Exception:
             tally.admission_errors += 1
             raise
+
+    def _store_key_of(self, channel_name: str, message: ChannelMessage) -> str:
+        key = self._store_key(channel_name, message)
+        return key.digest if isinstance(key, DedupKey) else key
+
+    async def _admit_claimed(
+        self,
+        processor: MessageProcessor,
+        channel: Channel,
+        message: ChannelMessage,
+        handler: Handler,
+    ) -> Admission:
+        """Claim the message in the dedup store, then admit it; a refusal (or an error, or a
+        cancellation) releases the claim."""
+        store = cast(DedupStore, self.dedup_store)
+        key = self._store_key_of(channel.name, message)
+        if not await store.claim(key):
+            return _DUPLICATE
+        try:
+            admission = await processor.process_message(channel, message, handler)
+        except BaseException:
+            await asyncio.shield(store.release(key))
+            raise
+        if admission.kind is AdmissionKind.REJECTED:
+            await store.release(key)
+        return admission
 
     @staticmethod
     async def _all_ended(
@@ -1944,7 +2001,10 @@ class ConcurrentMessageProcessor:
         try:
             if self.interrupt_command is not None:
                 self._maybe_interrupt(processor, channel, message)
-            admission = await processor.process_message(channel, message, handler)
+            if self.dedup_store is not None:
+                admission = await self._admit_claimed(processor, channel, message, handler)
+            else:
+                admission = await processor.process_message(channel, message, handler)
         except Exception as error:
             tally.admission_errors += 1
             if self._admission_log.admit():
@@ -1990,7 +2050,19 @@ class ConcurrentMessageProcessor:
                 text = None  # the turn that merged or superseded it answers the conversation
             else:
                 text = notices.cancelled
+            if self.dedup_store is not None and kind in _RELEASED_KINDS:
+                self._release_claim(channel.name, message)
             self._answer(channel, message, result, text)
+
+    def _release_claim(self, channel_name: str, message: ChannelMessage) -> None:
+        """Release ``message``'s claim in the dedup store, in the background (an error there
+        is logged: the redelivery would then be taken for a duplicate until the TTL ends)."""
+        store = cast(DedupStore, self.dedup_store)
+        task = asyncio.get_running_loop().create_task(
+            _release(store, self._store_key_of(channel_name, message), message.id)
+        )
+        self._store_releases.add(task)
+        task.add_done_callback(self._store_releases.discard)
 
     def _answer(
         self, channel: Channel, message: ChannelMessage, result: MessageResult, text: str | None
@@ -2091,7 +2163,10 @@ class ConcurrentMessageProcessor:
 
     async def _finish_sends(self) -> None:
         """After the drain: let the sends still running finish within a grace period (one
-        ``send_timeout``), then cancel the rest (each is counted and logged as a send failure)."""
+        ``send_timeout``), then cancel the rest (each is counted and logged as a send failure).
+        Claims being released in the dedup store are waited for too."""
+        if self._store_releases:
+            await asyncio.gather(*self._store_releases, return_exceptions=True)
         if not self._sends:
             return
         grace = self._send_timeout if self._send_timeout is not None else _GRACE_CAP
@@ -2151,6 +2226,29 @@ class ConcurrentMessageProcessor:
     def circuit_breaker_stats(self) -> dict[str, CircuitBreakerStats]:
         """One entry per provider and model (``"<provider>:<model>"``)."""
         return self.breakers.all_stats()
+
+
+# Results after which a message's dedup claim is given back (the in-memory dedup forgets them).
+_RELEASED_KINDS = frozenset(
+    {
+        MessageResultKind.FAILED,
+        MessageResultKind.TIMEOUT,
+        MessageResultKind.CANCELLED,
+        MessageResultKind.REJECTED,
+    }
+)
+
+
+async def _release(store: DedupStore, key: str, message_id: str) -> None:
+    try:
+        await store.release(key)
+    except Exception as error:
+        _logger.warning(
+            "the dedup claim of message %r could not be released: %s: %s",
+            message_id,
+            type(error).__name__,
+            error,
+        )
 
 
 def _backoff_bounds(listener_backoff: object) -> tuple[float, float]:
