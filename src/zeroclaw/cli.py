@@ -67,6 +67,10 @@ kind = "echo"           # replies with the message itself: try the gateway witho
 # api_key = "${OPENAI_API_KEY}"             # "" for Ollama: no Authorization header
 # model = "gpt-4o-mini"
 
+# Several `zeroclaw serve` processes as one gateway, sharing a Redis (docs/scale-out.md):
+# [redis]
+# url = "redis://127.0.0.1:6379/0"
+
 [channels.web]
 kind = "webhook"        # POST /channels/web  {"sender": "alice", "content": "hello"}
 allowed_users = ["*"]   # senders whose messages are processed: "*" everyone, [] nobody
