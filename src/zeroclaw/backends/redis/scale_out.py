@@ -95,6 +95,10 @@ _UNSUCCESSFUL = frozenset(
 _READ_COUNT = 16
 # How long a read waits for new entries, ms: also how soon a reader notices it should stop.
 _BLOCK_MS = 1000
+# How often an owner looks again at its partitions' pending entries, seconds: one a read handed
+# to its consumer name but whose reply was lost, or that a former owner's late read put there
+# after this one took over, is answered within this.
+_PENDING_SCAN = 10.0
 # Backoff after a Redis error, first and longest, seconds.
 _BACKOFF = (0.1, 2.0)
 # How often acknowledged entries are trimmed, in stats refreshes.
@@ -193,13 +197,15 @@ class ScaleOutStats:
 class _Partition:
     """One partition this process owns: its epoch, its reader, its entries in flight."""
 
-    __slots__ = ("epoch", "in_flight", "index", "reader", "reread")
+    __slots__ = ("epoch", "handing_over", "in_flight", "index", "last_scan", "reader", "reread")
 
     def __init__(self, index: int, epoch: int) -> None:
         self.index = index
         self.epoch = epoch
         self.reader: asyncio.Task[None] | None = None
         self.in_flight = 0
+        self.handing_over = False  # given to another member: released once its reader is done
+        self.last_scan = 0.0
         # Read the entries pending under the partition's consumer name before new ones: at
         # first (an earlier owner's), and after a read or an answer that went wrong (ours).
         self.reread = True
@@ -499,14 +505,20 @@ class ScaleOut:
                 epoch = await self._leases.acquire(index)
                 if epoch:
                     self._take(index, epoch)
-            elif owned is not None and preferred == self.member and owned.reader is None:
-                self._start_reader(owned)  # it was being handed over; it is ours again
+            elif owned is not None and preferred == self.member and owned.handing_over:
+                owned.handing_over = False  # given back before it was released: read on
+                if owned.reader is None or owned.reader.done():
+                    self._start_reader(owned)
             elif owned is not None and preferred not in (None, self.member):
-                if owned.reader is not None:
-                    owned.reader.cancel()
-                    owned.reader = None
-                    owned.reread = True
-                if owned.in_flight == 0:
+                owned.handing_over = True
+                reader = owned.reader
+                if reader is not None and not reader.done():
+                    # Python 3.11's asyncio.wait_for (inside redis-py's sends) can swallow a
+                    # cancellation: the reader also stops by itself once it sees handing_over.
+                    # The lease goes only once it is done, so nothing it reads lands in the
+                    # pending entries after the successor has read them.
+                    reader.cancel()
+                elif owned.in_flight == 0:
                     await self._leases.release(index, owned.epoch)
                     del self._owned[index]
                     self._lease_changes += 1
@@ -544,13 +556,15 @@ class ScaleOut:
         could not be answered), then new ones. Runs until cancelled."""
         stream = self.keys.partition(partition.index)
         consumer = f"p{partition.index}"
+        loop = asyncio.get_running_loop()
         delay = _BACKOFF[0]
-        while True:
+        while self._should_read(partition):
             try:
                 await self._ensure_group(stream)
-                while True:
-                    if partition.reread:
+                while self._should_read(partition):
+                    if partition.reread or loop.time() - partition.last_scan > _PENDING_SCAN:
                         partition.reread = False
+                        partition.last_scan = loop.time()
                         await self._read_pending(partition, stream, consumer)
                     reply: Any = await self.client.xreadgroup(
                         GROUP, consumer, {stream: ">"}, count=_READ_COUNT, block=_BLOCK_MS
@@ -560,6 +574,7 @@ class ScaleOut:
                     for _stream, entries in reply or ():
                         for entry_id, fields in entries:
                             await self._hand_over(partition, stream, entry_id, fields, 1)
+                return
             except asyncio.CancelledError:
                 raise
             except Exception as error:
@@ -571,6 +586,16 @@ class ScaleOut:
                 partition.reread = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _BACKOFF[1])
+
+    def _should_read(self, partition: _Partition) -> bool:
+        """Whether ``partition``'s reader goes on: it is still owned here, under this object,
+        and neither a drain nor a hand-over began (checked as well as the reader's
+        cancellation, which a read can swallow)."""
+        return (
+            self._reading
+            and not partition.handing_over
+            and self._owned.get(partition.index) is partition
+        )
 
     async def _ensure_group(self, stream: str) -> None:
         redis = redis_module()
