@@ -7,9 +7,9 @@ provider (``history_turns = 0``), processor sizes large enough that the processo
 ``callback_url`` is a receiver served by this process (aiohttp). The scale-out configurations add
 ``[redis]`` (32 partitions) with a namespace of their own per round; its keys are deleted after
 the round (``SCAN``). A round starts the processes, waits until every partition is owned and
-spread, sends a warm-up batch (not timed), then ``N`` messages with unique ids over 500
-conversations from ``C`` concurrent posters spreading their POSTs round-robin over the processes
-(a 429/503 is retried after its ``Retry-After``, capped at 0.1 s), and stops the processes.
+spread, sends a warm-up batch (not timed), then ``N`` messages (6 000; quick: 1 500) with unique
+ids over 500 conversations from 64 concurrent posters spreading their POSTs round-robin over the
+processes (a 429/503 is retried after its ``Retry-After``, capped at 0.1 s), and stops them.
 
 Throughput is ``N`` / (first POST → last reply callback, ``"kind": "reply"``); latency is the time
 from a message's first POST to its reply's arrival at the receiver (p50, p99). Rounds alternate
