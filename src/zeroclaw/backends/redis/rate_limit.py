@@ -38,6 +38,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+from zeroclaw.backends.redis.connection import raise_if_cancelled
 from zeroclaw.backends.redis.keys import Keys
 from zeroclaw.concurrency import RateLimiter
 from zeroclaw.concurrency._validate import to_positive_number, to_seconds, to_timeout
@@ -217,6 +218,8 @@ class RedisRateLimiter:
                     exc,
                 )
             return None
+        # A grant taken for a caller cancelled meanwhile is spent, as in the core limiter.
+        raise_if_cancelled()
         if not self._shared:
             self._shared = True
             _log.warning("rate limit %r: Redis answers again; the limit is shared", self.name)
