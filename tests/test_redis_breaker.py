@@ -410,3 +410,15 @@ def test_two_processes_share_the_trip_and_one_probe(namespace: str) -> None:
     assert results["a"]["won"] + results["b"]["won"] == 1, results  # one probe, one process
     assert [results[r]["probed"] for r in ("a", "b")].count(True) == 1, results
     assert results["a"]["state"] == results["b"]["state"] == "Closed", results
+
+
+async def test_aclose_stops_the_loop_whenever_it_is_called(
+    namespace: str, clients: list[Redis]
+) -> None:
+    # redis-py can finish a command in flight despite the cancel: the loop must stop anyway.
+    for i in range(60):
+        proc = Process(clients[i % 2], namespace, f"p{i}")
+        proc.decision.start()
+        for _ in range(i % 5):
+            await asyncio.sleep(0.001)
+        await asyncio.wait_for(proc.decision.aclose(), BOUND)

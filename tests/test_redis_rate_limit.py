@@ -306,3 +306,19 @@ async def test_the_limit_is_shared_again_once_redis_answers(
     assert sum("unreachable" in m for m in messages) == 1
     assert sum("answers again" in m for m in messages) == 1
     assert rl.stats().fallbacks == 1
+
+
+async def test_a_cancelled_acquire_is_cancelled_even_if_its_command_completed(
+    namespace: str, client: Redis
+) -> None:
+    # redis-py can finish a command in flight despite the cancel; the caller must not go on.
+    rl = limiter(client, namespace, rate=1e6, burst=1e6)
+    cancelled = 0
+    for i in range(200):
+        call = asyncio.create_task(rl.acquire())
+        await asyncio.sleep(0.0001 * (i % 8))  # lands before, during or after the round trip
+        if call.cancel():
+            await asyncio.wait((call,))
+            assert call.cancelled()
+            cancelled += 1
+    assert cancelled > 0
