@@ -50,9 +50,10 @@ Usage (the loop must run for anything to be shared)::
         ...  # use ``breaker`` as usual
 
 or ``decision.start()`` / ``await decision.aclose()``, or run ``await decision.run()`` in a task of
-your own. The idea of sharing only the "open until" and a single probe lease, not the counts,
-follows the distributed breakers that put the state, not the statistics, in a shared store
-(resilience4j's and Polly's breakers are per process; their users share the decision).
+your own. Sources: one probe per open period is Polly's rule (as the core breaker cites it); the
+probe key is the ``SET key value NX PX ttl`` lock of the Redis ``SET`` documentation, with the
+owner checked in a script before it is deleted; counting outcomes locally and sharing only the
+decision is this module's choice (see the first paragraph).
 """
 
 from __future__ import annotations
