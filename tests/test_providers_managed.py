@@ -11,6 +11,8 @@ import asyncio
 import json
 import logging
 import random
+import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 
 import pytest
@@ -29,6 +31,8 @@ from tests.fakes.openai_server import (
     truncated,
     unavailable,
 )
+from zeroclaw.backends.redis import Keys, connect
+from zeroclaw.backends.redis.rate_limit import RedisRateLimiter
 from zeroclaw.concurrency._clock import Cancellable
 from zeroclaw.concurrency.channel_integration import Provider
 from zeroclaw.providers import (
@@ -449,6 +453,151 @@ async def test_without_a_rate_the_limiter_is_pause_only(clock: SteppingClock) ->
     await asyncio.gather(*(ask(provider) for _ in range(50)))
     assert backend.called_at == [0.0] * 50
     assert provider.rate_limiter.rate == PAUSE_ONLY_RATE
+
+
+# -- a rate limit shared with other processes -----------------------------------------------------
+
+
+class FakeShared:
+    """A shared rate limit that records what it is asked, and when (on the provider's clock).
+
+    ``gate``, when set, holds every ``acquire`` until it is opened; ``broken`` makes ``pause``
+    raise as an unreachable server would.
+    """
+
+    def __init__(self, provider_clock: FakeClock) -> None:
+        self.clock = provider_clock
+        self.events: list[tuple[str, float]] = []
+        self.local_grants_seen: list[int] = []
+        self.provider: ManagedProvider | None = None
+        self.gate: asyncio.Event | None = None
+        self.broken = False
+
+    async def acquire(self, tokens: float = 1) -> None:
+        assert self.provider is not None
+        self.local_grants_seen.append(self.provider.rate_limiter.stats().granted_count)
+        if self.gate is not None:
+            await self.gate.wait()
+        self.events.append(("acquire", self.clock.now()))
+
+    async def pause(self, seconds: float) -> None:
+        if self.broken:
+            raise ConnectionError("redis is gone")
+        self.events.append(("pause", seconds))
+
+    async def paused_for(self) -> float:
+        return 0.0
+
+
+def with_shared(backend: Scripted, clock: FakeClock, **kwargs: object) -> ManagedProvider:
+    shared = FakeShared(clock)
+    provider = ManagedProvider(backend, clock=clock, shared_rate_limit=shared, **kwargs)  # type: ignore[arg-type]
+    shared.provider = provider
+    return provider
+
+
+def shared_of(provider: ManagedProvider) -> FakeShared:
+    shared = provider.shared_rate_limit
+    assert isinstance(shared, FakeShared)
+    return shared
+
+
+async def test_each_attempt_takes_a_shared_token_after_the_local_one(clock: SteppingClock) -> None:
+    backend = Scripted(clock, ProviderError(503, None, "busy"), ProviderError(503, None, "busy"))
+    provider = with_shared(backend, clock, rng=FixedRandom(0.5))
+    assert await ask(provider) == "hello"
+    shared = shared_of(provider)
+    # One shared token per attempt, each right after that attempt's local token.
+    assert shared.local_grants_seen == [1, 2, 3]
+    assert [at for kind, at in shared.events if kind == "acquire"] == backend.called_at
+
+
+async def test_a_retry_after_pauses_the_shared_limit_too(clock: SteppingClock) -> None:
+    backend = Scripted(
+        clock,
+        ProviderError(429, "rate_limit_exceeded", "slow", retry_after=3.0),
+        ProviderError(429, "rate_limit_exceeded", "slow", retry_after=500.0),
+    )
+    provider = with_shared(backend, clock)
+    assert await ask(provider) == "hello"
+    pauses = [value for kind, value in shared_of(provider).events if kind == "pause"]
+    assert pauses == [3.0, 60.0]  # cut to the longest pause, as the local one
+    assert backend.called_at == near(0.0, 3.0 + AFTER_PAUSE, 63.0 + 2 * AFTER_PAUSE)
+
+
+async def test_a_backoff_without_retry_after_does_not_pause_the_shared_limit(
+    clock: SteppingClock,
+) -> None:
+    provider = with_shared(Scripted(clock, ProviderError(503, None, "busy")), clock)
+    assert await ask(provider) == "hello"
+    assert [kind for kind, _ in shared_of(provider).events] == ["acquire", "acquire"]
+
+
+async def test_a_shared_pause_that_fails_is_logged_and_the_provider_error_stands(
+    clock: SteppingClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    error = ProviderError(429, "rate_limit_exceeded", "slow", retry_after=2.0)
+    provider = with_shared(Scripted(clock, error), clock, max_retries=0)
+    shared_of(provider).broken = True
+    with (
+        caplog.at_level(logging.WARNING, logger="zeroclaw.providers.managed"),
+        pytest.raises(ProviderError) as raised,
+    ):
+        await ask(provider)
+    assert raised.value is error
+    assert provider.stats().paused_for == 2.0  # the local pause holds this process
+    assert any("shared rate limit could not be paused" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_call_cancelled_waiting_for_a_shared_token_gives_its_permit_back() -> None:
+    clock = FakeClock()
+    backend = Scripted(clock)
+    provider = with_shared(backend, clock)
+    shared_of(provider).gate = asyncio.Event()
+    call = asyncio.create_task(ask(provider))
+    await settle()
+    assert provider.limiter.inflight == 1
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert provider.limiter.inflight == 0
+    assert backend.called_at == []
+    assert provider.stats().cancelled == 1
+
+
+async def test_without_a_shared_limit_nothing_changes(clock: SteppingClock) -> None:
+    provider = ManagedProvider(Scripted(clock), clock=clock)
+    assert provider.shared_rate_limit is None
+    assert await ask(provider) == "hello"
+
+
+async def test_a_429_in_one_process_pauses_the_other_through_redis() -> None:
+    """Two providers with limiters of their own on two connections (two processes, as far as
+    the limit can tell): the Retry-After one of them gets holds the other's next call."""
+    namespace = f"test-managed-{uuid.uuid4().hex}"
+    clients = [connect("redis://127.0.0.1:6379/0") for _ in range(2)]
+    limits = [
+        RedisRateLimiter(client, Keys(namespace), "openai", rate=100, burst=10)
+        for client in clients
+    ]
+    error = ProviderError(429, "rate_limit_exceeded", "slow", retry_after=0.5)
+    first = ManagedProvider(
+        Scripted(FakeClock(), error), max_retries=0, shared_rate_limit=limits[0]
+    )
+    second = ManagedProvider(EchoBackend(), shared_rate_limit=limits[1])
+    try:
+        with pytest.raises(ProviderError):
+            await ask(first)
+        assert 0.3 < await limits[1].paused_for() <= 0.5
+        started = time.monotonic()
+        assert await ask(second) == "hello"
+        assert time.monotonic() - started >= 0.3
+        assert limits[1].stats().shared
+    finally:
+        async for key in clients[0].scan_iter(match=f"*{namespace}*"):
+            await clients[0].delete(key)
+        for client in clients:
+            await client.aclose()
 
 
 # -- the adaptive limiter ----------------------------------------------------------------------

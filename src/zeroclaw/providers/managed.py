@@ -24,6 +24,11 @@ pause ends the bucket is empty and refills at the configured rate (the limiter's
 ``requests_per_second = 0`` the limiter still exists, at a rate no provider reaches
 (:data:`PAUSE_ONLY_RATE`, burst as large): it limits nothing and is there to be paused.
 
+Scale-out: with ``shared_rate_limit`` (a :class:`SharedRateLimit`, e.g. the Redis-backed
+:class:`~zeroclaw.backends.redis.rate_limit.RedisRateLimiter`) each attempt also takes a token of
+the limit shared by every process, right before the request and after the local one, and every
+``Retry-After`` pause is also given to it: a 429 seen by one process pauses all of them.
+
 The adaptive limiter sees each attempt: its latency as the signal, a 429 (not quota), a 503 or a
 timeout as a drop (the limit halves); other failures and cancellations tell nothing about load and
 are ignored.
@@ -37,6 +42,7 @@ import random
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from zeroclaw.concurrency import AdaptiveLimiter, AdaptiveLimiterStats, RateLimiter
 from zeroclaw.concurrency._clock import Clock, resolve_clock
@@ -56,6 +62,7 @@ __all__ = [
     "PAUSE_ONLY_RATE",
     "ManagedProvider",
     "ProviderStats",
+    "SharedRateLimit",
     "backoff_ceiling",
 ]
 
@@ -80,6 +87,24 @@ def backoff_ceiling(retry: int) -> float:
     """The upper bound of the jittered wait before retry ``retry`` (0-based), a pure function:
     ``min(8, 0.5 * 2**retry)`` seconds."""
     return min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** min(retry, 64))
+
+
+class SharedRateLimit(Protocol):
+    """A rate limit shared with other processes (``shared_rate_limit=`` of
+    :class:`ManagedProvider`): :class:`~zeroclaw.backends.redis.rate_limit.RedisRateLimiter`
+    is one."""
+
+    async def acquire(self, tokens: float = 1) -> None:
+        """Wait until ``tokens`` are granted."""
+        ...
+
+    async def pause(self, seconds: float) -> None:
+        """Grant nothing, in any process, for ``seconds``."""
+        ...
+
+    async def paused_for(self) -> float:
+        """Seconds left of the shared pause."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +141,11 @@ class ManagedProvider:
 
     ``ManagedProvider(backend, *, max_retries=2, requests_per_second=0.0, max_concurrency=16,
     clock=None, rng=None, limiter_mode="gradient", target_latency_ms=None, name=None,
-    limiter_window=20)``.
+    limiter_window=20, shared_rate_limit=None)``.
+
+    ``shared_rate_limit``: a :class:`SharedRateLimit` every attempt also takes a token from
+    (after the local limiter, right before the request) and every ``Retry-After`` pauses too;
+    ``None`` (the default): the limits are this process's alone.
 
     The adaptive limiter runs in ``limiter_mode``: ``"gradient"`` (the default) starts at
     ``min(4, max_concurrency)`` and steers to 1.5 x the provider's learned no-load latency
@@ -150,6 +179,7 @@ class ManagedProvider:
         "_rate",
         "_retries",
         "_rng",
+        "_shared",
         "_successes",
         "max_concurrency",
         "max_retries",
@@ -170,8 +200,10 @@ class ManagedProvider:
         target_latency_ms: float | None = None,
         name: str | None = None,
         limiter_window: int = 20,
+        shared_rate_limit: SharedRateLimit | None = None,
     ) -> None:
         self._backend = backend
+        self._shared = shared_rate_limit
         self.max_retries = to_count(max_retries, what="max_retries")
         self.requests_per_second = to_positive_number(
             requests_per_second, what="requests_per_second", allow_zero=True
@@ -225,6 +257,11 @@ class ManagedProvider:
     def rate_limiter(self) -> RateLimiter:
         """The provider-wide rate limiter (paused by every ``Retry-After``)."""
         return self._rate
+
+    @property
+    def shared_rate_limit(self) -> SharedRateLimit | None:
+        """The rate limit shared with other processes, if one was given."""
+        return self._shared
 
     @property
     def limiter(self) -> AdaptiveLimiter:
@@ -286,6 +323,8 @@ class ManagedProvider:
         permit = await self._limiter.acquire()
         try:
             await self._rate.acquire()
+            if self._shared is not None:
+                await self._shared.acquire(1)
         except BaseException:
             permit.release(ignore=True)
             raise
@@ -302,7 +341,10 @@ class ManagedProvider:
             if error.retry_after is not None and error.retryable:
                 # The provider said when to come back: every call waits that long (in the
                 # limiter), whether or not this one retries.
-                self._rate.pause(min(error.retry_after, MAX_RETRY_AFTER))
+                pause = min(error.retry_after, MAX_RETRY_AFTER)
+                self._rate.pause(pause)
+                if self._shared is not None:
+                    await self._pause_shared(pause)
             raise
         except BaseException:
             # A cancellation or a foreign exception says nothing about the provider's load.
@@ -313,6 +355,21 @@ class ManagedProvider:
         self._by_status["200"] += 1
         permit.release((self._clock.now() - started) * 1000.0)
         return reply
+
+    async def _pause_shared(self, seconds: float) -> None:
+        """Pass a ``Retry-After`` on to the shared limit; a failure there is logged, never put
+        in place of the provider's error (the local pause holds this process all the same)."""
+        assert self._shared is not None
+        try:
+            await self._shared.pause(seconds)
+        except Exception as exc:
+            _logger.warning(
+                "provider %s: the shared rate limit could not be paused for %gs: %s: %s",
+                self.name,
+                seconds,
+                type(exc).__name__,
+                exc,
+            )
 
     async def _wait_before_retry(self, retry: int, error: ProviderError) -> None:
         if error.retry_after is not None:

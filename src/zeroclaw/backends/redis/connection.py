@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-__all__ = ["MISSING_EXTRA", "connect", "redis_module"]
+__all__ = ["MISSING_EXTRA", "connect", "raise_if_cancelled", "redis_module"]
 
 MISSING_EXTRA = (
     "scale-out on Redis needs the 'redis' extra (redis-py): pip install 'zeroclaw[redis]'"
@@ -55,3 +56,16 @@ def connect(
     )
     client: Redis = module.Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
     return client
+
+
+def raise_if_cancelled() -> None:
+    """Raise ``CancelledError`` if the current task was cancelled while a command ran.
+
+    Call it right after awaiting a command. redis-py 8.2's asyncio client often completes a
+    command in flight when its task is cancelled and returns the reply, leaving the task marked
+    as cancelling but running on: a loop around commands would then never stop, and a cancelled
+    caller would go on as if granted. Never blocks.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
