@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import signal
 import sys
@@ -46,8 +47,13 @@ from zeroclaw.gateway.intake import GatewayIntake
 from zeroclaw.gateway.metrics import GatewayCollector, MessageLedger, MetricSources
 from zeroclaw.gateway.server import GatewayServer, HttpChannel
 from zeroclaw.providers import ManagedProvider, backend_options, build_backend
+from zeroclaw.providers.managed import PAUSE_ONLY_RATE
 
 if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from zeroclaw.backends.redis.breaker import SharedBreakerDecision
+    from zeroclaw.backends.redis.rate_limit import RedisRateLimiter
     from zeroclaw.backends.redis.scale_out import ScaleOut
 
 __all__ = [
@@ -140,12 +146,33 @@ class Gateway:
         self.temperature = settings.temperature
         self.system_prompt = settings.system_prompt
         backend = build_backend(settings.kind, **_backend_kwargs(settings))
+        # With [redis], one client for everything shared: the provider's rate limit and pause,
+        # the breaker's decision, the partitions (a blocking read per owned partition).
+        self.redis: Redis | None = None
+        self.shared_rate: RedisRateLimiter | None = None
+        if config.redis is not None:
+            from zeroclaw.backends.redis import Keys
+            from zeroclaw.backends.redis.connection import MAX_CONNECTIONS, connect
+            from zeroclaw.backends.redis.rate_limit import RedisRateLimiter
+
+            self.redis = connect(
+                config.redis.url, max_connections=config.redis.partitions + MAX_CONNECTIONS
+            )
+            rate = settings.requests_per_second or PAUSE_ONLY_RATE
+            self.shared_rate = RedisRateLimiter(
+                self.redis,
+                Keys(config.redis.namespace),
+                f"provider:{settings.kind}:{self.model}",
+                rate=rate,
+                burst=max(1.0, math.ceil(rate)),  # the local limiter's burst
+            )
         self.provider = ManagedProvider(
             backend,
             max_retries=settings.max_retries,
             requests_per_second=settings.requests_per_second,
             max_concurrency=settings.max_concurrency,
             limiter_window=settings.limiter_window,
+            shared_rate_limit=self.shared_rate,
         )
         self.history = ConversationHistory(settings.history_turns)
         self.ledger = MessageLedger()
@@ -195,6 +222,7 @@ class Gateway:
                 config.redis,
                 self.processor,
                 self.channels,
+                client=self.redis,
                 dedup=(
                     None
                     if not config.processor.enable_dedup
@@ -229,6 +257,7 @@ class Gateway:
             shutdown_timeout=min(_SERVER_LINGER, server_settings.shutdown_timeout),
             client_timeout=server_settings.client_timeout,
         )
+        self.shared_breaker: SharedBreakerDecision | None = None
         self._started_at = time.monotonic()
         self._stopping = False
         self._stop_task: asyncio.Task[None] | None = None
@@ -302,6 +331,7 @@ class Gateway:
             await self._close()
             return 1
         if self.scale_out is not None:
+            self._share_the_breaker()
             await self.scale_out.start()
         if self.http:
             print(f"zeroclaw: listening on {self.server.url}", file=sys.stderr, flush=True)
@@ -317,6 +347,21 @@ class Gateway:
             await self._close()
         _logger.info("stopped")
         return 0
+
+    def _share_the_breaker(self) -> None:
+        """With [redis]: the provider breaker's open/probe decision is the gateway's."""
+        from zeroclaw.backends.redis import Keys
+        from zeroclaw.backends.redis.breaker import SharedBreakerDecision
+
+        running = self.processor.processor
+        breaker = running.breaker if running is not None else None
+        if breaker is None or self.redis is None or self.config.redis is None:
+            return  # enable_circuit_breaker = false: nothing to share
+        name = next(iter(self.processor.breakers.names()), f"{self.provider.name}:{self.model}")
+        self.shared_breaker = SharedBreakerDecision(
+            self.redis, Keys(self.config.redis.namespace), name, breaker
+        )
+        self.shared_breaker.start()
 
     def _install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> list[int]:
         installed: list[int] = []
@@ -353,8 +398,12 @@ class Gateway:
         self._stop_task = asyncio.get_running_loop().create_task(self.processor.stop())
 
     async def _close(self) -> None:
+        if self.shared_breaker is not None:
+            await self.shared_breaker.aclose()
         if self.scale_out is not None:
             await self.scale_out.aclose()
+        if self.redis is not None:
+            await self.redis.aclose()
         for channel in self.channels:
             close = getattr(channel, "aclose", None)
             if close is not None:
@@ -414,7 +463,7 @@ class Gateway:
                 "in_flight": provider.in_flight,
             },
             "conversations": len(self.history),
-            "redis": _scale_out_status(self.scale_out),
+            "redis": _scale_out_status(self.scale_out, self.shared_rate, self.shared_breaker),
             "process": process_figures(),
             "channels": channels,
         }
@@ -443,13 +492,21 @@ def process_figures() -> dict[str, int | None]:
     return {"rss_bytes": rss, "open_fds": fds, "asyncio_tasks": len(asyncio.all_tasks())}
 
 
-def _scale_out_status(scale_out: ScaleOut | None) -> dict[str, Any] | None:
-    """``/status``'s ``redis``: ``None`` without ``[redis]``."""
+def _scale_out_status(
+    scale_out: ScaleOut | None,
+    rate: RedisRateLimiter | None,
+    breaker: SharedBreakerDecision | None,
+) -> dict[str, Any] | None:
+    """``/status``'s ``redis``: ``None`` without ``[redis]``. ``rate_limit`` and ``breaker``
+    say whether the shared limit and decision are in force (``shared``/``connected``) or each
+    process falls back to its own."""
     if scale_out is None:
         return None
     stats = scale_out.stats()
     document = dataclasses.asdict(stats)
     document["owned"] = list(stats.owned)
+    document["rate_limit"] = dataclasses.asdict(rate.stats()) if rate is not None else None
+    document["breaker"] = dataclasses.asdict(breaker.stats()) if breaker is not None else None
     return document
 
 

@@ -346,6 +346,7 @@ class ScaleOut:
         self._spawned: set[asyncio.Task[None]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._reading = False
+        self._closing = False
         self._connected = True
         self._last_renewed = 0.0
         self._redeliveries = 0
@@ -398,6 +399,9 @@ class ScaleOut:
         client. Entries not answered stay pending for the next owner. Waits for Redis (a few
         round trips; errors are logged, not raised)."""
         self.stop_reading()
+        # Besides cancelling: redis-py can finish a command its task was cancelled in and
+        # return, the cancellation spent; every loop also stops on this flag.
+        self._closing = True
         for task in self._tasks:
             task.cancel()
         readers = [p.reader for p in self._owned.values() if p.reader is not None]
@@ -469,7 +473,7 @@ class ScaleOut:
         """Every tick: heartbeat, renew the leases, take and release partitions."""
         loop = asyncio.get_running_loop()
         delay = _BACKOFF[0]
-        while True:
+        while not self._closing:
             try:
                 await self._rebalance(loop)
                 self._redis_ok("membership")
@@ -842,12 +846,12 @@ class ScaleOut:
         its channel's ``deliver``. Runs until cancelled; resubscribes after a lost
         connection."""
         delay = _BACKOFF[0]
-        while True:
+        while not self._closing:
             pubsub = self.client.pubsub()
             try:
                 await pubsub.subscribe(self.keys.relay(self.member))
                 delay = _BACKOFF[0]
-                while True:
+                while not self._closing:
                     relayed = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if relayed is not None:
                         await self._relayed(relayed["data"])
@@ -891,7 +895,7 @@ class ScaleOut:
         """Every second: each partition's backlog (for admission), and the owned ones' pending
         and lag; every few refreshes, trim what the owned partitions acknowledged."""
         refreshes = 0
-        while True:
+        while not self._closing:
             await asyncio.sleep(1.0)
             refreshes += 1
             try:
