@@ -78,7 +78,16 @@ def scale_out_config(
     extra_processor: str = "",
     extra_provider: str = "",
     extra_channels: str = "",
+    provider: str | None = None,
 ) -> str:
+    if provider is None:
+        provider = f"""
+kind = "simulated"
+base_latency = {latency}
+latency_sigma = 0.1
+capacity = 1000
+history_turns = 0
+{extra_provider}"""
     return f"""
 [gateway]
 port = 0
@@ -92,12 +101,7 @@ task_queue_size = 256
 {extra_processor}
 
 [provider]
-kind = "simulated"
-base_latency = {latency}
-latency_sigma = 0.1
-capacity = 1000
-history_turns = 0
-{extra_provider}
+{provider}
 
 [redis]
 url = "{redis_url}"

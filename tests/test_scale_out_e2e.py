@@ -18,6 +18,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.fakes.openai_server import FakeOpenAI, error
 from tests.gateway_process import Served, until
 from tests.redis_support import RedisServer
 from tests.scale_out_world import (
@@ -109,6 +110,97 @@ async def test_a_sync_webhook_is_answered_by_whichever_process_owns_the_conversa
     finally:
         await stop_all(processes)
         await receiver.stop()
+
+
+def openai_provider(fake: FakeOpenAI, extra: str = "") -> str:
+    return f"""
+kind = "openai"
+base_url = "{fake.base_url}"
+api_key = "sk-test"
+model = "fake-model"
+history_turns = 0
+max_retries = 0
+{extra}"""
+
+
+async def test_the_provider_rate_limit_holds_for_the_whole_gateway(
+    tmp_path: Path, redis_url: str, namespace: str
+) -> None:
+    """Two processes, requests_per_second = 10: the provider sees at most burst + 10 × T
+    requests in any T seconds, not twice that."""
+    rate, burst, messages = 10.0, 10, 60
+    fake = FakeOpenAI()
+    await fake.start()
+    receiver = Receiver()
+    await receiver.start()
+    provider = openai_provider(fake, f"requests_per_second = {rate}\nmax_concurrency = 64")
+    config = scale_out_config(redis_url, namespace, receiver, provider=provider)
+    processes = await start_processes(tmp_path, config, 2)
+    try:
+        async with aiohttp.ClientSession() as session:
+            await until(lambda: _spread(session, processes, 8), timeout=30, what="spread")
+            for i in range(messages):
+                body = {"id": f"r{i}", "sender": f"user{i}", "content": f"q{i}"}
+                assert await post_message(session, processes[i % 2], body) == 202
+            await until(lambda: len(receiver.answered) == messages, timeout=60, what="replies")
+    finally:
+        await stop_all(processes)
+        await receiver.stop()
+        await fake.stop()
+    arrivals = sorted(request.received_at for request in fake.requests)
+    assert len(arrivals) == messages
+    span = arrivals[-1] - arrivals[0]
+    # Over the whole run: unshared, two processes would take half the time.
+    assert messages <= burst + rate * span + 1, span
+    assert span <= (messages - burst) / rate * 1.5 + 1  # and it is not just slow
+    # Any 1 s window: burst + rate, plus one for the arrivals' jitter over loopback.
+    for index, start in enumerate(arrivals):
+        within = sum(1 for t in arrivals[index:] if t - start <= 1.0)
+        assert within <= burst + rate + 1, (start, within)
+
+
+async def test_a_breaker_tripped_in_one_process_refuses_in_the_other(
+    tmp_path: Path, redis_url: str, namespace: str
+) -> None:
+    fake = FakeOpenAI()
+    await fake.start()
+    fake.script(*(error(500, "upstream down") for _ in range(20)))
+    receiver = Receiver()
+    await receiver.start()
+    circuit = "[processor.circuit]\nfailure_threshold = 2\ntimeout_duration = 60.0\n"
+    config = scale_out_config(
+        redis_url, namespace, receiver, provider=openai_provider(fake), extra_channels=""
+    ).replace("[provider]", circuit + "\n[provider]")
+    processes = await start_processes(tmp_path, config, 2)
+    tripping, other = processes
+    try:
+        async with aiohttp.ClientSession() as session:
+            await until(lambda: _spread(session, processes, 8), timeout=30, what="spread")
+            owned = set((await status_of(session, tripping))["redis"]["owned"])
+            sender = next(
+                f"u{i}" for i in range(1000) if partition_of(("web", f"u{i}"), 8) in owned
+            )
+            for turn in range(2):  # two failures in the owner of this conversation
+                body = {"id": f"fail{turn}", "sender": sender, "content": "x"}
+                assert await post_message(session, tripping, body, attempts=1) == 202
+            await until(lambda: len(fake.requests) == 2, what="two failed provider calls")
+
+            async def refused_elsewhere() -> bool:
+                body = {"sender": "someone-else", "content": "hello"}
+                async with session.post(other.base + "/channels/web", json=body) as response:
+                    return response.status == 503 and (
+                        (await response.json())["reason"] == "circuit open"
+                    )
+
+            await until(refused_elsewhere, timeout=10, what="the other process refuses")
+            status = await status_of(session, other)
+            assert status["provider"]["calls"] == 0  # it never saw a failure itself
+            assert status["redis"]["breaker"]["forced_by_peer"] >= 1
+            assert len(fake.requests) == 2
+    finally:
+        await stop_all(processes)
+        await receiver.stop()
+        await fake.stop()
 
 
 async def test_partitions_are_spread_and_a_stopping_process_hands_them_over_at_once(
