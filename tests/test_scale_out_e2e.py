@@ -185,14 +185,15 @@ async def test_a_breaker_tripped_in_one_process_refuses_in_the_other(
                 assert await post_message(session, tripping, body, attempts=1) == 202
             await until(lambda: len(fake.requests) == 2, what="two failed provider calls")
 
-            async def refused_elsewhere() -> bool:
-                body = {"sender": "someone-else", "content": "hello"}
-                async with session.post(other.base + "/channels/web", json=body) as response:
-                    return response.status == 503 and (
-                        (await response.json())["reason"] == "circuit open"
-                    )
+            async def open_elsewhere() -> bool:
+                breakers = (await status_of(session, other))["breakers"]
+                return any(b["state"] == "open" for b in breakers.values())
 
-            await until(refused_elsewhere, timeout=10, what="the other process refuses")
+            await until(open_elsewhere, timeout=10, what="the other process's breaker open")
+            body = {"sender": "someone-else", "content": "hello"}
+            async with session.post(other.base + "/channels/web", json=body) as response:
+                assert response.status == 503
+                assert (await response.json())["reason"] == "circuit open"
             status = await status_of(session, other)
             assert status["provider"]["calls"] == 0  # it never saw a failure itself
             assert status["redis"]["breaker"]["forced_by_peer"] >= 1
