@@ -1,6 +1,7 @@
-"""SharedBreakerDecision against a real Redis on 127.0.0.1:6379: a trip in one process makes the
-others refuse, exactly one process probes, its success closes every breaker and its failure
-re-opens them all; with Redis unreachable the local breaker works alone and says so.
+"""SharedBreakerDecision against a real Redis (the session's, tests/redis_support.py): a trip in
+one process makes the others refuse, exactly one process probes, its success closes every
+breaker and its failure re-opens them all; with Redis unreachable the local breaker works alone
+and says so.
 
 Two decisions on two connections stand in for two processes (one test uses two real ones). The
 local breakers run on fake clocks, so their own open periods never run out by themselves: every
@@ -18,7 +19,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -35,7 +35,6 @@ from zeroclaw.concurrency import CircuitBreaker, CircuitConfig, CircuitState
 from zeroclaw.concurrency.circuit_breaker import CallTicket
 from zeroclaw.testing import FakeClock
 
-URL = "redis://127.0.0.1:6379/0"
 OPEN_FOR = 0.3
 POLL = 0.03
 BOUND = 5.0  # seconds: generous, for a loaded machine
@@ -45,19 +44,15 @@ def config() -> CircuitConfig:
     return CircuitConfig(failure_threshold=1, success_threshold=1, timeout_duration=OPEN_FOR)
 
 
-@pytest.fixture
-def namespace() -> str:
-    return f"test-cb-{uuid.uuid4().hex}"
+# The session's Redis and a namespace per test (its keys deleted after): tests/redis_support.py.
 
 
 @pytest.fixture
-async def clients(namespace: str) -> AsyncIterator[list[Redis]]:
-    made = [connect(URL), connect(URL)]
+async def clients(redis_url: str) -> AsyncIterator[list[Redis]]:
+    made = [connect(redis_url), connect(redis_url)]
     try:
         yield made
     finally:
-        async for key in made[0].scan_iter(match=f"*{namespace}*", count=500):
-            await made[0].delete(key)
         for client in made:
             await client.aclose()
 
@@ -345,8 +340,8 @@ CHILD = textwrap.dedent(
     from zeroclaw.backends.redis.breaker import SharedBreakerDecision
     from zeroclaw.concurrency import CircuitBreaker, CircuitConfig, CircuitState
 
-    async def main(namespace, role):
-        client = connect("redis://127.0.0.1:6379/0")
+    async def main(url, namespace, role):
+        client = connect(url)
         config = CircuitConfig(failure_threshold=1, success_threshold=1, timeout_duration=0.3)
         breaker = CircuitBreaker(config, name="openai")
         decision = SharedBreakerDecision(client, Keys(namespace), "openai", breaker,
@@ -375,15 +370,15 @@ CHILD = textwrap.dedent(
         print(json.dumps(result), flush=True)
         await client.aclose()
 
-    asyncio.run(main(sys.argv[1], sys.argv[2]))
+    asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3]))
     """
 )
 
 
-def test_two_processes_share_the_trip_and_one_probe(namespace: str) -> None:
+def test_two_processes_share_the_trip_and_one_probe(namespace: str, redis_url: str) -> None:
     procs = {
         role: subprocess.Popen(
-            [sys.executable, "-c", CHILD, namespace, role],
+            [sys.executable, "-c", CHILD, redis_url, namespace, role],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

@@ -1,6 +1,6 @@
-"""RedisRateLimiter against a real Redis on 127.0.0.1:6379: the window bound across two OS
-processes, weighted costs, retry_after, the shared pause, key expiry, and the local fallback
-when Redis is unreachable.
+"""RedisRateLimiter against a real Redis (the session's, tests/redis_support.py): the window
+bound across two OS processes, weighted costs, retry_after, the shared pause (also alone, as
+SharedPause), key expiry, and the local fallback when Redis is unreachable.
 
 The server's clock decides, so these tests take real (short) time; each uses a namespace of its
 own and deletes its keys afterwards.
@@ -17,42 +17,30 @@ import subprocess
 import sys
 import textwrap
 import time
-import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
 
 from zeroclaw.backends.redis import Keys, connect
-from zeroclaw.backends.redis.rate_limit import GCRA_SCRIPT, RedisRateLimiter
+from zeroclaw.backends.redis.rate_limit import GCRA_SCRIPT, RedisRateLimiter, SharedPause
 
-URL = "redis://127.0.0.1:6379/0"
-
-
-async def _drop_namespace(client: Redis, namespace: str) -> None:
-    async for key in client.scan_iter(match=f"*{namespace}*", count=500):
-        await client.delete(key)
+# The session's Redis and a namespace per test (its keys deleted after): tests/redis_support.py.
 
 
 @pytest.fixture
-def namespace() -> str:
-    return f"test-rl-{uuid.uuid4().hex}"
-
-
-@pytest.fixture
-async def client(namespace: str) -> AsyncIterator[Redis]:
-    redis = connect(URL)
+async def client(redis_url: str) -> AsyncIterator[Redis]:
+    redis = connect(redis_url)
     try:
         yield redis
     finally:
-        await _drop_namespace(redis, namespace)
         await redis.aclose()
 
 
 @pytest.fixture
-async def other(namespace: str) -> AsyncIterator[Redis]:
+async def other(redis_url: str) -> AsyncIterator[Redis]:
     """A second client: another process's connection."""
-    redis = connect(URL)
+    redis = connect(redis_url)
     try:
         yield redis
     finally:
@@ -78,8 +66,8 @@ HAMMER = textwrap.dedent(
     from zeroclaw.backends.redis import Keys, connect
     from zeroclaw.backends.redis.rate_limit import RedisRateLimiter
 
-    async def main(namespace, start_at, seconds, rate, burst):
-        client = connect("redis://127.0.0.1:6379/0")
+    async def main(url, namespace, start_at, seconds, rate, burst):
+        client = connect(url)
         limiter = RedisRateLimiter(client, Keys(namespace), "provider", rate=rate, burst=burst)
         await limiter.paused_for()  # connected and the script loaded before the start
         await asyncio.sleep(max(0.0, start_at - time.time()))
@@ -102,18 +90,18 @@ HAMMER = textwrap.dedent(
         print(json.dumps({"grants": len(granted), "shared": limiter.stats().shared}))
         await client.aclose()
 
-    namespace, start_at, seconds, rate, burst = sys.argv[1:]
-    asyncio.run(main(namespace, float(start_at), float(seconds), float(rate), float(burst)))
+    url, namespace, start_at, seconds, rate, burst = sys.argv[1:]
+    asyncio.run(main(url, namespace, float(start_at), float(seconds), float(rate), float(burst)))
     """
 )
 
 
 def test_two_processes_together_stay_within_burst_plus_rate_times_window(
-    namespace: str, client: Redis
+    namespace: str, client: Redis, redis_url: str
 ) -> None:
     rate, burst, seconds = 50.0, 10.0, 2.0
     start_at = time.time() + 2.0  # both interpreters are up and connected by then
-    args = [namespace, repr(start_at), repr(seconds), repr(rate), repr(burst)]
+    args = [redis_url, namespace, repr(start_at), repr(seconds), repr(rate), repr(burst)]
     procs = [
         subprocess.Popen([sys.executable, "-c", HAMMER, *args], stdout=subprocess.PIPE, text=True)
         for _ in range(2)
@@ -243,14 +231,14 @@ def test_the_script_touches_only_keys_it_is_given() -> None:
             assert re.fullmatch(r"KEYS\[[12]\]", first), (command, first)
 
 
-def test_both_keys_share_one_hash_tag(namespace: str) -> None:
-    rl = RedisRateLimiter(connect(URL), Keys(namespace), "p", rate=1, burst=1)
+def test_both_keys_share_one_hash_tag(namespace: str, redis_url: str) -> None:
+    rl = RedisRateLimiter(connect(redis_url), Keys(namespace), "p", rate=1, burst=1)
     tags = {re.match(r"\{[^}]+\}", key).group(0) for key in rl.keys}  # type: ignore[union-attr]
     assert len(tags) == 1
 
 
-def test_bad_arguments() -> None:
-    client = connect(URL)
+def test_bad_arguments(redis_url: str) -> None:
+    client = connect(redis_url)
     with pytest.raises(ValueError, match="rate"):
         RedisRateLimiter(client, Keys("x"), "p", rate=0, burst=1)
     with pytest.raises(ValueError, match="burst"):
@@ -322,3 +310,32 @@ async def test_a_cancelled_acquire_is_cancelled_even_if_its_command_completed(
             assert call.cancelled()
             cancelled += 1
     assert cancelled > 0
+
+
+async def test_a_shared_pause_alone_holds_every_process_without_a_round_trip_per_call(
+    client: Redis, namespace: str
+) -> None:
+    keys = Keys(namespace)
+    here = SharedPause(RedisRateLimiter(client, keys, "p", rate=1e6, burst=1e6))
+    there = SharedPause(
+        RedisRateLimiter(client, keys, "p", rate=1e6, burst=1e6), poll_interval=0.05
+    )
+    there.start()
+    try:
+        await asyncio.wait_for(there.acquire(), 1.0)  # no pause: at once
+        await here.pause(0.6)
+        assert await here.paused_for() > 0.5
+
+        async def seen_there() -> bool:
+            return await there.paused_for() > 0.2
+
+        deadline = asyncio.get_running_loop().time() + 5
+        while not await seen_there():
+            assert asyncio.get_running_loop().time() < deadline, "the pause never arrived"
+            await asyncio.sleep(0.01)
+        started = asyncio.get_running_loop().time()
+        await there.acquire()
+        assert asyncio.get_running_loop().time() - started > 0.1  # it waited for the pause
+        assert await there.paused_for() == 0.0
+    finally:
+        await there.aclose()

@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from zeroclaw.backends.redis.breaker import SharedBreakerDecision
-    from zeroclaw.backends.redis.rate_limit import RedisRateLimiter
+    from zeroclaw.backends.redis.rate_limit import RedisRateLimiter, SharedPause
     from zeroclaw.backends.redis.scale_out import ScaleOut
 
 __all__ = [
@@ -150,10 +150,11 @@ class Gateway:
         # the breaker's decision, the partitions (a blocking read per owned partition).
         self.redis: Redis | None = None
         self.shared_rate: RedisRateLimiter | None = None
+        self.shared_pause: SharedPause | None = None
         if config.redis is not None:
             from zeroclaw.backends.redis import Keys
             from zeroclaw.backends.redis.connection import MAX_CONNECTIONS, connect
-            from zeroclaw.backends.redis.rate_limit import RedisRateLimiter
+            from zeroclaw.backends.redis.rate_limit import RedisRateLimiter, SharedPause
 
             self.redis = connect(
                 config.redis.url, max_connections=config.redis.partitions + MAX_CONNECTIONS
@@ -166,13 +167,16 @@ class Gateway:
                 rate=rate,
                 burst=max(1.0, math.ceil(rate)),  # the local limiter's burst
             )
+            if not settings.requests_per_second:
+                # No rate to share, only Retry-After pauses: no round trip per request.
+                self.shared_pause = SharedPause(self.shared_rate)
         self.provider = ManagedProvider(
             backend,
             max_retries=settings.max_retries,
             requests_per_second=settings.requests_per_second,
             max_concurrency=settings.max_concurrency,
             limiter_window=settings.limiter_window,
-            shared_rate_limit=self.shared_rate,
+            shared_rate_limit=self.shared_pause or self.shared_rate,
         )
         self.history = ConversationHistory(settings.history_turns)
         self.ledger = MessageLedger()
@@ -332,6 +336,8 @@ class Gateway:
             return 1
         if self.scale_out is not None:
             self._share_the_breaker()
+            if self.shared_pause is not None:
+                self.shared_pause.start()
             await self.scale_out.start()
         if self.http:
             print(f"zeroclaw: listening on {self.server.url}", file=sys.stderr, flush=True)
@@ -400,6 +406,8 @@ class Gateway:
     async def _close(self) -> None:
         if self.shared_breaker is not None:
             await self.shared_breaker.aclose()
+        if self.shared_pause is not None:
+            await self.shared_pause.aclose()
         if self.scale_out is not None:
             await self.scale_out.aclose()
         if self.redis is not None:

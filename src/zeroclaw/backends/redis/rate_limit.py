@@ -46,7 +46,7 @@ from zeroclaw.concurrency._validate import to_positive_number, to_seconds, to_ti
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-__all__ = ["GCRA_SCRIPT", "RedisRateLimiter", "RedisRateLimiterStats"]
+__all__ = ["GCRA_SCRIPT", "RedisRateLimiter", "RedisRateLimiterStats", "SharedPause"]
 
 _log = logging.getLogger(__name__)
 
@@ -315,3 +315,77 @@ class RedisRateLimiter:
     def __repr__(self) -> str:
         mode = "shared" if self._shared else "local fallback"
         return f"<RedisRateLimiter {self.name!r} rate={self.rate:g}/s burst={self.burst:g} {mode}>"
+
+
+class SharedPause:
+    """The shared ``Retry-After`` pause alone, for a provider without a rate limit
+    (``requests_per_second = 0``): no round trip per request.
+
+    :meth:`pause` sets the pause in Redis at once (through ``limiter``); every process learns of
+    its peers' pauses by reading the pause every ``poll_interval`` seconds in :meth:`run`, so a
+    peer's ``Retry-After`` holds here within that. :meth:`acquire` waits while a known pause
+    lasts and otherwise returns at once. It is a
+    :class:`~zeroclaw.providers.managed.SharedRateLimit`, given to ``ManagedProvider`` in place
+    of the limiter itself.
+
+    Args:
+        limiter: the shared limiter whose pause this follows (its rate is not used).
+        poll_interval: seconds between reads of the shared pause, > 0.
+    """
+
+    def __init__(self, limiter: RedisRateLimiter, *, poll_interval: float = 0.5) -> None:
+        self.limiter = limiter
+        self.poll_interval = to_positive_number(poll_interval, what="poll_interval")
+        self._until = 0.0  # loop time at which the known pause ends
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def _left(self) -> float:
+        return max(0.0, self._until - asyncio.get_running_loop().time())
+
+    def _known(self, seconds: float) -> None:
+        if seconds > 0:
+            end = asyncio.get_running_loop().time() + seconds
+            self._until = max(self._until, end)
+
+    async def acquire(self, tokens: float = 1) -> None:
+        """Wait while a known pause lasts (``tokens`` are not counted: there is no rate)."""
+        # Until the known end, which a pause arriving meanwhile may move later.
+        left = self._left()
+        while left > 0:
+            await asyncio.sleep(left)
+            left = self._left()
+
+    async def pause(self, seconds: float) -> None:
+        """Pause every process for ``seconds`` (one round trip; locally at once)."""
+        self._known(seconds)
+        await self.limiter.pause(seconds)
+
+    async def paused_for(self) -> float:
+        """Seconds left of the pause known here. Does not block."""
+        return self._left()
+
+    async def run(self) -> None:
+        """Read the shared pause every ``poll_interval`` seconds until :meth:`aclose`."""
+        while not self._closing:
+            self._known(await self.limiter.paused_for())
+            await asyncio.sleep(self.poll_interval)
+
+    def start(self) -> None:
+        """Run :meth:`run` in a task of its own (idempotent). Needs a running event loop."""
+        if self._task is None or self._task.done():
+            self._closing = False
+            self._task = asyncio.get_running_loop().create_task(
+                self.run(), name=f"shared pause {self.limiter.name}"
+            )
+
+    async def aclose(self) -> None:
+        """Stop following the shared pause. Idempotent."""
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    def __repr__(self) -> str:
+        return f"SharedPause({self.limiter!r})"
