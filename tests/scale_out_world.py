@@ -44,6 +44,7 @@ class Receiver:
 
     async def handle(self, request: web.Request) -> web.Response:
         payload = await request.json()
+        payload["idempotency_key"] = request.headers.get("Idempotency-Key")
         self.received.append(payload)
         if payload.get("kind") == "reply":
             self.answered.add(str(payload["id"]))

@@ -371,8 +371,10 @@ async def test_three_processes_one_killed_mid_run_lose_nothing(
     assert set(ids) == expected
     duplicates = {message_id: n for message_id, n in Counter(ids).items() if n > 1}
     # A reply the killed process was sending when it died may have gone out: the takeover
-    # sends it again and says so (in_doubt). Nothing else may be doubled.
+    # sends it again and says so (in_doubt). Nothing else may be doubled, and a repeat carries
+    # the first one's Idempotency-Key, so a receiver keeping the keys sees each reply once.
     assert len(duplicates) <= in_doubt, (duplicates, in_doubt)
+    assert all(r["idempotency_key"] == f"web:{r['id']}" for r in receiver.replies())
     for recipient, replied in receiver.by_recipient().items():
         first_seen = list(dict.fromkeys(replied))
         turns = [int(message_id.rsplit("-", 1)[1]) for message_id in first_seen]

@@ -595,9 +595,11 @@ class Receiver:
     fail_status: int = 500
     hang_for: set[str] = field(default_factory=set)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    keys: list[str | None] = field(default_factory=list)  # each attempt's Idempotency-Key
 
     async def handle(self, request: web.Request) -> web.Response:
         self.attempts += 1
+        self.keys.append(request.headers.get("Idempotency-Key"))
         payload = await request.json()
         if payload.get("recipient") in self.hang_for:
             await asyncio.Event().wait()
@@ -698,6 +700,8 @@ async def test_callback_5xx_is_retried_until_it_lands(receiver: Receiver) -> Non
         assert len(receiver.received) == 1
         assert receiver.attempts == 3
         assert rig.channels["cb"].callback_retried == 2
+        # Every attempt of one answer carries the same key: a receiver can drop repeats.
+        assert receiver.keys == ["cb:r-1"] * 3
     finally:
         await stop_rig(rig)
 

@@ -308,9 +308,10 @@ class HttpSender:
         json: Any = None,
         data: bytes | None = None,
         timeout: float | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> HttpAnswer:
-        """One POST, its answer read whole (any status). Waits at most ``timeout`` (default:
-        the sender's).
+        """One POST, its answer read whole (any status), with ``headers`` besides the session's.
+        Waits at most ``timeout`` (default: the sender's).
 
         Raises:
             AttemptFailed: no answer in time or a connection error (retryable), or the sender
@@ -319,7 +320,11 @@ class HttpSender:
         limit = self.timeout if timeout is None else timeout
         try:
             async with self.client().post(
-                url, json=json, data=data, timeout=aiohttp.ClientTimeout(total=limit)
+                url,
+                json=json,
+                data=data,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=limit),
             ) as response:
                 body = await response.read()
                 return HttpAnswer(response.status, body, response.headers)

@@ -9,7 +9,8 @@ to the channel's path. Checks, in order: bearer token (401), ``Content-Type: app
   502 failed, 504 timeout; a duplicate is answered 200 ``duplicate`` at once.
 - Async mode (``callback_url``): 202 once admitted; each reply or notice is then POSTed to the
   callback as ``{"id", "channel", "recipient", "text", "kind": "reply" | "notice"}`` (plus
-  ``thread_id`` when the request named one), retried with
+  ``thread_id`` when the request named one) with an ``Idempotency-Key: <channel>:<id>`` header
+  (every attempt of one answer carries the same key), retried with
   a capped, fully jittered exponential backoff on 5xx, 429 and connection errors, each attempt under
   a timeout, a bounded number of times. Each conversation's callbacks go out in order; other
   conversations' callbacks never wait for them (the processor runs each conversation's deliveries
@@ -408,8 +409,13 @@ class WebhookChannel:
         assert self.callback_url is not None
         url = self.callback_url
 
+        # A repeat of the same answer (a retry, or a scale-out takeover resending a reply whose
+        # owner died sending it) carries the same key: a receiver can drop it.
+        message_id = payload.get("id")
+        headers = None if message_id is None else {"Idempotency-Key": f"{self._name}:{message_id}"}
+
         async def attempt() -> None:
-            answer = await self._sender.post(url, json=payload)
+            answer = await self._sender.post(url, json=payload, headers=headers)
             status = answer.status
             if status >= 300:
                 raise AttemptFailed(f"HTTP {status}", retryable=status >= 500 or status == 429)
