@@ -453,3 +453,57 @@ async def test_a_redis_restart_mid_run_loses_nothing(
         assert turns == sorted(turns), (recipient, turns)
     assert refused > 0  # the outage was met by messages arriving
     print(f"refused while Redis was down: {refused}, in_doubt {in_doubt}")
+
+
+async def test_a_process_joining_mid_run_takes_its_share_and_nothing_is_lost(
+    tmp_path: Path, redis_url: str, namespace: str
+) -> None:
+    """Two processes answer a stream of conversations; a third joins mid-run. The partitions
+    it is given are handed over by their owners once their entries in flight are answered:
+    every message is answered once, in order, and the newcomer ends with its share."""
+    conversations, per_conversation, partitions = 60, 20, 12
+    total = conversations * per_conversation
+    receiver = Receiver()
+    await receiver.start()
+    # Turns of 0.3 s, each conversation waiting for its answer: about 6 s of traffic.
+    config = scale_out_config(redis_url, namespace, receiver, partitions=partitions, latency=0.3)
+    processes = await start_processes(tmp_path, config, 2)
+    try:
+        async with aiohttp.ClientSession() as session:
+            await until(lambda: _spread(session, processes, partitions), timeout=30, what="2")
+            entry_points = list(processes)
+
+            async def conversation(index: int) -> None:
+                for turn in range(per_conversation):
+                    body = {"id": f"j{index}-{turn}", "sender": f"user{index}", "content": "go"}
+                    target = entry_points[(index + turn) % len(entry_points)]
+                    assert await post_message(session, target, body) in (200, 202)
+                    await until(functools.partial(receiver.has_answered, body["id"]), 120)
+
+            senders = asyncio.gather(*(conversation(i) for i in range(conversations)))
+            await until(lambda: len(receiver.answered) >= total * 0.1, timeout=60, what="10 %")
+            (newcomer,) = await start_processes(tmp_path, config, 1)
+            processes.append(newcomer)
+            entry_points.append(newcomer)
+            await until(
+                lambda: _spread(session, processes, partitions), timeout=30, what="rebalanced"
+            )
+            assert len(receiver.answered) < total  # it joined while messages were flowing
+            await senders
+            await until(lambda: _all_idle(session, processes), timeout=60, what="idle")
+            share = (await status_of(session, newcomer))["redis"]["partitions_owned"]
+            in_doubt = 0
+            for served in processes:
+                in_doubt += (await status_of(session, served))["redis"]["in_doubt"]
+    finally:
+        await stop_all(processes)
+        await receiver.stop()
+    ids = receiver.replied_ids()
+    assert sorted(ids) == sorted(
+        f"j{i}-{t}" for i in range(conversations) for t in range(per_conversation)
+    )  # each once: a hand-over is not a crash
+    assert in_doubt == 0
+    assert share == partitions // 3
+    for recipient, replied in receiver.by_recipient().items():
+        turns = [int(message_id.rsplit("-", 1)[1]) for message_id in replied]
+        assert turns == sorted(turns), (recipient, turns)
