@@ -507,3 +507,44 @@ async def test_a_process_joining_mid_run_takes_its_share_and_nothing_is_lost(
     for recipient, replied in receiver.by_recipient().items():
         turns = [int(message_id.rsplit("-", 1)[1]) for message_id in replied]
         assert turns == sorted(turns), (recipient, turns)
+
+
+async def test_a_conversation_keeps_its_history_when_its_partition_changes_hands(
+    tmp_path: Path, redis_url: str, namespace: str
+) -> None:
+    fake = FakeOpenAI()
+    await fake.start()
+    receiver = Receiver()
+    await receiver.start()
+    provider = openai_provider(fake).replace("history_turns = 0", "history_turns = 3")
+    config = scale_out_config(redis_url, namespace, receiver, provider=provider)
+    processes = await start_processes(tmp_path, config, 2)
+    first, second = processes
+    try:
+        async with aiohttp.ClientSession() as session:
+            await until(lambda: _spread(session, processes, 8), timeout=30, what="spread")
+            owned = set((await status_of(session, first))["redis"]["owned"])
+            ours = (f"u{i}" for i in range(1000) if partition_of(("web", f"u{i}"), 8) in owned)
+            sender = next(ours)
+            body = {"id": "h1", "sender": sender, "content": "my name is Ada"}
+            assert await post_message(session, second, body) == 202
+            await until(functools.partial(receiver.has_answered, "h1"), 30)
+            assert await first.stop() == 0  # its partitions go to the second process
+
+            async def all_owned() -> bool:
+                return await owned_partitions(session, [second]) == list(range(8))
+
+            await until(all_owned, timeout=30, what="the second process owns everything")
+            body = {"id": "h2", "sender": sender, "content": "what is my name?"}
+            assert await post_message(session, second, body) == 202
+            await until(functools.partial(receiver.has_answered, "h2"), 30)
+    finally:
+        await stop_all(processes)
+        await receiver.stop()
+        await fake.stop()
+    (last,) = [r.json["messages"] for r in fake.requests if "name?" in str(r.json["messages"])]
+    assert [m["content"] for m in last] == [
+        "my name is Ada",
+        "echo: my name is Ada",
+        "what is my name?",
+    ]

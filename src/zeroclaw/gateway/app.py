@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from zeroclaw.backends.redis.breaker import SharedBreakerDecision
+    from zeroclaw.backends.redis.history import RedisHistory
     from zeroclaw.backends.redis.rate_limit import RedisRateLimiter, SharedPause
     from zeroclaw.backends.redis.scale_out import ScaleOut
 
@@ -179,6 +180,18 @@ class Gateway:
             shared_rate_limit=self.shared_pause or self.shared_rate,
         )
         self.history = ConversationHistory(settings.history_turns)
+        # With [redis] the history is the gateway's: a conversation that changes hands keeps it.
+        self.shared_history: RedisHistory | None = None
+        if self.redis is not None and config.redis is not None:
+            from zeroclaw.backends.redis import Keys
+            from zeroclaw.backends.redis.history import RedisHistory
+
+            self.shared_history = RedisHistory(
+                self.redis,
+                Keys(config.redis.namespace),
+                settings.history_turns,
+                ttl=config.redis.history_ttl,
+            )
         self.ledger = MessageLedger()
         self._kinds = {spec.name: spec.kind for spec in config.channels}
         processor_config = dataclasses.replace(
@@ -282,16 +295,26 @@ class Gateway:
         """
         conversation = self.conversation_of(message)
         command = message.content.strip()
+        shared = self.shared_history
         if command == NEW_CONVERSATION_COMMAND:
-            self.history.clear(conversation)
+            if shared is not None:
+                await shared.clear(conversation)  # raises: the turn fails, /new not confirmed
+            else:
+                self.history.clear(conversation)
             return NEW_CONVERSATION_REPLY
         if command == STOP_COMMAND:
             return STOP_REPLY
-        messages = self.history.messages_for(conversation, self.system_prompt, message.content)
+        if shared is not None:
+            messages = await shared.messages_for(conversation, self.system_prompt, message.content)
+        else:
+            messages = self.history.messages_for(conversation, self.system_prompt, message.content)
         reply = await self.provider.complete(
             messages, model=self.model, temperature=self.temperature
         )
-        self.history.record(conversation, message.content, reply)
+        if shared is not None:
+            await shared.record(conversation, message.content, reply)
+        else:
+            self.history.record(conversation, message.content, reply)
         return reply
 
     # ------------------------------------------------------------------ running
@@ -470,8 +493,10 @@ class Gateway:
                 "concurrency_limit": provider.concurrency_limit,
                 "in_flight": provider.in_flight,
             },
-            "conversations": len(self.history),
-            "redis": _scale_out_status(self.scale_out, self.shared_rate, self.shared_breaker),
+            "conversations": len(self.history) if self.shared_history is None else None,
+            "redis": _scale_out_status(
+                self.scale_out, self.shared_rate, self.shared_breaker, self.shared_history
+            ),
             "process": process_figures(),
             "channels": channels,
         }
@@ -504,6 +529,7 @@ def _scale_out_status(
     scale_out: ScaleOut | None,
     rate: RedisRateLimiter | None,
     breaker: SharedBreakerDecision | None,
+    history: RedisHistory | None,
 ) -> dict[str, Any] | None:
     """``/status``'s ``redis``: ``None`` without ``[redis]``. ``rate_limit`` and ``breaker``
     say whether the shared limit and decision are in force (``shared``/``connected``) or each
@@ -515,6 +541,7 @@ def _scale_out_status(
     document["owned"] = list(stats.owned)
     document["rate_limit"] = dataclasses.asdict(rate.stats()) if rate is not None else None
     document["breaker"] = dataclasses.asdict(breaker.stats()) if breaker is not None else None
+    document["history"] = dataclasses.asdict(history.stats()) if history is not None else None
     return document
 
 

@@ -588,6 +588,7 @@ SECTIONS: Final[Mapping[str, Section]] = MappingProxyType(
                 Key("max_deliveries", "integer", _integer(1), 5),
                 Key("max_backlog", "integer", _integer(1), 1000),
                 Key("dedup_ttl", "seconds", _number(1.0), 86_400.0),
+                Key("history_ttl", "seconds", _number(1.0), 86_400.0),
             ),
         ),
         "channels.webhook": Section(

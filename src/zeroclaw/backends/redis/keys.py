@@ -57,6 +57,10 @@ class Keys:
         """The stream of partition ``index``'s entries given up, each with its reason."""
         return f"{{{self.namespace}:p{index}}}:dead"
 
+    def history(self, conversation_digest: str) -> str:
+        """The list of one conversation's last exchanges."""
+        return f"{self.namespace}:history:{conversation_digest}"
+
     def relay(self, member: str) -> str:
         """The pub/sub channel on which ``member`` takes the answers to requests it holds."""
         return f"{self.namespace}:relay:{member}"

@@ -19,3 +19,4 @@ class RedisSettings:
     max_deliveries: int = 5
     max_backlog: int = 1000
     dedup_ttl: float = 86_400.0
+    history_ttl: float = 86_400.0
