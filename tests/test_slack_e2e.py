@@ -121,3 +121,48 @@ async def test_slack_events_are_acked_at_once_and_answered_once_in_their_thread(
             code = await served.stop()
         assert code == 0, served.log()
         assert "not_in_channel" in served.log()
+
+
+async def test_two_processes_behind_one_slack_app_answer_each_event_once(
+    tmp_path: Path, redis_url: str, namespace: str
+) -> None:
+    """Scale-out: Slack delivers an event to one process and its retries to the other (a load
+    balancer does that); each event is posted once, in its thread, by whichever process owns
+    the conversation."""
+    async with FakeSlack() as slack, aiohttp.ClientSession() as session:
+        text = config_text(slack.base_url).replace(
+            f"base_latency = {PROVIDER_SECONDS}", "base_latency = 0.5"
+        )
+        text += f'\n[redis]\nurl = "{redis_url}"\nnamespace = "{namespace}"\npartitions = 4\n'
+        path = write_config(tmp_path, text)
+        processes = [await start_serve(path), await start_serve(path)]
+        try:
+            urls = [served.base + "/channels/slack" for served in processes]
+            events = [
+                dm_event(f"dm {n}", event_id=f"EvScale{n}", channel=f"D0DM{n}", ts=f"{n}.0001")
+                for n in range(6)
+            ]
+            events.append(mention_event("threaded", event_id="EvScaleM", ts="77.0007"))
+            for index, event in enumerate(events):
+                status, answer, _ = await _deliver(session, urls[index % 2], event)
+                assert (status, answer["status"]) == (200, "accepted"), answer
+                status, answer, _ = await _deliver(session, urls[(index + 1) % 2], event, retry=1)
+                assert (status, answer["status"]) == (200, "duplicate"), answer
+            await slack.wait_for_posts(len(events), timeout=30)
+
+            async def settled() -> bool:
+                for served in processes:
+                    async with session.get(served.base + "/status") as response:
+                        redis = (await response.json())["redis"]
+                    if redis["pending"] or redis["lag"]:
+                        return False
+                return True
+
+            await until(settled, timeout=30, what="every entry answered")
+            by_channel = {post["channel"]: post for post in slack.posts}
+            assert len(slack.posts) == len(events)  # once each
+            assert set(by_channel) == {f"D0DM{n}" for n in range(6)} | {"C0GENERAL"}
+            assert by_channel["C0GENERAL"]["thread_ts"] == "77.0007"
+        finally:
+            codes = [await served.stop() for served in processes]
+        assert codes == [0, 0], [served.log() for served in processes]
