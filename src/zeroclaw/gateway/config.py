@@ -589,6 +589,7 @@ SECTIONS: Final[Mapping[str, Section]] = MappingProxyType(
                 Key("max_backlog", "integer", _integer(1), 1000),
                 Key("dedup_ttl", "seconds", _number(1.0), 86_400.0),
                 Key("history_ttl", "seconds", _number(1.0), 86_400.0),
+                Key("in_doubt", "string", _string(choices=("drop", "resend")), "drop"),
             ),
         ),
         "channels.webhook": Section(

@@ -375,7 +375,7 @@ def _scale_out(stats: ScaleOutStatsLike) -> Iterator[Metric]:
         ),
         (
             "zeroclaw_redis_in_doubt",
-            "Replies sent although an earlier owner may have sent them (it died sending).",
+            "Replies whose sender died sending them (sent again or not, as [redis] in_doubt says).",
             stats.in_doubt,
         ),
     )

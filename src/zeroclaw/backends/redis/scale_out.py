@@ -25,10 +25,11 @@ replies (docs/scale-out.md).
 - **Replies**: the processor hands every result to a fenced channel (:class:`FencedChannel`):
   before the reply goes out, a script checks the lease and epoch and marks the message
   ``sending``; after it went, one script marks it ``done`` and acknowledges the entry. A reply
-  already ``done`` is never sent again; a message found ``sending`` under an earlier epoch (its
-  owner died while the reply was going out) is sent again and counted as ``in_doubt``: replies
-  are at-least-once, duplicates are possible only in that window (exactly-once is impossible,
-  research processing.md §9.5).
+  already ``done`` is never sent again. A message found ``sending`` by an earlier attempt (its
+  owner died while the reply was going out, and it may have gone) is counted as ``in_doubt`` and
+  not sent again (``in_doubt = "drop"``, the default: at most once, a reply may be missing) or
+  sent again (``"resend"``: at least once, a reply may be doubled); exactly-once is impossible
+  without the platform's help (research processing.md §9.5).
 - **Trimming**: acknowledged entries are trimmed with ``XTRIM MINID`` below the oldest pending
   one; never ``MAXLEN``, which drops work still pending (research processing.md §2.5).
 
@@ -117,16 +118,21 @@ for i = 3, #ARGV do fields[#fields + 1] = ARGV[i] end
 return redis.call('XADD', KEYS[2], '*', unpack(fields))
 """
 
-# KEYS: lease, epoch, replied; ARGV: member, epoch, ttl_ms.
-# 'lost' (not our lease), 'done' (the reply went out already), 'doubt' (an earlier attempt began
-# sending it and may have sent it), 'send'; for the last two the marker now says this epoch is
-# sending.
+# KEYS: lease, epoch, replied; ARGV: member, epoch, ttl_ms, in_doubt policy.
+# 'lost' (not our lease), 'done' (the reply went out already), 'send' (the marker now says this
+# epoch is sending). An earlier attempt began sending it and may have sent it (its owner died
+# meanwhile): with the policy 'resend', 'doubt' (marked sending, to be sent again); with 'drop',
+# 'dropped' (marked done: at most once).
 _BEFORE_SEND = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] or redis.call('GET', KEYS[2]) ~= ARGV[2] then
   return 'lost'
 end
 local marker = redis.call('GET', KEYS[3])
 if marker == 'done' then return 'done' end
+if marker and ARGV[4] == 'drop' then
+  redis.call('SET', KEYS[3], 'done', 'PX', ARGV[3])
+  return 'dropped'
+end
 redis.call('SET', KEYS[3], 'sending:' .. ARGV[2], 'PX', ARGV[3])
 if marker then return 'doubt' end
 return 'send'
@@ -174,7 +180,8 @@ class ScaleOutStats:
     ``redeliveries``: entries this process read again after an earlier owner had them;
     ``dead_letters``: entries it moved to a dead-letter stream; ``lease_changes``: leases it
     acquired, released or lost; ``fenced_out``: replies it did not send because its lease had
-    passed on; ``in_doubt``: replies it sent although an earlier owner may have sent them;
+    passed on; ``in_doubt``: replies an earlier owner died sending (it may have sent them), sent
+    again or not as ``[redis] in_doubt`` says;
     ``refused``: messages its ingress refused (backlog full, Redis unreachable).
     """
 
@@ -744,7 +751,8 @@ class ScaleOut:
         try:
             verdict = await self._retrying(
                 lambda: self._before_send(
-                    keys=[lease, epoch, replied], args=[*fence, self._marker_ttl_ms]
+                    keys=[lease, epoch, replied],
+                    args=[*fence, self._marker_ttl_ms, self.settings.in_doubt],
                 )
             )
             if verdict == b"lost":
@@ -756,14 +764,20 @@ class ScaleOut:
                 )
                 return
             failure: BaseException | None = None
-            if verdict != b"done":
-                if verdict == b"doubt":
-                    self._in_doubt += 1
+            if verdict in (b"doubt", b"dropped"):
+                self._in_doubt += 1
+                _logger.info(
+                    "partition %d: the answer to entry %s was being sent when its owner died: %s",
+                    ref.partition,
+                    ref.entry_id,
+                    "sent again" if verdict == b"doubt" else "not sent again (in_doubt = drop)",
+                )
+            if verdict in (b"send", b"doubt"):
                 try:
                     await send()
                 except Exception as error:
                     failure = error
-            sent = verdict != b"done" and failure is None
+            sent = verdict in (b"send", b"doubt") and failure is None
             stream = self.keys.partition(ref.partition)
             acked = await self._retrying(
                 lambda: self._after_send(

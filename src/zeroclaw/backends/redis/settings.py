@@ -20,3 +20,7 @@ class RedisSettings:
     max_backlog: int = 1000
     dedup_ttl: float = 86_400.0
     history_ttl: float = 86_400.0
+    #: A reply its sender died sending (it may or may not have gone out): ``"drop"`` does not
+    #: send it again (at most once: a reply may be missing), ``"resend"`` does (at least once:
+    #: a reply may be doubled). Either way it is counted (``in_doubt``).
+    in_doubt: str = "drop"
