@@ -38,6 +38,7 @@ from zeroclaw.concurrency.channel_integration import (
     ChannelMessage,
     ConcurrentMessageProcessor,
     MessageProcessorConfig,
+    MessageResult,
     MessageResultKind,
 )
 
@@ -210,7 +211,15 @@ class Node:
         return [mid for mid, result, _ in self.channel.delivered if result.ok]
 
 
-async def start_node(db: Db, *, partitions: int = 2, hold: bool = False, **settings: Any) -> Node:
+async def start_node(
+    db: Db,
+    *,
+    partitions: int = 2,
+    hold: bool = False,
+    config: MessageProcessorConfig | None = None,
+    channel: DeliveringFakeChannel | None = None,
+    **settings: Any,
+) -> Node:
     release = asyncio.Event()
     if not hold:
         release.set()
@@ -222,9 +231,11 @@ async def start_node(db: Db, *, partitions: int = 2, hold: bool = False, **setti
         return f"re: {message.content}"
 
     processor = ConcurrentMessageProcessor(
-        MessageProcessorConfig(enable_dedup=False), handler=handler, handle_signals=False
+        config or MessageProcessorConfig(enable_dedup=False),
+        handler=handler,
+        handle_signals=False,
     )
-    channel = DeliveringFakeChannel("web")
+    channel = channel or DeliveringFakeChannel("web")
     scale_out = ScaleOut(
         RedisSettings(
             url=db.url,
@@ -492,4 +503,52 @@ async def test_a_failed_message_can_be_delivered_again(db: Db) -> None:
         assert again.kind is AdmissionKind.ACCEPTED  # as the in-memory dedup forgets a failure
         await until(lambda: len(node.channel.delivered) == 2)
     finally:
+        await node.close()
+
+
+class SlowReplies(DeliveringFakeChannel):
+    """Replies (SUCCESS) wait for :attr:`go`; other results are taken at once."""
+
+    def __init__(self) -> None:
+        super().__init__("web")
+        self.go = asyncio.Event()
+
+    async def deliver(
+        self, message: ChannelMessage, result: MessageResult, text: str | None
+    ) -> None:
+        if result.ok:
+            await self.go.wait()
+        await super().deliver(message, result, text)
+
+
+async def test_merged_entries_are_acknowledged_with_the_turn_they_were_merged_into(
+    db: Db,
+) -> None:
+    channel = SlowReplies()
+    config = MessageProcessorConfig(enable_dedup=False, queue_mode="collect", collect_window=0.3)
+    node = await start_node(db, partitions=1, config=config, channel=channel)
+    try:
+        for i in range(3):
+            admission = await node.scale_out.submit(
+                channel, msg(f"c{i}", f"part {i}", channel="web")
+            )
+            assert admission.kind is AdmissionKind.ACCEPTED
+        merged = [mid for mid, result, _ in channel.delivered]
+        await until(lambda: len(channel.delivered) == 2)  # c0, c1: MERGED into c2's turn
+        merged = [mid for mid, result, _ in channel.delivered]
+        assert merged == ["c0", "c1"]
+        assert all(r.kind is MessageResultKind.MERGED for _, r, _ in channel.delivered)
+        stream = Keys(db.namespace).partition(0)
+        # The batch's reply has not gone: all three stay pending (a crash now re-runs them all).
+        assert (await db.client.xpending(stream, GROUP))["pending"] == 3
+        channel.go.set()
+        await until(lambda: len(channel.delivered) == 3)
+
+        async def acknowledged() -> bool:
+            return bool((await db.client.xpending(stream, GROUP))["pending"] == 0)
+
+        await until(acknowledged)
+        assert channel.delivered[2][2] == "re: part 0\npart 1\npart 2"
+    finally:
+        channel.go.set()
         await node.close()

@@ -267,17 +267,23 @@ class FencedChannel:
             await self._send(message, result, text)
             return
         scale_out = self._scale_out
-        # Merged and interrupted messages were answered by another turn: as good as success.
-        succeeded = result.kind not in _UNSUCCESSFUL
-        if ref.relay_to is not None and ref.relay_to != scale_out.member:
-            relay_to = ref.relay_to
-            await scale_out.answer(
-                ref,
-                lambda: scale_out.relay(relay_to, message, result, text),
-                succeeded=succeeded,
-            )
+        relay_to = ref.relay_to if ref.relay_to != scale_out.member else None
+
+        async def send() -> None:
+            if relay_to is not None:
+                await scale_out.relay(relay_to, message, result, text)
+            else:
+                await self._send(message, result, text)
+
+        if result.kind is MessageResultKind.MERGED and result.merged_into is not None:
+            # Answered by the turn it was merged into: acknowledged with that turn's answer, so
+            # a crash before it re-runs the whole batch, not the last message alone.
+            await send()
+            scale_out.hold_merged(ref, result.merged_into)
             return
-        await scale_out.answer(ref, lambda: self._send(message, result, text), succeeded=succeeded)
+        # Interrupted messages were answered by another turn: as good as success.
+        succeeded = result.kind not in _UNSUCCESSFUL
+        await scale_out.answer(ref, send, succeeded=succeeded, message_id=message.id)
 
     async def _send(self, message: ChannelMessage, result: MessageResult, text: str | None) -> None:
         if self._deliver is not None:
@@ -350,6 +356,9 @@ class ScaleOut:
         self._members: list[str] = []
         self._slots = asyncio.Semaphore(max(1, processor.config.max_concurrent_requests))
         self._entries: dict[tuple[int, str, int], _Partition] = {}
+        # Entries merged into a turn, by (partition, epoch, the turn's message id), waiting for
+        # its answer to be acknowledged with it.
+        self._merged: dict[tuple[int, int, str], list[EntryRef]] = {}
         self._spawned: set[asyncio.Task[None]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._reading = False
@@ -735,23 +744,28 @@ class ScaleOut:
     # ------------------------------------------------------------------ answering
 
     async def answer(
-        self, ref: EntryRef, send: Callable[[], Awaitable[None]], *, succeeded: bool = True
+        self,
+        ref: EntryRef,
+        send: Callable[[], Awaitable[None]],
+        *,
+        succeeded: bool = True,
+        message_id: str | None = None,
     ) -> None:
-        """Send one entry's answer under its lease, then acknowledge it (see the module doc);
-        ``succeeded=False`` (the message failed, timed out, was refused or cancelled) also
-        releases its dedup claim. Waits for Redis (retrying while it is unreachable) and the
-        send.
+        """Send one entry's answer under its lease, then acknowledge it (see the module doc),
+        with the entries merged into its turn (``message_id``: its message's id, which their
+        MERGED results name); ``succeeded=False`` (the message failed, timed out, was refused
+        or cancelled) also releases their dedup claims. Waits for Redis (retrying while it is
+        unreachable) and the send.
 
-        Raises what ``send()`` raises, after the entry was acknowledged.
+        Raises what ``send()`` raises, after the entries were acknowledged.
         """
         lease, epoch = self.keys.lease(ref.partition)
-        replied = self.keys.replied(ref.partition, ref.digest)
-        seen = self.keys.seen_in(ref.partition, ref.digest)
         fence = [self.member, ref.epoch]
+        held = self._merged.pop((ref.partition, ref.epoch, message_id), []) if message_id else []
         try:
             verdict = await self._retrying(
                 lambda: self._before_send(
-                    keys=[lease, epoch, replied],
+                    keys=[lease, epoch, self.keys.replied(ref.partition, ref.digest)],
                     args=[*fence, self._marker_ttl_ms, self.settings.in_doubt],
                 )
             )
@@ -778,22 +792,10 @@ class ScaleOut:
                 except Exception as error:
                     failure = error
             sent = verdict in (b"send", b"doubt") and failure is None
-            stream = self.keys.partition(ref.partition)
-            acked = await self._retrying(
-                lambda: self._after_send(
-                    keys=[lease, epoch, replied, stream, seen],
-                    args=[
-                        *fence,
-                        self._marker_ttl_ms,
-                        GROUP,
-                        ref.entry_id,
-                        1 if sent else 0,
-                        0 if succeeded else 1,
-                    ],
-                )
-            )
-            if not acked:
-                self._fenced_out += 1
+            for entry in (ref, *held):
+                acked = await self._acknowledge(entry, sent=sent, succeeded=succeeded)
+                if not acked:
+                    self._fenced_out += 1
             if failure is not None:
                 raise failure
         except asyncio.CancelledError:
@@ -801,7 +803,35 @@ class ScaleOut:
             self._reread(ref)
             raise
         finally:
-            self._entry_done((ref.partition, ref.entry_id, ref.epoch))
+            for entry in (ref, *held):
+                self._entry_done((entry.partition, entry.entry_id, entry.epoch))
+
+    async def _acknowledge(self, ref: EntryRef, *, sent: bool, succeeded: bool) -> bool:
+        """The after-send script for one entry: ``True`` when it was acknowledged."""
+        lease, epoch = self.keys.lease(ref.partition)
+        keys = [
+            lease,
+            epoch,
+            self.keys.replied(ref.partition, ref.digest),
+            self.keys.partition(ref.partition),
+            self.keys.seen_in(ref.partition, ref.digest),
+        ]
+        args = [
+            self.member,
+            ref.epoch,
+            self._marker_ttl_ms,
+            GROUP,
+            ref.entry_id,
+            1 if sent else 0,
+            0 if succeeded else 1,
+        ]
+        return bool(await self._retrying(lambda: self._after_send(keys=keys, args=args)))
+
+    def hold_merged(self, ref: EntryRef, carrier_id: str) -> None:
+        """Keep a MERGED entry unacknowledged until the answer of the turn it was merged into
+        (the message ``carrier_id`` of its partition) is acknowledged; its slot stays taken, so
+        a rescan of the pending entries does not hand it out again meanwhile. Does not block."""
+        self._merged.setdefault((ref.partition, ref.epoch, carrier_id), []).append(ref)
 
     def _reread(self, ref: EntryRef) -> None:
         partition = self._owned.get(ref.partition)
