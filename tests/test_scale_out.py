@@ -174,6 +174,35 @@ async def test_a_lease_has_one_holder_and_each_acquisition_a_new_epoch(db: Db) -
     assert 0 < await db.client.pttl(lease) <= 5000
 
 
+async def test_a_lease_taken_again_by_its_holder_gets_a_new_epoch(db: Db) -> None:
+    """An acquisition whose reply was lost, or a lease given up locally during an outage, is
+    taken again under a new epoch: what ran under the old one is fenced out."""
+    keys = Keys(db.namespace)
+    a = LeaseClient(db.client, keys, "a", ttl=5.0)
+    assert await a.acquire(0) == 1
+    assert await a.acquire(0) == 2
+    assert not await a.renew(0, 1)
+    assert await a.renew(0, 2)
+
+
+async def test_a_reply_check_run_again_after_its_reply_was_lost_is_not_in_doubt(
+    db: Db,
+) -> None:
+    from zeroclaw.backends.redis.scale_out import _BEFORE_SEND
+
+    check = db.client.register_script(_BEFORE_SEND)
+    keys = Keys(db.namespace)
+    lease, epoch = keys.lease(0)
+    fence = [lease, epoch, keys.replied(0, "digest")]
+    await db.client.set(lease, "me")
+    await db.client.set(epoch, 3)
+    first = ["me", 3, 60_000, "drop", "attempt-1"]
+    assert await check(keys=fence, args=first) == b"send"
+    assert await check(keys=fence, args=first) == b"send"  # the same attempt, run again
+    assert await check(keys=fence, args=["me", 3, 60_000, "drop", "attempt-2"]) == b"dropped"
+    assert await check(keys=fence, args=["me", 3, 60_000, "drop", "attempt-3"]) == b"done"
+
+
 async def test_members_expire_unless_they_heartbeat(db: Db) -> None:
     keys = Keys(db.namespace)
     short = LeaseClient(db.client, keys, "short", ttl=0.2)

@@ -489,10 +489,12 @@ async def test_a_redis_restart_mid_run_loses_nothing(
         await receiver.stop()
     ids = receiver.replied_ids()
     assert set(ids) == {f"c{i}-{t}" for i in range(conversations) for t in range(per_conversation)}
-    duplicates = {message_id: n for message_id, n in Counter(ids).items() if n > 1}
-    assert len(duplicates) <= in_doubt, (duplicates, in_doubt)
+    # No process died: no reply is in doubt (a script run again after its reply was lost in the
+    # outage is known for this attempt's own), so none is missing or doubled.
+    assert in_doubt == 0
+    assert sorted(ids) == sorted(set(ids))
     for recipient, replied in receiver.by_recipient().items():
-        turns = [int(message_id.rsplit("-", 1)[1]) for message_id in dict.fromkeys(replied)]
+        turns = [int(message_id.rsplit("-", 1)[1]) for message_id in replied]
         assert turns == sorted(turns), (recipient, turns)
     assert refused > 0  # the outage was met by messages arriving
     print(f"refused while Redis was down: {refused}, in_doubt {in_doubt}")

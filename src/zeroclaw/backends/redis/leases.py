@@ -39,8 +39,15 @@ return redis.call('ZRANGE', KEYS[1], 0, -1)
 """
 
 # KEYS: lease, epoch; ARGV: member, ttl_ms. Returns the new epoch, or 0 when another holds it.
+# A lease already ours (an acquisition whose reply was lost, or one this member gave up locally
+# while Redis was unreachable) is taken again under a new epoch: whatever ran under the old one
+# is fenced out.
 _ACQUIRE = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return redis.call('INCR', KEYS[2])
+end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return redis.call('INCR', KEYS[2])
 end
 return 0

@@ -118,23 +118,25 @@ for i = 3, #ARGV do fields[#fields + 1] = ARGV[i] end
 return redis.call('XADD', KEYS[2], '*', unpack(fields))
 """
 
-# KEYS: lease, epoch, replied; ARGV: member, epoch, ttl_ms, in_doubt policy.
+# KEYS: lease, epoch, replied; ARGV: member, epoch, ttl_ms, in_doubt policy, attempt token.
 # 'lost' (not our lease), 'done' (the reply went out already), 'send' (the marker now says this
-# epoch is sending). An earlier attempt began sending it and may have sent it (its owner died
+# attempt is sending). An earlier attempt began sending it and may have sent it (its owner died
 # meanwhile): with the policy 'resend', 'doubt' (marked sending, to be sent again); with 'drop',
-# 'dropped' (marked done: at most once).
+# 'dropped' (marked done: at most once). The marker names the attempt, so this attempt's own
+# call, run again because its reply was lost, is not taken for an earlier one.
 _BEFORE_SEND = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] or redis.call('GET', KEYS[2]) ~= ARGV[2] then
   return 'lost'
 end
 local marker = redis.call('GET', KEYS[3])
 if marker == 'done' then return 'done' end
-if marker and ARGV[4] == 'drop' then
+local mine = 'sending:' .. ARGV[2] .. ':' .. ARGV[5]
+if marker and marker ~= mine and ARGV[4] == 'drop' then
   redis.call('SET', KEYS[3], 'done', 'PX', ARGV[3])
   return 'dropped'
 end
-redis.call('SET', KEYS[3], 'sending:' .. ARGV[2], 'PX', ARGV[3])
-if marker then return 'doubt' end
+redis.call('SET', KEYS[3], mine, 'PX', ARGV[3])
+if marker and marker ~= mine then return 'doubt' end
 return 'send'
 """
 
@@ -762,11 +764,12 @@ class ScaleOut:
         lease, epoch = self.keys.lease(ref.partition)
         fence = [self.member, ref.epoch]
         held = self._merged.pop((ref.partition, ref.epoch, message_id), []) if message_id else []
+        attempt = uuid.uuid4().hex[:12]
         try:
             verdict = await self._retrying(
                 lambda: self._before_send(
                     keys=[lease, epoch, self.keys.replied(ref.partition, ref.digest)],
-                    args=[*fence, self._marker_ttl_ms, self.settings.in_doubt],
+                    args=[*fence, self._marker_ttl_ms, self.settings.in_doubt, attempt],
                 )
             )
             if verdict == b"lost":
