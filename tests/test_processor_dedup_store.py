@@ -5,13 +5,14 @@ store stand in for two processes)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
 import pytest
 
+from tests.gateway_process import until
 from tests.helpers import DeliveringFakeChannel, UnusedProvider, msg
 from zeroclaw.backends.redis import Keys
 from zeroclaw.backends.redis.dedup import RedisDedupStore
@@ -23,14 +24,6 @@ from zeroclaw.concurrency.channel_integration import (
     MessageProcessorConfig,
     MessageResultKind,
 )
-
-
-async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)
 
 
 async def answer(message: ChannelMessage) -> str:
@@ -86,17 +79,9 @@ async def test_a_failed_message_releases_its_claim() -> None:
         async def released() -> bool:
             return not await store.contains("web\0alice\0f")
 
-        await until_async(released)
+        await until(released)
         redelivered = await processor.submit(web, msg("f", "fail", channel="web"))
         assert redelivered.kind is AdmissionKind.ACCEPTED
-
-
-async def until_async(condition: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await condition():
-        assert loop.time() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)
 
 
 async def test_a_refused_message_releases_its_claim() -> None:

@@ -29,12 +29,9 @@ from zeroclaw.backends.redis.rate_limit import GCRA_SCRIPT, RedisRateLimiter, Sh
 
 
 @pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[Redis]:
-    redis = connect(redis_url)
-    try:
-        yield redis
-    finally:
-        await redis.aclose()
+def client(redis_client: Redis) -> Redis:
+    """The session Redis's client (``redis_client``), under this module's short name."""
+    return redis_client
 
 
 @pytest.fixture

@@ -218,10 +218,7 @@ async def test_partitions_are_spread_and_a_stopping_process_hands_them_over_at_o
         async with aiohttp.ClientSession() as session:
 
             async def spread() -> bool:
-                counts = [
-                    (await status_of(session, s))["redis"]["partitions_owned"] for s in processes
-                ]
-                return counts == [4, 4, 4]
+                return await owned_counts(session, processes) == [4, 4, 4]
 
             await until(spread, timeout=30, what="4 partitions each")
             stopped = time.monotonic()
@@ -235,10 +232,7 @@ async def test_partitions_are_spread_and_a_stopping_process_hands_them_over_at_o
             assert time.monotonic() - stopped < 10  # lease_ttl is 30 s
 
             async def rebalanced() -> bool:
-                counts = [
-                    (await status_of(session, s))["redis"]["partitions_owned"] for s in survivors
-                ]
-                return counts == [6, 6]
+                return await owned_counts(session, survivors) == [6, 6]
 
             # A survivor may first hold a partition the new assignment gives the other: it
             # hands it over once its reader stopped.
@@ -427,10 +421,12 @@ def _drained(url: str, namespace: str, partitions: int) -> bool:
         client.close()
 
 
+async def owned_counts(session: aiohttp.ClientSession, processes: list[Served]) -> list[int]:
+    return [(await status_of(session, s))["redis"]["partitions_owned"] for s in processes]
+
+
 async def _spread(session: aiohttp.ClientSession, processes: list[Served], partitions: int) -> bool:
-    counts: list[int] = [
-        (await status_of(session, s))["redis"]["partitions_owned"] for s in processes
-    ]
+    counts = await owned_counts(session, processes)
     return sum(counts) == partitions and min(counts) >= partitions // len(processes)
 
 

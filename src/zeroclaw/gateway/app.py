@@ -149,21 +149,24 @@ class Gateway:
         backend = build_backend(settings.kind, **_backend_kwargs(settings))
         # With [redis], one client for everything shared: the provider's rate limit and pause,
         # the breaker's decision, the partitions (a blocking read per owned partition).
+        # The conversation history too: a conversation that changes hands keeps it.
         self.redis: Redis | None = None
         self.shared_rate: RedisRateLimiter | None = None
         self.shared_pause: SharedPause | None = None
+        self.shared_history: RedisHistory | None = None
         if config.redis is not None:
-            from zeroclaw.backends.redis import Keys
+            from zeroclaw.backends.redis import Keys, RedisRateLimiter, SharedPause
             from zeroclaw.backends.redis.connection import MAX_CONNECTIONS, connect
-            from zeroclaw.backends.redis.rate_limit import RedisRateLimiter, SharedPause
+            from zeroclaw.backends.redis.history import RedisHistory
 
             self.redis = connect(
                 config.redis.url, max_connections=config.redis.partitions + MAX_CONNECTIONS
             )
+            keys = Keys(config.redis.namespace)
             rate = settings.requests_per_second or PAUSE_ONLY_RATE
             self.shared_rate = RedisRateLimiter(
                 self.redis,
-                Keys(config.redis.namespace),
+                keys,
                 f"provider:{settings.kind}:{self.model}",
                 rate=rate,
                 burst=max(1.0, math.ceil(rate)),  # the local limiter's burst
@@ -171,6 +174,9 @@ class Gateway:
             if not settings.requests_per_second:
                 # No rate to share, only Retry-After pauses: no round trip per request.
                 self.shared_pause = SharedPause(self.shared_rate)
+            self.shared_history = RedisHistory(
+                self.redis, keys, settings.history_turns, ttl=config.redis.history_ttl
+            )
         self.provider = ManagedProvider(
             backend,
             max_retries=settings.max_retries,
@@ -180,18 +186,6 @@ class Gateway:
             shared_rate_limit=self.shared_pause or self.shared_rate,
         )
         self.history = ConversationHistory(settings.history_turns)
-        # With [redis] the history is the gateway's: a conversation that changes hands keeps it.
-        self.shared_history: RedisHistory | None = None
-        if self.redis is not None and config.redis is not None:
-            from zeroclaw.backends.redis import Keys
-            from zeroclaw.backends.redis.history import RedisHistory
-
-            self.shared_history = RedisHistory(
-                self.redis,
-                Keys(config.redis.namespace),
-                settings.history_turns,
-                ttl=config.redis.history_ttl,
-            )
         self.ledger = MessageLedger()
         self._kinds = {spec.name: spec.kind for spec in config.channels}
         processor_config = dataclasses.replace(
